@@ -1,0 +1,9 @@
+"""NeuroRAD-FM core: brain-tumour MRI foundation model, Qt- and Slicer-free.
+
+Imported by the Slicer modules (out of process, through the CLI) and by batch scripts.
+"""
+
+__version__ = "0.1.0"
+
+SEQUENCES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+"""Channel order of every model input: native T1, contrast-enhanced T1, T2, FLAIR."""

@@ -1,0 +1,5 @@
+import sys
+
+from neuroradfm.cli import main
+
+sys.exit(main())

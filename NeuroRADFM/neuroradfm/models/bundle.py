@@ -1,0 +1,176 @@
+"""The model bundle: the one format and the one loader.
+
+A bundle is a folder with two files:
+- ``weights.safetensors``: encoder weights (``encoder.*``) and large head arrays (``heads.*``);
+- ``card.json``: everything else: architecture, input spec, preprocessing settings, heads
+  (probe weights, feature scaling, thresholds, Cox coefficients and baseline survival),
+  training provenance, intended use, and a content hash over both files.
+No pickle: safetensors holds tensors only and the card is plain JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from neuroradfm.errors import BundleError
+from neuroradfm.models.encoder import Encoder, EncoderConfig
+from neuroradfm.models.heads import CoxHead, Heads, MarkerHead, OodHead
+from neuroradfm.preprocess import PreprocessSettings
+
+FORMAT = "neuroradfm-bundle"
+FORMAT_VERSION = 1
+CARD = "card.json"
+WEIGHTS = "weights.safetensors"
+
+
+@dataclass
+class Bundle:
+    path: Path
+    card: dict[str, Any]
+    encoder: Encoder
+    heads: Heads
+    preprocessing: PreprocessSettings
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name", self.path.name))
+
+
+def _canonical(card: dict[str, Any]) -> bytes:
+    return json.dumps({k: v for k, v in card.items() if k != "content_hash"}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def content_hash(card: dict[str, Any], weights_file: Path) -> str:
+    digest = hashlib.sha256(_canonical(card))
+    with open(weights_file, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def heads_to_card(heads: Heads) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Split heads into JSON-able card entries and large tensors for the weights file."""
+    card: dict[str, Any] = {
+        "feature_mean": [float(v) for v in heads.feature_mean],
+        "feature_scale": [float(v) for v in heads.feature_scale],
+        "markers": [m.to_dict() for m in heads.markers],
+        "cox": None if heads.cox is None else heads.cox.to_dict(),
+        "ood": None,
+    }
+    tensors: dict[str, torch.Tensor] = {}
+    if heads.ood is not None:
+        card["ood"] = {"threshold": heads.ood.threshold, "percentile": heads.ood.percentile,
+                       "mean": "heads.ood.mean", "precision": "heads.ood.precision"}
+        tensors["heads.ood.mean"] = torch.as_tensor(heads.ood.mean, dtype=torch.float64)
+        tensors["heads.ood.precision"] = torch.as_tensor(heads.ood.precision, dtype=torch.float64)
+    return card, tensors
+
+
+def _heads_from_card(card: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Heads:
+    ood = None
+    if card.get("ood"):
+        o = card["ood"]
+        ood = OodHead(tensors[o["mean"]].numpy(), tensors[o["precision"]].numpy(), float(o["threshold"]),
+                      float(o.get("percentile", 99.0)))
+    return Heads(
+        feature_mean=np.asarray(card["feature_mean"], np.float64),
+        feature_scale=np.asarray(card["feature_scale"], np.float64),
+        markers=[MarkerHead.from_dict(m) for m in card.get("markers", [])],
+        cox=None if not card.get("cox") else CoxHead.from_dict(card["cox"]),
+        ood=ood,
+    )
+
+
+def save_bundle(path: str | Path, encoder: Encoder, heads: Heads, preprocessing: PreprocessSettings,
+                card: dict[str, Any]) -> Path:
+    """Write a bundle folder atomically (a temporary sibling folder, then rename).
+
+    ``card`` supplies the descriptive fields (name, description, intended_use, training, input);
+    architecture, preprocessing, heads, format and hash are filled in here.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    heads_card, head_tensors = heads_to_card(heads)
+    full = dict(card)
+    full.update({
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": encoder.config.to_dict(),
+        "embedding_dim": encoder.embedding_dim,
+        "preprocessing": preprocessing.to_dict(),
+        "heads": heads_card,
+    })
+    tensors = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    tensors.update(head_tensors)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(tensors, str(staging / WEIGHTS), metadata={"format": FORMAT})
+        full["content_hash"] = content_hash(full, staging / WEIGHTS)
+        (staging / CARD).write_text(json.dumps(full, indent=1) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """The card alone, checked for format and version (cheap: no weights are read)."""
+    path = Path(path)
+    card_file = path / CARD
+    if not card_file.is_file():
+        raise BundleError(path, f"not a model bundle: {CARD} is missing")
+    try:
+        card = json.loads(card_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BundleError(card_file, f"card is not valid JSON ({error})") from None
+    found = card.get("format") if isinstance(card, dict) else None
+    if found != FORMAT:
+        raise BundleError(card_file, f"not a {FORMAT} card (format={found!r})")
+    if card.get("format_version") != FORMAT_VERSION:
+        raise BundleError(card_file, f"unknown bundle version {card.get('format_version')!r}; "
+                                     f"this neuroradfm reads version {FORMAT_VERSION}")
+    return card
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """The one bundle loader: checks format, version and content hash before building anything."""
+    path = Path(path)
+    card = read_card(path)
+    weights_file = path / WEIGHTS
+    if not weights_file.is_file():
+        raise BundleError(path, f"{WEIGHTS} is missing")
+    expected = card.get("content_hash")
+    actual = content_hash(card, weights_file)
+    if expected != actual:
+        raise BundleError(path, f"content hash does not match (card says {expected}, files give {actual}): "
+                                "the bundle was modified or is corrupt")
+    try:
+        tensors = load_file(str(weights_file))
+    except (SafetensorError, OSError) as error:
+        raise BundleError(weights_file, f"unreadable weights ({error})") from None
+    try:
+        encoder = Encoder(EncoderConfig.from_dict(card["architecture"]))
+        state = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
+        encoder.load_state_dict(state)
+        heads = _heads_from_card(card["heads"], tensors)
+        settings = PreprocessSettings.from_dict(card["preprocessing"])
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise BundleError(path, f"card and weights do not fit together ({error})") from None
+    encoder.to(device).eval()
+    return Bundle(path=path, card=card, encoder=encoder, heads=heads, preprocessing=settings)

@@ -1,0 +1,98 @@
+"""The encoder: a MONAI 3D ResNet whose four input channels are T1, T1ce, T2 and FLAIR.
+
+``forward`` returns both the last feature map F (for Grad-CAM) and its global average
+pool z (the embedding), so every head and every CAM comes from one forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from monai.networks.nets import ResNet
+from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
+from torch import nn
+
+# Depths of MONAI's resnet10 ... resnet200 (block type, blocks per stage).
+ARCHITECTURES: dict[str, tuple[type[nn.Module], list[int]]] = {
+    "resnet10": (ResNetBlock, [1, 1, 1, 1]),
+    "resnet18": (ResNetBlock, [2, 2, 2, 2]),
+    "resnet34": (ResNetBlock, [3, 4, 6, 3]),
+    "resnet50": (ResNetBottleneck, [3, 4, 6, 3]),
+    "resnet101": (ResNetBottleneck, [3, 4, 23, 3]),
+}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Everything needed to rebuild the network; stored in the bundle card."""
+
+    arch: str = "resnet50"
+    in_channels: int = 4
+    conv1_stride: int = 2
+    widen_factor: float = 1.0
+    no_max_pool: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EncoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown encoder settings: {sorted(unknown)}")
+        return cls(**data)
+
+
+class Encoder(nn.Module):
+    """MONAI ResNet without its classifier: x (B, 4, D, H, W) -> (F (B, C, d, h, w), z (B, C))."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        if config.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown encoder {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        block, layers = ARCHITECTURES[config.arch]
+        self.config = config
+        self.net = ResNet(
+            block=block,
+            layers=layers,
+            block_inplanes=[64, 128, 256, 512],
+            spatial_dims=3,
+            n_input_channels=config.in_channels,
+            conv1_t_stride=config.conv1_stride,
+            no_max_pool=config.no_max_pool,
+            widen_factor=config.widen_factor,
+            feed_forward=False,
+        )
+
+    @property
+    def embedding_dim(self) -> int:
+        return _out_channels(self.net.layer4)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.act(n.bn1(n.conv1(x)))
+        if not n.no_max_pool:
+            x = n.maxpool(x)
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.feature_map(x)
+        return features, features.mean(dim=(2, 3, 4))
+
+
+def _out_channels(stage: nn.Sequential) -> int:
+    last = stage[-1]
+    conv = last.conv3 if hasattr(last, "conv3") else last.conv2
+    return conv.out_channels
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks the first CUDA GPU when there is one, else the CPU; ``cuda:N`` and ``cpu`` as given."""
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+    return resolved

@@ -1,0 +1,115 @@
+"""Everything a prediction writes, on the reference sequence's original grid.
+
+Per head (each marker, plus the survival risk): a heat map (float 0..1) and a quantised
+label map; one color table in Slicer's .ctbl format for the label maps; one .seg.nrrd with
+each head's hot region as a segment; predictions as JSON and CSV; an overview PNG.
+A case's folder is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import slicerio
+
+from neuroradfm.predict import SURVIVAL_HEAD, Prediction
+
+LEVELS = (0.25, 0.5, 0.75)
+"""Label map levels: 1 = map >= 0.25 of its peak, 2 = >= 0.5, 3 = >= 0.75."""
+LEVEL_COLORS = ((0, "background", (0, 0, 0, 0)), (1, "low", (255, 255, 0, 255)),
+                (2, "moderate", (255, 128, 0, 255)), (3, "high", (220, 0, 0, 255)))
+HOT_LEVEL = 0.5
+"""A head's contour segment is where its map is >= HOT_LEVEL of its peak."""
+COLOR_TABLE = "heatmap_levels.ctbl"
+SEGMENTATION = "contours.seg.nrrd"
+
+
+def quantise(heatmap: np.ndarray) -> np.ndarray:
+    return np.digitize(heatmap, LEVELS).astype(np.uint8)
+
+
+def ijk_to_lps(image: sitk.Image) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    matrix[:3, 3] = image.GetOrigin()
+    return matrix
+
+
+def write_color_table(path: Path) -> None:
+    lines = ["# Color table file " + path.name, f"# {len(LEVEL_COLORS)} values"]
+    lines += [f"{index} {name} {r} {g} {b} {a}" for index, name, (r, g, b, a) in LEVEL_COLORS]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _segment_colors(n: int) -> list[tuple[float, float, float]]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return [tuple(float(c) for c in cmap(i % 20)[:3]) for i in range(n)]
+
+
+def write_segmentation(path: Path, masks: dict[str, np.ndarray], reference: sitk.Image) -> None:
+    """One segment per head, each in its own layer because hot regions of different heads overlap."""
+    keys = list(masks)
+    voxels = np.stack([masks[k].transpose(2, 1, 0).astype(np.uint8) for k in keys])  # (layer, I, J, K)
+    segments = [{"id": key, "name": key, "labelValue": 1, "layer": layer, "color": color}
+                for layer, (key, color) in enumerate(zip(keys, _segment_colors(len(keys))))]
+    slicerio.write_segmentation(str(path), {"voxels": voxels, "ijkToLPS": ijk_to_lps(reference),
+                                            "encoding": "gzip", "segments": segments})
+
+
+def _write_tables(folder: Path, prediction: Prediction) -> None:
+    summary = prediction.summary()
+    (folder / "predictions.json").write_text(json.dumps(summary, indent=1) + "\n")
+    with open(folder / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case_id", "output", "label", "probability", "threshold", "call",
+                         "risk_score", "risk_group", "ood_distance", "ood_flag"])
+        ood = ["" if prediction.ood_distance is None else f"{prediction.ood_distance:.4f}", int(prediction.ood_flag)]
+        for m in prediction.markers:
+            writer.writerow([prediction.case_id, m.key, m.label, f"{m.probability:.4f}", f"{m.threshold:.4f}",
+                             m.call, "", "", *ood])
+        if prediction.survival is not None:
+            s = prediction.survival
+            writer.writerow([prediction.case_id, SURVIVAL_HEAD, "Overall survival (Cox)", "", f"{s.median_risk:.4f}",
+                             f"{s.risk_group} risk", f"{s.risk_score:.4f}", s.risk_group, *ood])
+
+
+def write_outputs(prediction: Prediction, out_dir: str | Path, overview: bool = True) -> Path:
+    """Write all outputs of one case to ``out_dir`` (replaced as a whole when it exists)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        reference = prediction.preprocessed.reference
+        hot: dict[str, np.ndarray] = {}
+        for key, cam in prediction.cams.items():
+            heat = prediction.preprocessed.to_reference(cam.astype(np.float32))
+            heat = sitk.Cast(heat, sitk.sitkFloat32)
+            sitk.WriteImage(heat, str(staging / f"heatmap_{key}.nrrd"), useCompression=True)
+            levels = quantise(sitk.GetArrayViewFromImage(heat))
+            label = sitk.GetImageFromArray(levels)
+            label.CopyInformation(heat)
+            sitk.WriteImage(label, str(staging / f"labels_{key}.nrrd"), useCompression=True)
+            hot[key] = levels >= np.digitize(HOT_LEVEL, LEVELS)
+        write_color_table(staging / COLOR_TABLE)
+        write_segmentation(staging / SEGMENTATION, hot, reference)
+        _write_tables(staging, prediction)
+        if overview:
+            from neuroradfm.overview import write_overview
+
+            write_overview(staging / "overview.png", prediction)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,50 @@
+"""The overview figure: for each head, three orthogonal slices through its map's peak,
+the map overlaid on the preprocessed T1ce (radiological convention: patient right on the left).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from neuroradfm.predict import Prediction
+
+
+def _views(volume: np.ndarray, point: tuple[int, int, int]) -> list[np.ndarray]:
+    """Axial, coronal, sagittal slices of a (K, J, I) model-grid array (i -> right, j -> anterior, k -> up)."""
+    k, j, i = point
+    return [np.fliplr(volume[k]), np.fliplr(volume[:, j, :]), np.fliplr(volume[:, :, i])]
+
+
+def write_overview(path: Path, prediction: Prediction) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    background = prediction.preprocessed.channels[1]
+    lo, hi = np.percentile(background[prediction.preprocessed.mask], [1, 99])
+    labels = {m.key: f"{m.label}: {m.call} (p={m.probability:.2f})" for m in prediction.markers}
+    if prediction.survival is not None:
+        s = prediction.survival
+        labels["survival_risk"] = f"Survival: {s.risk_group} risk (score {s.risk_score:+.2f})"
+    keys = list(prediction.cams)
+    fig, axes = plt.subplots(len(keys), 3, figsize=(7.5, 2.4 * len(keys)), squeeze=False)
+    for row, key in zip(axes, keys):
+        cam = prediction.cams[key]
+        peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        for ax, image, heat in zip(row, _views(background, peak), _views(cam, peak)):
+            ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower")
+            ax.imshow(np.ma.masked_less(heat, 0.25), cmap="jet", vmin=0, vmax=1, alpha=0.45, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(labels.get(key, key), fontsize=7, rotation=0, ha="right", va="center")
+    for ax, title in zip(axes[0], ("axial", "coronal", "sagittal")):
+        ax.set_title(title, fontsize=8)
+    flag = "  OUT OF DISTRIBUTION" if prediction.ood_flag else ""
+    fig.suptitle(f"{prediction.case_id} — {prediction.bundle.get('name', '')}{flag}\n"
+                 f"{prediction.bundle.get('intended_use', '')}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

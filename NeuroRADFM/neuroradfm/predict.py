@@ -1,0 +1,128 @@
+"""Prediction for one case: preprocess, one forward pass, every head, every head's Grad-CAM.
+
+Maps are made on the model grid and carried back through the preprocessing's inverse
+transform onto the reference sequence's original grid (see neuroradfm.outputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuroradfm.cam import linear_cams, normalise, upsample
+from neuroradfm.io.case import Case
+from neuroradfm.markers import marker
+from neuroradfm.models.bundle import Bundle
+from neuroradfm.models.encoder import resolve_device
+from neuroradfm.preprocess import Preprocessed, preprocess_case
+from neuroradfm.progress import Progress, null_progress, sub_progress
+
+SURVIVAL_HEAD = "survival_risk"
+
+
+@dataclass
+class MarkerPrediction:
+    key: str
+    label: str
+    probability: float
+    threshold: float
+    positive: bool
+    call: str
+
+
+@dataclass
+class SurvivalPrediction:
+    risk_score: float
+    risk_group: str
+    median_risk: float
+    survival_1y: float
+    survival_2y: float
+
+
+@dataclass
+class Prediction:
+    case_id: str
+    markers: list[MarkerPrediction]
+    survival: SurvivalPrediction | None
+    ood_distance: float | None
+    ood_threshold: float | None
+    embedding: np.ndarray
+    cams: dict[str, np.ndarray]
+    """Head key -> map on the model grid (K, J, I), 0..1, for the head's call (see cam_scales)."""
+    cam_scales: dict[str, float]
+    preprocessed: Preprocessed
+    bundle: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ood_flag(self) -> bool:
+        if self.ood_distance is None or self.ood_threshold is None:
+            return False
+        return self.ood_distance > self.ood_threshold
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready predictions (no arrays)."""
+        return {
+            "case_id": self.case_id,
+            "markers": [vars(m) for m in self.markers],
+            "survival": None if self.survival is None else vars(self.survival),
+            "ood": {"distance": self.ood_distance, "threshold": self.ood_threshold, "flag": self.ood_flag},
+            "cam": {"method": "Grad-CAM at the encoder's last block, for the predicted call",
+                    "peak_values": self.cam_scales},
+            "preprocessing": self.preprocessed.steps,
+            "model": self.bundle,
+        }
+
+
+def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Progress = null_progress) -> Prediction:
+    """Run every head of ``bundle`` on ``case``; all maps come from one forward pass."""
+    prepared = preprocess_case(case, bundle.preprocessing, progress=sub_progress(progress, 0.0, 0.8))
+    progress("encode", 0.8, "forward pass")
+    torch_device = resolve_device(device)
+    encoder = bundle.encoder.to(torch_device).eval()
+    x = torch.from_numpy(prepared.channels[None]).to(torch_device)
+    with torch.no_grad():
+        features, z = encoder(x)
+    embedding = z[0].double().cpu().numpy()
+
+    heads = bundle.heads
+    weights, biases = heads.marker_weights()
+    logits = weights @ embedding + biases
+    markers, signs, keys = [], [], []
+    for head, logit in zip(heads.markers, logits):
+        probability = float(1.0 / (1.0 + np.exp(-logit)))
+        positive = probability >= head.threshold
+        info = marker(head.key)
+        markers.append(MarkerPrediction(head.key, info.label, probability, head.threshold, bool(positive),
+                                        info.positive if positive else info.negative))
+        signs.append(1.0 if positive else -1.0)
+        keys.append(head.key)
+    map_weights = [w * s for w, s in zip(weights, signs)]
+
+    survival = None
+    if heads.cox is not None:
+        cox_w, cox_b = heads.cox_weights()
+        risk = float(cox_w @ embedding + cox_b)
+        high = risk > heads.cox.median_risk
+        survival = SurvivalPrediction(risk, "high" if high else "low", heads.cox.median_risk,
+                                      heads.cox.survival_at(risk, 365.25), heads.cox.survival_at(risk, 730.5))
+        map_weights.append(cox_w if high else -cox_w)
+        keys.append(SURVIVAL_HEAD)
+
+    ood_distance = heads.ood.distance(heads.standardise(embedding)) if heads.ood is not None else None
+
+    progress("cam", 0.9, "Grad-CAM maps")
+    w = torch.as_tensor(np.stack(map_weights), dtype=torch.float32, device=torch_device)
+    with torch.no_grad():
+        maps = upsample(linear_cams(features, w), prepared.mask.shape)[0].cpu().numpy()
+    cams, scales = {}, {}
+    for key, volume in zip(keys, maps):
+        cams[key], scales[key] = normalise(volume, prepared.mask)
+    progress("predict", 1.0, "done")
+    return Prediction(case_id=case.case_id, markers=markers, survival=survival, ood_distance=ood_distance,
+                      ood_threshold=None if heads.ood is None else heads.ood.threshold, embedding=embedding,
+                      cams=cams, cam_scales=scales, preprocessed=prepared,
+                      bundle={"name": bundle.name, "content_hash": bundle.card.get("content_hash"),
+                              "intended_use": bundle.card.get("intended_use")})

@@ -1,0 +1,61 @@
+"""Linear probes on frozen embeddings: feature scaling, one logistic head per marker, OOD statistics.
+
+Probes are the paper's downstream protocol: the encoder stays frozen, each marker gets a
+logistic regression on standardised embeddings; its decision threshold is chosen on
+cross-validated probabilities (Youden's J), never on the fitted ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.covariance import LedoitWolf
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from neuroradfm.models.heads import MarkerHead, OodHead
+
+
+def fit_scaling(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale (std, with constant features left unscaled)."""
+    mean = embeddings.mean(axis=0)
+    scale = embeddings.std(axis=0)
+    return mean, np.where(scale > 1e-8, scale, 1.0)
+
+
+def fit_marker_probe(features: np.ndarray, labels: np.ndarray, key: str, *, c: float = 0.1,
+                     folds: int = 5, seed: int = 0) -> MarkerHead:
+    """Logistic probe on standardised features; rows whose label is NaN are left out.
+
+    Metrics: cross-validated AUC and the balanced accuracy at the chosen threshold.
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    known = ~np.isnan(labels)
+    x, y = features[known], labels[known].astype(int)
+    counts = np.bincount(y, minlength=2)
+    if len(counts) > 2 or counts.min() < 2:
+        raise ValueError(f"marker {key!r}: need at least 2 positive and 2 negative cases, got {counts.tolist()}")
+    model = LogisticRegression(C=c, max_iter=5000)
+    cv = StratifiedKFold(n_splits=min(folds, int(counts.min())), shuffle=True, random_state=seed)
+    cv_prob = cross_val_predict(model, x, y, cv=cv, method="predict_proba")[:, 1]
+    fpr, tpr, thresholds = roc_curve(y, cv_prob)
+    best = int(np.argmax(tpr - fpr))
+    threshold = float(np.clip(thresholds[best], 1e-6, 1 - 1e-6))
+    calls = cv_prob >= threshold
+    balanced_accuracy = 0.5 * (calls[y == 1].mean() + (~calls[y == 0]).mean())
+    model.fit(x, y)
+    return MarkerHead(key=key, coef=model.coef_[0].astype(np.float64), intercept=float(model.intercept_[0]),
+                      threshold=threshold,
+                      metrics={"cv_auc": float(roc_auc_score(y, cv_prob)),
+                               "cv_balanced_accuracy": float(balanced_accuracy),
+                               "n": int(len(y)), "n_positive": int(counts[1])})
+
+
+def fit_ood(features: np.ndarray, percentile: float = 99.0) -> OodHead:
+    """Mahalanobis distance with a Ledoit-Wolf covariance; threshold = training percentile."""
+    estimator = LedoitWolf().fit(features)
+    head = OodHead(mean=estimator.location_.astype(np.float64), precision=estimator.precision_.astype(np.float64),
+                   threshold=0.0, percentile=percentile)
+    distances = np.array([head.distance(row) for row in features])
+    head.threshold = float(np.percentile(distances, percentile))
+    return head

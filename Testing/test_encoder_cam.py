@@ -1,0 +1,86 @@
+"""Encoder shapes and the Grad-CAM fast path against MONAI's gradient Grad-CAM."""
+
+import numpy as np
+import pytest
+import torch
+
+from neuroradfm.cam import LinearHeadModel, gradient_cam, linear_cams, normalise, upsample
+from neuroradfm.models.encoder import ARCHITECTURES, Encoder, EncoderConfig, resolve_device
+
+TINY = EncoderConfig("resnet10", widen_factor=0.125, conv1_stride=2, no_max_pool=True)
+
+
+@pytest.mark.parametrize("arch, dim", [("resnet10", 64), ("resnet50", 256)])
+def test_encoder_returns_feature_map_and_pooled_embedding(arch, dim):
+    encoder = Encoder(EncoderConfig(arch, widen_factor=0.125)).eval()
+    with torch.no_grad():
+        features, z = encoder(torch.randn(2, 4, 32, 32, 32))
+    assert encoder.embedding_dim == dim
+    assert features.shape[:2] == (2, dim) and z.shape == (2, dim)
+    torch.testing.assert_close(z, features.mean(dim=(2, 3, 4)))
+
+
+def test_first_conv_stride_and_max_pool_set_the_feature_resolution():
+    x = torch.randn(1, 4, 64, 64, 64)
+    sizes = {}
+    for stride, no_pool in [(1, False), (2, False), (2, True)]:
+        encoder = Encoder(EncoderConfig("resnet10", widen_factor=0.125, conv1_stride=stride, no_max_pool=no_pool))
+        with torch.no_grad():
+            sizes[(stride, no_pool)] = encoder(x)[0].shape[-1]
+    assert sizes == {(1, False): 4, (2, False): 2, (2, True): 4}
+
+
+def test_encoder_rejects_unknown_architecture_and_settings():
+    with pytest.raises(ValueError, match="unknown encoder"):
+        Encoder(EncoderConfig("resnet7"))
+    with pytest.raises(ValueError, match="unknown encoder settings"):
+        EncoderConfig.from_dict({"arch": "resnet10", "depth": 3})
+    assert set(ARCHITECTURES) >= {"resnet10", "resnet18", "resnet34", "resnet50"}
+
+
+def test_device_resolution_on_a_cpu_machine():
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+
+
+def test_cam_fast_path_equals_gradient_gradcam_at_the_last_block():
+    torch.manual_seed(0)
+    encoder = Encoder(TINY).eval()
+    rng = np.random.default_rng(0)
+    weights, biases = rng.normal(size=(3, encoder.embedding_dim)), rng.normal(size=3)
+    model = LinearHeadModel(encoder, weights, biases).eval()
+    x = torch.randn(1, 4, 48, 48, 48)
+    with torch.no_grad():
+        features, _ = encoder(x)
+    fast = linear_cams(features, torch.as_tensor(weights, dtype=torch.float32))
+    for head in range(3):
+        slow = gradient_cam(model, x, "encoder.net.layer4", class_idx=head)
+        assert slow.shape[2:] == fast.shape[2:] == (3, 3, 3)
+        assert float(fast[0, head].max()) > 0
+        torch.testing.assert_close(slow[0, 0], fast[0, head], rtol=1e-4, atol=1e-6)
+    # Upsampled to the input, both use the same trilinear upsampler.
+    slow_up = gradient_cam(model, x, "encoder.net.layer4", class_idx=1, upsample_to_input=True)
+    torch.testing.assert_close(slow_up[0, 0], upsample(fast, x.shape[2:])[0, 1], rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_gradcam_at_an_earlier_layer_differs_from_the_fast_path():
+    torch.manual_seed(1)
+    encoder = Encoder(TINY).eval()
+    model = LinearHeadModel(encoder, np.ones((1, encoder.embedding_dim)), np.zeros(1)).eval()
+    x = torch.randn(1, 4, 48, 48, 48)
+    early = gradient_cam(model, x, "encoder.net.layer3", class_idx=0)
+    assert early.shape[2:] == (6, 6, 6)  # a finer map than the last block's 3^3
+
+
+def test_normalise_scales_peak_inside_mask_to_one():
+    volume = np.zeros((4, 4, 4), np.float32)
+    volume[1, 1, 1], volume[3, 3, 3] = 2.0, 8.0
+    mask = np.ones_like(volume, bool)
+    mask[3, 3, 3] = False
+    scaled, peak = normalise(volume, mask)
+    assert peak == 2.0 and scaled[1, 1, 1] == 1.0 and scaled[3, 3, 3] == 0.0
+    zeros, zero_peak = normalise(np.zeros((2, 2, 2)))
+    assert zero_peak == 0.0 and not zeros.any()

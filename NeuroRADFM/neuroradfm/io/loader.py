@@ -1,0 +1,100 @@
+"""The one case loader: explicit files, a BraTS folder (2021 or 2023+ naming) or a DICOM study."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+from neuroradfm import SEQUENCES
+from neuroradfm.errors import InputError
+from neuroradfm.io.case import Case
+from neuroradfm.io.dicom import assign_series, find_series, is_dicom_study, read_series
+from neuroradfm.io.images import check_image, image_stem, is_image_file, overlap_fraction, read_image
+
+# BraTS 2021: <id>_t1, _t1ce, _t2, _flair, _seg;  BraTS 2023+: <id>-t1n, -t1c, -t2w, -t2f, -seg
+BRATS_SUFFIXES = {
+    "t1": ("_t1", "-t1n"), "t1ce": ("_t1ce", "-t1c"), "t2": ("_t2", "-t2w"), "flair": ("_flair", "-t2f"),
+    "seg": ("_seg", "-seg"),
+}
+MIN_OVERLAP = 0.5
+
+
+def find_brats_files(folder: Path) -> dict[str, Path]:
+    """Sequence -> file in a BraTS case folder; missing or duplicated sequences are errors."""
+    images = [p for p in sorted(folder.iterdir()) if is_image_file(p)]
+    found: dict[str, list[Path]] = {key: [] for key in BRATS_SUFFIXES}
+    for path in images:
+        stem = image_stem(path).lower()
+        for key, suffixes in BRATS_SUFFIXES.items():
+            if any(stem.endswith(s) for s in suffixes):
+                found[key].append(path)
+    names = ", ".join(p.name for p in images) or "no image files"
+    duplicated = {k: v for k, v in found.items() if len(v) > 1}
+    if duplicated:
+        detail = "; ".join(f"{k}: {', '.join(p.name for p in v)}" for k, v in duplicated.items())
+        raise InputError(folder, f"more than one file for a sequence ({detail})")
+    missing = [k for k in SEQUENCES if not found[k]]
+    if missing:
+        raise InputError(folder, f"missing sequence(s) {', '.join(missing)} (BraTS naming *_t1/_t1ce/_t2/_flair or "
+                                 f"*-t1n/-t1c/-t2w/-t2f); found: {names}")
+    return {k: v[0] for k, v in found.items() if v}
+
+
+def _check_extents(images: dict[str, sitk.Image], sources: dict[str, str]) -> None:
+    reference = images["t1ce"]
+    for key, image in images.items():
+        if key == "t1ce":
+            continue
+        fraction = overlap_fraction(image, reference)
+        if fraction < MIN_OVERLAP:
+            raise InputError(sources[key], f"mismatched physical extent: its field of view overlaps the T1ce's "
+                                           f"({sources['t1ce']}) by only {fraction:.0%}; are both from the same "
+                                           "patient and study?")
+
+
+def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | None = None, site: str | None = None,
+              clinical: Mapping[str, Any] | None = None, sequences: Mapping[str, str] | None = None) -> Case:
+    """Load one patient's four sequences from explicit files, a BraTS folder or a DICOM study.
+
+    ``sequences`` overrides the DICOM assignment: sequence -> SeriesInstanceUID or SeriesDescription.
+    """
+    images: dict[str, sitk.Image] = {}
+    sources: dict[str, str] = {}
+    if isinstance(source, Mapping):
+        paths = {k.lower(): Path(v) for k, v in source.items()}
+        extra = set(paths) - set(SEQUENCES) - {"seg"}
+        missing = [k for k in SEQUENCES if k not in paths]
+        if extra or missing:
+            raise InputError(None, f"explicit files need exactly {', '.join(SEQUENCES)} (and optional seg); "
+                                   f"missing {missing}, unexpected {sorted(extra)}")
+        default_id = re.sub(r"[-_]?(t1ce|t1c|t1gd)$", "", image_stem(paths["t1ce"]), flags=re.I) or "case"
+    else:
+        folder = Path(source)
+        if not folder.exists():
+            raise InputError(folder, "not found")
+        if not folder.is_dir():
+            raise InputError(folder, "expected a case folder (BraTS or DICOM), or give the four files explicitly")
+        default_id = folder.name
+        if any(is_image_file(p) for p in folder.iterdir()):
+            paths = find_brats_files(folder)
+        elif is_dicom_study(folder):
+            chosen = assign_series(folder, find_series(folder), sequences)
+            for key, series in chosen.items():
+                images[key] = check_image(read_series(series), f"{series.folder} ('{series.description}')")
+                sources[key] = f"{series.folder} ('{series.description}')"
+            paths = {}
+        else:
+            raise InputError(folder, "holds neither BraTS-named image files nor a DICOM series")
+    for key, path in paths.items():
+        images[key] = read_image(path)
+        sources[key] = str(path)
+    _check_extents({k: images[k] for k in SEQUENCES}, sources)
+    seg = images.pop("seg", None)
+    if seg is not None and overlap_fraction(seg, images["t1ce"]) < MIN_OVERLAP:
+        raise InputError(sources["seg"], "segmentation does not cover the T1ce's field of view")
+    return Case(case_id=case_id or default_id, t1=images["t1"], t1ce=images["t1ce"], t2=images["t2"],
+                flair=images["flair"], site=site, clinical=dict(clinical or {}), sources=sources, seg=seg)

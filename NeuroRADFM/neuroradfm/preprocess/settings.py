@@ -1,0 +1,50 @@
+"""Preprocessing settings: stored in every model bundle's card so inference repeats training."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from neuroradfm import SEQUENCES
+
+_CHOICES = {"coregister": ("auto", "always", "never"), "brain_extraction": ("auto", "deepbet", "none"),
+            "template_registration": ("auto", "affine", "none")}
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    spacing_mm: float = 2.0
+    """Model grid spacing (isotropic, mm) in MNI152 template space."""
+    size: tuple[int, int, int] = (128, 128, 128)
+    """Model grid voxels along the template's axes."""
+    reference: str = "t1ce"
+    """Co-registration target; every output map is written on this sequence's original grid."""
+    n4: bool = True
+    coregister: str = "auto"
+    """auto: skipped when all sequences already share the reference's grid."""
+    brain_extraction: str = "auto"
+    """auto: deepbet unless the input is already skull-stripped (zero background)."""
+    template_registration: str = "auto"
+    """auto: affine to MNI152 unless the input is already in template space."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", tuple(int(v) for v in self.size))
+        if len(self.size) != 3 or min(self.size) < 8 or self.spacing_mm <= 0:
+            raise ValueError(f"model grid must be 3 sizes >= 8 and a positive spacing, got {self.size}, "
+                             f"{self.spacing_mm}")
+        if self.reference not in SEQUENCES:
+            raise ValueError(f"reference must be one of {SEQUENCES}, got {self.reference!r}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["size"] = list(self.size)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessSettings:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown preprocessing settings: {sorted(unknown)}")
+        return cls(**data)

@@ -32,7 +32,7 @@ def foreground_mask(image: sitk.Image) -> sitk.Image:
     return sitk.BinaryFillhole(sitk.Cast(components == 1, sitk.sitkUInt8))
 
 
-def n4_correct(image: sitk.Image, mask: sitk.Image, target_spacing_mm: float = 4.0) -> sitk.Image:
+def n4_correct(image: sitk.Image, mask: sitk.Image, target_spacing_mm: float = 6.0) -> sitk.Image:
     """N4 on a shrunk copy, then the full image divided by the expanded bias field."""
     shrink = [max(1, int(round(target_spacing_mm / s))) for s in image.GetSpacing()]
     small = sitk.Shrink(image, shrink)

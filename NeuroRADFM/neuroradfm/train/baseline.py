@@ -93,7 +93,7 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
             loss.backward()
             optimiser.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             progress("train", (epoch + (step + 1) / steps_per_epoch) / settings.epochs,
                      f"epoch {epoch + 1}/{settings.epochs} loss {np.mean(losses):.3f}")
         history.append(float(np.mean(losses)))

@@ -1,0 +1,159 @@
+"""Phantom cases and cohorts on disk (BraTS-2023 naming, clinical table, manifest)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from neuroradfm import SEQUENCES
+from neuroradfm.phantom import render
+from neuroradfm.phantom.biology import sample_patient
+from neuroradfm.phantom.sites import Site, make_site
+from neuroradfm.progress import Progress, null_progress
+
+GENERATOR_VERSION = "1"
+FILE_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}
+INTENSITY_SCALE = 1000.0
+"""Images are stored as int16: rendered intensity x 1000."""
+NATIVE_FOV_MM = (240.0, 240.0, 180.0)
+FLAIR_SLICE_FACTOR = 1.5
+
+
+def case_id(index: int) -> str:
+    return f"BraTS-PHN-{index:05d}-000"
+
+
+def _acquisition_grid(site: Site, centre: np.ndarray, slice_factor: float = 1.0) -> sitk.Image:
+    """An oblique, anisotropic acquisition box around ``centre`` (LPS or RAS axes, per site)."""
+    tilt = sitk.Euler3DTransform()
+    tilt.SetRotation(np.deg2rad(site.native_tilt_deg), 0.0, np.deg2rad(site.native_tilt_deg / 2))
+    base = np.diag([-1.0, -1.0, 1.0]) if site.native_ras else np.eye(3)
+    direction = np.asarray(tilt.GetMatrix()).reshape(3, 3) @ base
+    spacing = np.array(site.native_spacing) * np.array([1.0, 1.0, slice_factor])
+    size = np.maximum(np.round(np.array(NATIVE_FOV_MM) / spacing).astype(int), 8)
+    grid = sitk.Image([int(v) for v in size], sitk.sitkFloat32)
+    grid.SetSpacing(spacing.tolist())
+    grid.SetDirection(direction.ravel().tolist())
+    grid.SetOrigin((centre - direction @ (spacing * (size - 1) / 2)).tolist())
+    return grid
+
+
+def generate_case(index: int, seed: int, n_sites: int = 4, native: bool = False, spacing: float = 1.0
+                  ) -> tuple[dict[str, sitk.Image], sitk.Image, dict]:
+    """One phantom: four images, the tumour label map (on the T1ce grid) and the clinical row.
+
+    Deterministic in (index, seed, n_sites, native, spacing); independent of the cohort size.
+    """
+    if spacing <= 0:
+        raise ValueError(f"spacing must be positive, got {spacing}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    site = make_site(index % n_sites)
+    row, traits = sample_patient(rng, site.index, n_sites)
+    grid = render.working_grid(spacing, render.HEAD_PADDING_MM if native else 0.0)
+    coords = render.physical_coordinates(grid)
+    tissues = render.anatomy(grid, with_head=native)
+    centre = render.choose_centre(rng, traits, coords, tissues)
+    parts = render.lesion(rng, traits, centre, grid, coords, tissues)
+    clean = render.render(traits, tissues, parts, grid, rng, centre)
+    seg = sitk.GetImageFromArray(render.labels(parts))
+    seg.CopyInformation(grid)
+    del coords
+
+    support = None if native else (tissues["brain"] > 0.5).astype(np.float32)
+    images: dict[str, sitk.Image] = {}
+    bias_field = render.smooth_noise(grid, rng, 80.0)
+    for sequence in SEQUENCES:
+        image = sitk.GetImageFromArray(clean[sequence])
+        image.CopyInformation(grid)
+        images[sequence] = render.site_effects(image, sequence, site, rng, bias_field, support)
+
+    tumour_centre = centre
+    if native:
+        pose = sitk.Euler3DTransform()
+        pose.SetCenter(centre.tolist())
+        pose.SetRotation(*np.deg2rad(rng.uniform(-10, 10, size=3)))
+        pose.SetTranslation(rng.uniform(-10, 10, size=3).tolist())  # acquisition point -> template point
+        head_centre = np.array(pose.GetInverse().TransformPoint(
+            sitk.Image(grid).TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in grid.GetSize()])))
+        acquisitions = {s: _acquisition_grid(site, head_centre, FLAIR_SLICE_FACTOR if s == "flair" else 1.0)
+                        for s in SEQUENCES}
+        images = {s: sitk.Resample(images[s], acquisitions[s], pose, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+                  for s in SEQUENCES}
+        seg = sitk.Resample(seg, acquisitions["t1ce"], pose, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        tumour_centre = np.array(pose.GetInverse().TransformPoint(centre.tolist()))
+
+    stored = {}
+    for sequence, image in images.items():
+        array = np.clip(np.round(sitk.GetArrayFromImage(image) * INTENSITY_SCALE), 0, 32767).astype(np.int16)
+        out = sitk.GetImageFromArray(array)
+        out.CopyInformation(image)
+        stored[sequence] = out
+    volumes = np.bincount(sitk.GetArrayViewFromImage(seg).ravel(), minlength=4) * np.prod(seg.GetSpacing()) / 1000
+    row.update({
+        "site": site.name,
+        "tumour_x": round(float(tumour_centre[0]), 2), "tumour_y": round(float(tumour_centre[1]), 2),
+        "tumour_z": round(float(tumour_centre[2]), 2),
+        "necrotic_core_ml": round(float(volumes[1]), 2), "edema_ml": round(float(volumes[2]), 2),
+        "enhancing_ml": round(float(volumes[3]), 2),
+        **{f"trait_{k}": (round(v, 4) if isinstance(v, float) else v) for k, v in vars(traits).items()},
+    })
+    return stored, seg, row
+
+
+def _write_image(image: sitk.Image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+    sitk.WriteImage(image, str(tmp), useCompression=True)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(rows[0])
+    handle = tempfile.NamedTemporaryFile("w", newline="", dir=path.parent, prefix=f".{path.name}.", delete=False)
+    with handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(handle.name, path)
+
+
+def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, native: bool = False,
+                    spacing: float = 1.0, progress: Progress = null_progress) -> Path:
+    """Write ``n`` phantom cases; returns the manifest. CSVs are written last, so an interrupted run
+    leaves no manifest pointing at missing files."""
+    if n < 1 or sites < 1:
+        raise ValueError(f"need n >= 1 and sites >= 1, got n={n}, sites={sites}")
+    if spacing <= 0:
+        raise ValueError(f"spacing must be positive, got {spacing}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clinical, manifest = [], []
+    for index in range(n):
+        progress("phantom", index / n, case_id(index))
+        images, seg, row = generate_case(index, seed, n_sites=sites, native=native, spacing=spacing)
+        cid = case_id(index)
+        folder = out / cid
+        folder.mkdir(exist_ok=True)
+        paths = {}
+        for key, image in [*images.items(), ("seg", seg)]:
+            path = folder / f"{cid}-{FILE_SUFFIX[key]}.nii.gz"
+            _write_image(image, path)
+            paths[key] = path.relative_to(out).as_posix()
+        clinical.append({"case_id": cid, **row})
+        manifest.append({"case_id": cid, "site": row["site"], **{k: paths[k] for k in [*SEQUENCES, "seg"]},
+                         **{k: v for k, v in row.items() if k != "site"}})
+    settings = {"generator_version": GENERATOR_VERSION, "seed": seed, "n": n, "sites": sites, "native": native,
+                "spacing_mm": spacing, "intensity_scale": INTENSITY_SCALE,
+                "site_profiles": [make_site(i).to_dict() for i in range(sites)]}
+    tmp = out / ".phantom.json.tmp"
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, out / "phantom.json")
+    _write_csv(out / "clinical.csv", clinical)
+    _write_csv(out / "manifest.csv", manifest)
+    progress("phantom", 1.0, f"{n} cases in {out}")
+    return out / "manifest.csv"

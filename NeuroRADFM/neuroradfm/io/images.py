@@ -43,6 +43,32 @@ def check_image(image: sitk.Image, source: str) -> sitk.Image:
     return image
 
 
+def _check_nifti_complete(path: Path) -> None:
+    """ITK zero-fills a truncated NIfTI instead of failing: compare the data length with the header's."""
+    import gzip
+    import zlib
+
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+    except Exception as error:  # nibabel raises several types for broken headers
+        raise InputError(path, f"unreadable NIfTI header ({error})") from None
+    expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    if path.name.lower().endswith(".gz"):
+        available = 0
+        try:
+            with gzip.open(path, "rb") as handle:
+                while chunk := handle.read(1 << 22):
+                    available += len(chunk)
+        except (EOFError, OSError, zlib.error) as error:
+            raise InputError(path, f"truncated or corrupt gzip data ({error})") from None
+    else:
+        available = path.stat().st_size
+    if available < expected:
+        raise InputError(path, f"truncated image file: {available} bytes of {expected} expected")
+
+
 def read_image(path: str | Path) -> sitk.Image:
     """Read a NIfTI, NRRD or MetaImage volume; every problem is an InputError naming the file."""
     path = Path(path)
@@ -55,6 +81,8 @@ def read_image(path: str | Path) -> sitk.Image:
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
         raise InputError(path, f"unreadable or truncated image file ({reason})") from None
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path)
     return check_image(image, str(path))
 
 

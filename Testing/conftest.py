@@ -1,0 +1,50 @@
+"""Shared fixtures: a small phantom cohort and a tiny bundle trained on it by the project's own code."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuroradfm.models.encoder import EncoderConfig
+from neuroradfm.preprocess import PreprocessSettings
+from neuroradfm.train.baseline import BaselineSettings
+
+torch.set_num_threads(2)
+
+TINY_SETTINGS = BaselineSettings(
+    encoder=EncoderConfig("resnet10", widen_factor=0.125, conv1_stride=2, no_max_pool=True),
+    preprocessing=PreprocessSettings(spacing_mm=4.0, size=(48, 48, 48), n4=False),
+    epochs=1, batch_size=4, probe_fraction=0.75, seed=0, device="cpu",
+)
+
+
+@pytest.fixture(scope="session")
+def phantom_cohort(tmp_path_factory):
+    """16 BraTS-style phantom cases at 4 mm from 2 sites (manifest path)."""
+    from neuroradfm.phantom import generate_cohort
+
+    return generate_cohort(tmp_path_factory.mktemp("phantom"), n=16, sites=2, seed=3, spacing=4.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(phantom_cohort, tmp_path_factory):
+    from neuroradfm.train.baseline import train_baseline
+
+    return train_baseline(phantom_cohort, tmp_path_factory.mktemp("bundles") / "tiny", TINY_SETTINGS,
+                          card={"name": "tiny-test-bundle", "intended_use": "tests only"})
+
+
+@pytest.fixture(scope="session")
+def native_case_dir(tmp_path_factory):
+    """One native phantom (head with skull; site-C: LPS-based oblique axes, 1.2 x 1.2 x 5 mm voxels)."""
+    import SimpleITK as sitk
+
+    from neuroradfm.phantom import case_id, generate_case
+    from neuroradfm.phantom.cohort import FILE_SUFFIX
+
+    images, seg, row = generate_case(2, seed=11, n_sites=4, native=True, spacing=2.0)
+    folder = tmp_path_factory.mktemp("native") / case_id(2)
+    folder.mkdir()
+    for key, image in [*images.items(), ("seg", seg)]:
+        sitk.WriteImage(image, str(folder / f"{case_id(2)}-{FILE_SUFFIX[key]}.nii.gz"))
+    return folder

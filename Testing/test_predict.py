@@ -1,0 +1,145 @@
+"""Bundle format, prediction, outputs on the reference grid, batch isolation and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+
+from neuroradfm.cli import main
+from neuroradfm.errors import BundleError
+from neuroradfm.io import load_case, read_manifest
+from neuroradfm.markers import MARKER_KEYS
+from neuroradfm.models.bundle import CARD, WEIGHTS, load_bundle, read_card
+from neuroradfm.outputs import COLOR_TABLE, SEGMENTATION, write_outputs
+from neuroradfm.predict import SURVIVAL_HEAD, predict_case
+
+
+def _same_geometry(a: sitk.Image, b: sitk.Image, atol: float = 0.0) -> None:
+    """Equal grids; ``atol`` allows for the last digit of NRRD's decimal text (about 1e-16)."""
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=atol)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=atol)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=atol)
+
+
+def test_bundle_card_and_weights(tiny_bundle):
+    card = read_card(tiny_bundle)
+    assert card["format_version"] == 1 and card["content_hash"].startswith("sha256:")
+    assert card["architecture"]["arch"] == "resnet10" and card["preprocessing"]["size"] == [48, 48, 48]
+    bundle = load_bundle(tiny_bundle)
+    assert bundle.encoder.embedding_dim == len(card["heads"]["feature_mean"]) == 64
+    assert bundle.heads.cox is not None and bundle.heads.ood is not None
+    assert {m.key for m in bundle.heads.markers} <= set(MARKER_KEYS)
+    assert card["training"]["cases_encoder"] + card["training"]["cases_heads"] == 16
+    assert not any(p.suffix in (".pt", ".pkl", ".pth") for p in tiny_bundle.iterdir())
+
+
+def test_bundle_errors_name_the_file(tiny_bundle, tmp_path):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_bundle, tampered)
+    card = json.loads((tampered / CARD).read_text())
+    card["heads"]["markers"][0]["threshold"] = 0.01
+    (tampered / CARD).write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="content hash does not match") as error:
+        load_bundle(tampered)
+    assert str(tampered) in str(error.value)
+
+    future = tmp_path / "future"
+    shutil.copytree(tiny_bundle, future)
+    card = json.loads((future / CARD).read_text())
+    card["format_version"] = 99
+    (future / CARD).write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="unknown bundle version 99"):
+        load_bundle(future)
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_bundle, truncated)
+    data = (truncated / WEIGHTS).read_bytes()
+    (truncated / WEIGHTS).write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match="content hash"):
+        load_bundle(truncated)
+
+    with pytest.raises(BundleError, match="card.json is missing"):
+        load_bundle(tmp_path)
+
+
+def test_prediction_outputs_on_an_oblique_anisotropic_native_case(tiny_bundle, native_case_dir, tmp_path):
+    case = load_case(native_case_dir)
+    reference = case.t1ce
+    direction = np.asarray(reference.GetDirection()).reshape(3, 3)
+    assert not np.allclose(np.abs(direction), np.eye(3), atol=1e-3)  # oblique
+    assert len(set(np.round(reference.GetSpacing(), 3))) > 1  # anisotropic
+    bundle = load_bundle(tiny_bundle)
+    prediction = predict_case(case, bundle, device="cpu")
+    assert prediction.preprocessed.steps["brain_extraction"].startswith("done: deepbet")
+    assert prediction.preprocessed.steps["template_registration"].startswith("done")
+    assert prediction.preprocessed.steps["coregister"].startswith("done")
+    keys = [m.key for m in bundle.heads.markers] + [SURVIVAL_HEAD]
+    assert list(prediction.cams) == keys
+    for m in prediction.markers:
+        assert 0 <= m.probability <= 1 and m.positive == (m.probability >= m.threshold)
+    for cam in prediction.cams.values():
+        assert cam.shape == (48, 48, 48) and cam.max() == pytest.approx(1.0) and cam.min() >= 0
+
+    _same_geometry(prediction.preprocessed.to_reference(prediction.cams["idh1"]), reference)  # exactly
+    folder = write_outputs(prediction, tmp_path / "out" / case.case_id)
+    for key in keys:
+        heat = sitk.ReadImage(str(folder / f"heatmap_{key}.nrrd"))
+        labels = sitk.ReadImage(str(folder / f"labels_{key}.nrrd"))
+        _same_geometry(heat, reference, atol=1e-12)
+        _same_geometry(labels, reference, atol=1e-12)
+        assert set(np.unique(sitk.GetArrayViewFromImage(labels))) <= {0, 1, 2, 3}
+        assert sitk.GetArrayViewFromImage(heat).max() > 0.9
+    segmentation = slicerio.read_segmentation(str(folder / SEGMENTATION))
+    assert [s["name"] for s in segmentation["segments"]] == keys
+    assert np.allclose(segmentation["ijkToLPS"][:3, 3], reference.GetOrigin())
+    assert (folder / COLOR_TABLE).read_text().splitlines()[2:] == [
+        "0 background 0 0 0 0", "1 low 255 255 0 255", "2 moderate 255 128 0 255", "3 high 220 0 0 255"]
+    summary = json.loads((folder / "predictions.json").read_text())
+    assert summary["case_id"] == case.case_id and len(summary["markers"]) == len(bundle.heads.markers)
+    assert summary["survival"]["risk_group"] in ("low", "high")
+    with open(folder / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["output"] for r in rows] == keys
+    assert (folder / "overview.png").stat().st_size > 10_000
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_batch_isolates_a_failing_case_and_leaves_nothing_half_written(tiny_bundle, phantom_cohort, tmp_path):
+    cohort = tmp_path / "cohort"
+    shutil.copytree(phantom_cohort.parent, cohort)
+    broken = read_manifest(cohort / "manifest.csv")[1]
+    broken.paths["flair"].write_bytes(broken.paths["flair"].read_bytes()[:200])  # truncated file
+    out = tmp_path / "out"
+    code = main(["predict", str(cohort / "manifest.csv"), "--model", str(tiny_bundle), "--out", str(out),
+                 "--progress", "none", "--no-overview", "--device", "cpu"])
+    assert code == 1
+    assert not (out / broken.case_id).exists()
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 15
+    with open(out / "failures.csv", newline="") as handle:
+        failures = list(csv.DictReader(handle))
+    assert failures[0]["case_id"] == broken.case_id and "truncated" in failures[0]["error"]
+    assert str(broken.paths["flair"]) in failures[0]["error"]
+    with open(out / "predictions.csv", newline="") as handle:
+        assert len({r["case_id"] for r in csv.DictReader(handle)}) == 15
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_reports_bad_input_with_exit_status_2(tiny_bundle, tmp_path, capsys):
+    code = main(["predict", str(tmp_path / "nowhere"), "--model", str(tiny_bundle), "--out", str(tmp_path / "o"),
+                 "--progress", "none"])
+    assert code == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["predict", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_cli_info_prints_card_summary(tiny_bundle, capsys):
+    assert main(["info", str(tiny_bundle)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["name"] == "tiny-test-bundle" and "c_index" in summary["survival"]

@@ -8,12 +8,11 @@ OUT/failures.csv every failure.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from neuroradfm.atomic import atomic_file
 from neuroradfm.errors import NeuroRADFMError
 from neuroradfm.io.case import Case
 from neuroradfm.models.bundle import Bundle
@@ -54,10 +53,8 @@ def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundl
 
 
 def _atomic_csv(path: Path, rows: list[list[str]]) -> None:
-    handle = tempfile.NamedTemporaryFile("w", newline="", dir=path.parent, prefix=f".{path.name}.", delete=False)
-    with handle:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
-    os.replace(handle.name, path)
 
 
 def _gather_tables(out_dir: Path, result: BatchResult) -> None:

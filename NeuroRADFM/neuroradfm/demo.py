@@ -13,6 +13,8 @@ from pathlib import Path
 from neuroradfm.errors import BundleError, NeuroRADFMError
 
 DEMO_CASE_SEED = 20261124
+DEMO_CASE_SPACING_MM = 1.5
+"""Rendering grid of the demo phantom; its acquisition (site-A) is 0.9 x 0.9 x 3 mm, oblique."""
 BUNDLE_DIR = "demo-bundle"
 
 
@@ -42,10 +44,11 @@ def run_demo(out: str | Path, device: str = "auto", progress=None) -> Path:
     manifest = out / "case" / "manifest.csv"
     if not manifest.is_file():
         progress("phantom", 0.0, "generating the demo phantom case")
-        generate_cohort(out / "case", n=1, sites=1, seed=DEMO_CASE_SEED, native=True)
+        generate_cohort(out / "case", n=1, sites=1, seed=DEMO_CASE_SEED, native=True, spacing=DEMO_CASE_SPACING_MM,
+                        progress=sub_progress(progress, 0.0, 0.25))
     entry = read_manifest(manifest)[0]
     result = predict_cases([(entry.case_id, entry.load)], bundle, out / "results", device=device,
-                           progress=sub_progress(progress, 0.1, 1.0), keep_predictions=True)
+                           progress=sub_progress(progress, 0.25, 1.0), keep_predictions=True)
     if result.failures:
         raise NeuroRADFMError("demo case failed: " + "; ".join(result.failures.values()))
     prediction = result.predictions[entry.case_id]

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import slicerio
 
+from neuroradfm.atomic import atomic_folder
 from neuroradfm.predict import SURVIVAL_HEAD, Prediction
 
 LEVELS = (0.25, 0.5, 0.75)
@@ -85,9 +83,7 @@ def _write_tables(folder: Path, prediction: Prediction) -> None:
 def write_outputs(prediction: Prediction, out_dir: str | Path, overview: bool = True) -> Path:
     """Write all outputs of one case to ``out_dir`` (replaced as a whole when it exists)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as staging:
         reference = prediction.preprocessed.reference
         hot: dict[str, np.ndarray] = {}
         for key, cam in prediction.cams.items():
@@ -106,10 +102,4 @@ def write_outputs(prediction: Prediction, out_dir: str | Path, overview: bool = 
             from neuroradfm.overview import write_overview
 
             write_overview(staging / "overview.png", prediction)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

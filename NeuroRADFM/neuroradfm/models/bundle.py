@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from neuroradfm.atomic import atomic_folder
 from neuroradfm.errors import BundleError
 from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.models.heads import CoxHead, Heads, MarkerHead, OodHead
@@ -102,7 +100,6 @@ def save_bundle(path: str | Path, encoder: Encoder, heads: Heads, preprocessing:
     architecture, preprocessing, heads, format and hash are filled in here.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     heads_card, head_tensors = heads_to_card(heads)
     full = dict(card)
     full.update({
@@ -115,17 +112,10 @@ def save_bundle(path: str | Path, encoder: Encoder, heads: Heads, preprocessing:
     })
     tensors = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     tensors.update(head_tensors)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_folder(path) as staging:
         save_file(tensors, str(staging / WEIGHTS), metadata={"format": FORMAT})
         full["content_hash"] = content_hash(full, staging / WEIGHTS)
         (staging / CARD).write_text(json.dumps(full, indent=1) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from neuroradfm import SEQUENCES
+from neuroradfm.atomic import atomic_file
 from neuroradfm.phantom import render
 from neuroradfm.phantom.biology import sample_patient
 from neuroradfm.phantom.sites import Site, make_site
@@ -107,19 +106,15 @@ def generate_case(index: int, seed: int, n_sites: int = 4, native: bool = False,
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    sitk.WriteImage(image, str(tmp), useCompression=True)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    columns = list(rows[0])
-    handle = tempfile.NamedTemporaryFile("w", newline="", dir=path.parent, prefix=f".{path.name}.", delete=False)
-    with handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(handle.name, path)
 
 
 def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, native: bool = False,
@@ -150,9 +145,8 @@ def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, 
     settings = {"generator_version": GENERATOR_VERSION, "seed": seed, "n": n, "sites": sites, "native": native,
                 "spacing_mm": spacing, "intensity_scale": INTENSITY_SCALE,
                 "site_profiles": [make_site(i).to_dict() for i in range(sites)]}
-    tmp = out / ".phantom.json.tmp"
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp, out / "phantom.json")
+    with atomic_file(out / "phantom.json") as tmp:
+        tmp.write_text(json.dumps(settings, indent=1) + "\n")
     _write_csv(out / "clinical.csv", clinical)
     _write_csv(out / "manifest.csv", manifest)
     progress("phantom", 1.0, f"{n} cases in {out}")

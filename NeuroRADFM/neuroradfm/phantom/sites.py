@@ -34,7 +34,7 @@ class Site:
         return asdict(self)
 
 
-NATIVE_SPACINGS = ((1.0, 1.0, 1.0), (0.9, 0.9, 3.0), (1.2, 1.2, 5.0), (1.0, 1.0, 2.0), (0.8, 0.8, 4.0))
+NATIVE_SPACINGS = ((0.9, 0.9, 3.0), (1.0, 1.0, 1.0), (1.2, 1.2, 5.0), (1.0, 1.0, 2.0), (0.8, 0.8, 4.0))
 
 
 def site_name(index: int) -> str:

@@ -1,5 +1,5 @@
 """The overview figure: for each head, three orthogonal slices through its map's peak,
-the map overlaid on the preprocessed T1ce (radiological convention: patient right on the left).
+the map overlaid on the preprocessed T1ce (radiological convention: patient right, "R", on the left).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ def write_overview(path: Path, prediction: Prediction) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    background = prediction.preprocessed.channels[1]
-    lo, hi = np.percentile(background[prediction.preprocessed.mask], [1, 99])
+    mask = prediction.preprocessed.mask
+    lo, hi = np.percentile(prediction.preprocessed.channels[1][mask], [1, 99])
+    background = np.where(mask, prediction.preprocessed.channels[1], lo)
     labels = {m.key: f"{m.label}: {m.call} (p={m.probability:.2f})" for m in prediction.markers}
     if prediction.survival is not None:
         s = prediction.survival
@@ -33,15 +34,19 @@ def write_overview(path: Path, prediction: Prediction) -> None:
     fig, axes = plt.subplots(len(keys), 3, figsize=(7.5, 2.4 * len(keys)), squeeze=False)
     for row, key in zip(axes, keys):
         cam = prediction.cams[key]
-        peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
-        for ax, image, heat in zip(row, _views(background, peak), _views(cam, peak)):
+        if cam.max() > 0:
+            peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        else:  # an all-zero map (nothing drove the call): show the brain's centre
+            peak = tuple(int(v) for v in np.argwhere(mask).mean(axis=0))
+        for ax, image, heat, view in zip(row, _views(background, peak), _views(cam, peak),
+                                         ("axial", "coronal", "sagittal")):
             ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower")
             ax.imshow(np.ma.masked_less(heat, 0.25), cmap="jet", vmin=0, vmax=1, alpha=0.45, origin="lower")
+            ax.text(0.02, 0.96, view if view == "sagittal" else f"{view}  R", color="white", fontsize=6,
+                    transform=ax.transAxes, va="top")
             ax.set_xticks([])
             ax.set_yticks([])
-        row[0].set_ylabel(labels.get(key, key), fontsize=7, rotation=0, ha="right", va="center")
-    for ax, title in zip(axes[0], ("axial", "coronal", "sagittal")):
-        ax.set_title(title, fontsize=8)
+        row[0].set_title(labels.get(key, key), fontsize=8, loc="left")
     flag = "  OUT OF DISTRIBUTION" if prediction.ood_flag else ""
     fig.suptitle(f"{prediction.case_id} — {prediction.bundle.get('name', '')}{flag}\n"
                  f"{prediction.bundle.get('intended_use', '')}", fontsize=8)

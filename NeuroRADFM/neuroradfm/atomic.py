@@ -10,6 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask_mode(full: int) -> int:
+    """The mode a plain mkdir/open would give (temp files are created private: 0700/0600)."""
+    current = os.umask(0)
+    os.umask(current)
+    return full & ~current
+
+
 @contextmanager
 def atomic_folder(path: str | Path) -> Iterator[Path]:
     """Yield a staging folder beside ``path``; on success it replaces ``path`` as a whole."""
@@ -17,6 +24,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
     try:
+        staging.chmod(_umask_mode(0o777))
         yield staging
         if path.exists():
             shutil.rmtree(path)
@@ -33,6 +41,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes), dir=path.parent)
     os.close(handle)
     try:
+        os.chmod(name, _umask_mode(0o666))
         yield Path(name)
         os.replace(name, path)
     except BaseException:

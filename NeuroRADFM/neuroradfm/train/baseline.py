@@ -1,8 +1,11 @@
 """A minimal, honest training path for a complete bundle (until SSL + Group-DRO pretraining lands).
 
 1. The encoder is trained SUPERVISED on split A of the cohort: multi-label cross-entropy on the
-   markers through a temporary linear layer (unknown labels masked out). This is a stand-in for
-   self-supervised pretraining and the card says so.
+   markers through a temporary linear layer (unknown labels masked out) plus, when the cohort has
+   tumour masks, an auxiliary target: the tumour fraction of each cell of the last feature map,
+   predicted by a 1x1x1 convolution. The auxiliary target keeps the feature map spatially tied to the
+   lesion, which is what Grad-CAM reads. This is a stand-in for self-supervised pretraining and the
+   card says so.
 2. The encoder is frozen; embeddings of split B (cases the encoder never saw) are used to fit
    the bundle's heads: feature scaling, one logistic probe per marker, a Cox model, OOD stats.
    Their metrics are cross-validated on split B.
@@ -43,6 +46,8 @@ class BaselineSettings:
     batch_size: int = 4
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
+    tumour_weight: float = 1.0
+    """Weight of the auxiliary tumour-occupancy loss (0 turns it off; ignored without tumour masks)."""
     probe_fraction: float = 0.4
     seed: int = 0
     device: str = "auto"
@@ -66,7 +71,9 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
     rng = np.random.default_rng(settings.seed)
     encoder = Encoder(settings.encoder).to(device)
     head = nn.Linear(encoder.embedding_dim, len(MARKER_KEYS)).to(device)
-    params = list(encoder.parameters()) + list(head.parameters())
+    occupancy = nn.Conv3d(encoder.embedding_dim, 1, kernel_size=1).to(device)
+    use_tumour = cohort.tumour is not None and settings.tumour_weight > 0
+    params = list(encoder.parameters()) + list(head.parameters()) + list(occupancy.parameters())
     optimiser = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = int(np.ceil(len(cohort.case_ids) / settings.batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, settings.learning_rate,
@@ -81,14 +88,20 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
         for step in range(steps_per_epoch):
             index = order[step * settings.batch_size:(step + 1) * settings.batch_size]
             x = torch.from_numpy(cohort.inputs[index].astype(np.float32))
+            tumour = torch.from_numpy(cohort.tumour[index]).float()[:, None] if use_tumour else None
             if rng.random() < 0.5:  # left-right flip: the phantom's traits do not depend on hemisphere
                 x = torch.flip(x, dims=(4,))
-            x = x.to(device)
-            logits = head(encoder(x)[1])
+                tumour = None if tumour is None else torch.flip(tumour, dims=(4,))
+            features, z = encoder(x.to(device))
+            logits = head(z)
             weight = known[index].to(device)
             loss = (nn.functional.binary_cross_entropy_with_logits(logits, labels[index].to(device),
                                                                    reduction="none") * weight).sum()
             loss = loss / weight.sum().clamp(min=1)
+            if tumour is not None:
+                target = nn.functional.adaptive_avg_pool3d(tumour.to(device), features.shape[2:])
+                loss = loss + settings.tumour_weight * nn.functional.binary_cross_entropy_with_logits(
+                    occupancy(features), target)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -155,8 +168,10 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
     }
     full_card.update(card or {})
     full_card["training"] = {
-        "method": "supervised multi-marker encoder (split A) + frozen-embedding heads (split B); "
-                  "stand-in for SSL + Group-DRO pretraining",
+        "method": "supervised multi-marker encoder (split A)"
+                  + (" with an auxiliary tumour-occupancy target from the segmentations"
+                     if cohort.tumour is not None and settings.tumour_weight > 0 else "")
+                  + " + frozen-embedding heads (split B); stand-in for SSL + Group-DRO pretraining",
         "manifest": manifest.name, "manifest_hash": _file_hash(manifest),
         "cases_encoder": len(split_a), "cases_heads": len(split_b), "failed_cases": cohort.failures,
         "sites": sorted(set(cohort.sites)), "skipped_heads": skipped,

@@ -1,23 +1,31 @@
 """DICOM studies: find every series with SimpleITK/GDCM and assign the four sequences.
 
 Assignment uses neuroradfm.io.sequence_names on SeriesDescription (then ProtocolName) and the
-ContrastBolusAgent tag. An explicit override (sequence -> SeriesInstanceUID or description)
+ContrastBolusAgent tag; derived secondary images (reformats, maps) and non-MR objects are not
+used. An explicit override (sequence -> SeriesInstanceUID, its short form, or SeriesDescription)
 wins. Ambiguity and gaps are errors that list every series found.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from neuroradfm import SEQUENCES
 from neuroradfm.errors import InputError
-from neuroradfm.io.sequence_names import classify_series
+from neuroradfm.io.sequence_names import classify_series, names_a_non_input
 
-TAGS = {"description": "0008|103e", "protocol": "0018|1030", "contrast": "0018|0010", "uid": "0020|000e"}
+TAGS = {"description": "0008|103e", "protocol": "0018|1030", "contrast": "0018|0010", "uid": "0020|000e",
+        "image_type": "0008|0008", "modality": "0008|0060", "position": "0020|0032"}
+SHORT_UID = 12
+"""Error listings show the last SHORT_UID characters of a SeriesInstanceUID; overrides accept them."""
+SLICE_GAP_TOLERANCE = 0.1
+"""Largest relative deviation of a slice gap from the median before the series counts as uneven."""
 
 
 @dataclass
@@ -28,80 +36,167 @@ class DicomSeries:
     description: str
     protocol: str
     contrast_agent: str
+    image_type: str = ""
+    modality: str = "MR"
+
+    @property
+    def excluded(self) -> str:
+        """Why the series can never be an input ("" when it can)."""
+        if self.modality and self.modality.upper() != "MR":
+            return f"modality {self.modality}"
+        parts = [p.strip().upper() for p in self.image_type.split("\\")]
+        if parts[0] == "DERIVED" and "SECONDARY" in parts[1:2]:
+            return "derived secondary image"
+        return ""
 
     @property
     def sequence(self) -> str | None:
-        for name in (self.description, self.protocol):
+        names = (self.description, self.protocol)
+        if self.excluded or any(names_a_non_input(n) for n in names):  # "t1_mpr_iso_MPR_Tra" from "t1_mpr_iso"
+            return None
+        for name in names:
             found = classify_series(name, self.contrast_agent)
             if found:
                 return found
         return None
 
+    @property
+    def short_uid(self) -> str:
+        return "..." + self.uid[-SHORT_UID:].lstrip(".")
+
+    @property
+    def label(self) -> str:
+        return self.description or self.protocol or "(no description)"
+
     def summary(self) -> str:
-        return f"{self.uid[-12:]} '{self.description or self.protocol}' ({len(self.files)} files) in {self.folder}"
+        return f"{self.short_uid} '{self.label}' ({len(self.files)} slices) in {self.folder}"
+
+    def matches(self, key: str) -> bool:
+        """Override key: the full SeriesInstanceUID, its ending (short form) or the exact description."""
+        key = key.strip().lower()
+        ending = key.lstrip(". ")
+        return bool(key) and (key == self.uid.lower() or (len(ending) >= 4 and self.uid.lower().endswith(ending))
+                              or key in (self.description.lower(), self.protocol.lower()))
 
 
 def _tag(reader: sitk.ImageFileReader, key: str) -> str:
     return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
 
 
+def _reason(error: RuntimeError) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown reason"
+
+
+def _read_header(uid: str, folder: Path, files: list[str]) -> DicomSeries:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    reader.LoadPrivateTagsOff()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(files[0], f"unreadable DICOM file ({_reason(error)})") from None
+    return DicomSeries(uid, folder, files, *(_tag(reader, TAGS[k]) for k in
+                                             ("description", "protocol", "contrast", "image_type", "modality")))
+
+
 def find_series(study: Path) -> list[DicomSeries]:
-    """Every DICOM series under ``study`` (any nesting)."""
-    found: list[DicomSeries] = []
+    """Every DICOM series under ``study`` (any nesting), one header read per series.
+
+    GDCM lists series per folder; a series split over several folders (some exports cap files per
+    folder) is gathered again with a recursive, position-sorted file listing of their common folder.
+    """
+    per_uid: dict[str, list[tuple[Path, list[str]]]] = {}
     folders = [study, *sorted(p for p in study.rglob("*") if p.is_dir())]
-    for folder in folders:
+    for folder in (f for f in folders if any(p.is_file() for p in f.iterdir())):
         for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ():
             files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(files[0])
-            reader.LoadPrivateTagsOff()
-            try:
-                reader.ReadImageInformation()
-            except RuntimeError as error:
-                raise InputError(files[0], f"unreadable DICOM file ({str(error).strip().splitlines()[-1]})") from None
-            found.append(DicomSeries(uid, folder, files, _tag(reader, TAGS["description"]),
-                                     _tag(reader, TAGS["protocol"]), _tag(reader, TAGS["contrast"])))
+            if files:
+                per_uid.setdefault(uid, []).append((folder, files))
+    found = []
+    for uid, parts in per_uid.items():
+        folder, files = parts[0]
+        if len(parts) > 1:
+            folder = Path(os.path.commonpath([str(f) for f, _ in parts]))
+            files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid, recursive=True))
+        found.append(_read_header(uid, folder, files))
     return found
 
 
-def is_dicom_study(folder: Path) -> bool:
-    return any(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)) for p in [folder, *folder.rglob("*")] if p.is_dir())
+def _listing(series: list[DicomSeries], chosen: Mapping[str, DicomSeries]) -> str:
+    assigned = {id(s): k for k, s in chosen.items()}
+    lines = []
+    for s in series:
+        if id(s) in assigned:
+            role = assigned[id(s)]
+        elif s.sequence:
+            role = f"{s.sequence} candidate, not assigned"
+        else:
+            role = "not used" + (f" ({s.excluded})" if s.excluded else "")
+        lines.append(f"{s.summary()} -> {role}")
+    return "\n  ".join(lines) or "(no DICOM series)"
 
 
 def assign_series(study: Path, series: list[DicomSeries],
                   override: Mapping[str, str] | None = None) -> dict[str, DicomSeries]:
-    override = {k.lower(): v for k, v in (override or {}).items()}
+    """Sequence -> series; overrides first, then one automatic candidate per remaining sequence."""
+    override = {k.lower(): v for k, v in (override or {}).items() if v}
     unknown = set(override) - set(SEQUENCES)
     if unknown:
         raise InputError(study, f"override names unknown sequences {sorted(unknown)}; use {', '.join(SEQUENCES)}")
     chosen: dict[str, DicomSeries] = {}
     problems: list[str] = []
+    for sequence, key in override.items():
+        matches = [s for s in series if s.matches(key)]
+        if len(matches) == 1:
+            chosen[sequence] = matches[0]
+        else:
+            problems.append(f"override {sequence}={key!r} matches {len(matches)} series"
+                            + (" (give the full SeriesInstanceUID)" if matches else ""))
+    taken = {id(s) for s in chosen.values()}
     for sequence in SEQUENCES:
         if sequence in override:
-            key = override[sequence].strip().lower()
-            matches = [s for s in series if s.uid.lower() == key or s.description.lower() == key]
-        else:
-            matches = [s for s in series if s.sequence == sequence]
+            continue
+        matches = [s for s in series if s.sequence == sequence and id(s) not in taken]
         if len(matches) == 1:
             chosen[sequence] = matches[0]
         elif not matches:
             problems.append(f"no series for {sequence}")
         else:
             problems.append(f"{len(matches)} candidate series for {sequence}: "
-                            + "; ".join(s.summary() for s in matches))
+                            + "; ".join(f"'{s.label}' ({s.short_uid})" for s in matches))
     if problems:
-        listing = "\n  ".join(f"{s.summary()} -> {s.sequence or 'not used'}" for s in series) or "(no DICOM series)"
         raise InputError(study, "cannot assign the DICOM series to T1/T1ce/T2/FLAIR: " + "; ".join(problems)
-                         + f".\nSeries found:\n  {listing}\nPass an explicit override, e.g. "
-                         "sequences={'t1ce': '<SeriesInstanceUID or SeriesDescription>'}.")
+                         + f".\nSeries found:\n  {_listing(series, chosen)}\nPass an explicit override, e.g. "
+                         "sequences={'t1ce': '<SeriesInstanceUID, its last digits, or SeriesDescription>'}.")
     return chosen
+
+
+def _check_slice_spacing(series: DicomSeries, reader: sitk.ImageSeriesReader, image: sitk.Image) -> None:
+    """Missing slices, or several echoes / time points in one series, show up as uneven slice gaps."""
+    if image.GetDimension() != 3 or len(series.files) < 3 or image.GetSize()[2] != len(series.files):
+        return
+    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
+    try:
+        positions = [[float(v) for v in reader.GetMetaData(i, TAGS["position"]).split("\\")]
+                     for i in range(len(series.files))]
+    except (RuntimeError, ValueError):
+        return  # no per-slice positions to check against
+    gaps = np.diff(np.asarray(positions) @ normal)
+    typical = float(np.median(np.abs(gaps)))
+    if typical == 0 or np.abs(np.abs(gaps) - typical).max() > SLICE_GAP_TOLERANCE * typical:
+        raise InputError(series.folder, f"series '{series.label}' has uneven slice positions (gaps from "
+                                        f"{np.abs(gaps).min():.3g} to {np.abs(gaps).max():.3g} mm): missing slices, "
+                                        "or several echoes / time points in one series")
 
 
 def read_series(series: DicomSeries) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(series.files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as error:
-        raise InputError(series.folder, f"series '{series.description}' is unreadable "
-                                        f"({str(error).strip().splitlines()[-1]})") from None
+        raise InputError(series.folder, f"series '{series.label}' is unreadable ({_reason(error)})") from None
+    _check_slice_spacing(series, reader, image)
+    return image

@@ -69,6 +69,20 @@ def _check_nifti_complete(path: Path) -> None:
         raise InputError(path, f"truncated image file: {available} bytes of {expected} expected")
 
 
+def _reason(path: Path, error: RuntimeError) -> str:
+    """The useful line of an ITK error; MetaImage only says "No such file", so check its data file."""
+    if path.name.lower().endswith(".mhd"):
+        header = path.read_text(errors="replace")
+        data = next((line.split("=", 1)[1].strip() for line in header.splitlines()
+                     if line.strip().lower().startswith("elementdatafile")), "")
+        if data and data.upper() not in ("LOCAL", "LIST") and "%" not in data and not (path.parent / data).is_file():
+            return f"its data file {data} is missing"
+    if path.name.lower().endswith((".mha", ".mhd")):
+        return "MetaImage data could not be read completely"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and "trouble" not in line]
+    return lines[-1] if lines else "unknown reason"
+
+
 def read_image(path: str | Path) -> sitk.Image:
     """Read a NIfTI, NRRD or MetaImage volume; every problem is an InputError naming the file."""
     path = Path(path)
@@ -79,8 +93,7 @@ def read_image(path: str | Path) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise InputError(path, f"unreadable or truncated image file ({reason})") from None
+        raise InputError(path, f"unreadable or truncated image file ({_reason(path, error)})") from None
     if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_complete(path)
     return check_image(image, str(path))

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from neuroradfm import SEQUENCES
 from neuroradfm.errors import InputError
 from neuroradfm.io.case import Case
-from neuroradfm.io.dicom import assign_series, find_series, is_dicom_study, read_series
+from neuroradfm.io.dicom import assign_series, find_series, read_series
 from neuroradfm.io.images import check_image, image_stem, is_image_file, overlap_fraction, read_image
 
 # BraTS 2021: <id>_t1, _t1ce, _t2, _flair, _seg;  BraTS 2023+: <id>-t1n, -t1c, -t2w, -t2f, -seg
@@ -60,41 +60,58 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
               clinical: Mapping[str, Any] | None = None, sequences: Mapping[str, str] | None = None) -> Case:
     """Load one patient's four sequences from explicit files, a BraTS folder or a DICOM study.
 
-    ``sequences`` overrides the DICOM assignment: sequence -> SeriesInstanceUID or SeriesDescription.
+    ``source``: a mapping t1/t1ce/t2/flair (optional seg) -> image file, a BraTS case folder
+    (2021 ``*_t1ce.nii.gz`` or 2023+ ``*-t1c.nii.gz`` naming) or a DICOM study folder (any nesting).
+    ``sequences`` overrides the DICOM assignment: sequence -> SeriesInstanceUID (or its last
+    digits as listed in errors) or exact SeriesDescription. Every problem is an InputError.
     """
     images: dict[str, sitk.Image] = {}
     sources: dict[str, str] = {}
     if isinstance(source, Mapping):
-        paths = {k.lower(): Path(v) for k, v in source.items()}
+        paths = {str(k).lower(): Path(v) for k, v in source.items() if v is not None and str(v) != ""}
         extra = set(paths) - set(SEQUENCES) - {"seg"}
         missing = [k for k in SEQUENCES if k not in paths]
         if extra or missing:
             raise InputError(None, f"explicit files need exactly {', '.join(SEQUENCES)} (and optional seg); "
                                    f"missing {missing}, unexpected {sorted(extra)}")
+        absent = {k: p for k, p in paths.items() if not p.exists()}
+        if len(absent) == 1:
+            raise InputError(next(iter(absent.values())), "file not found")
+        if absent:
+            raise InputError(None, f"{len(absent)} image files not found: "
+                                   + "; ".join(f"{k}: {p}" for k, p in absent.items()))
+        if sequences:
+            raise InputError(None, "a sequences override applies to DICOM studies only; the files already say "
+                                   "which sequence each one is")
         default_id = re.sub(r"[-_]?(t1ce|t1c|t1gd)$", "", image_stem(paths["t1ce"]), flags=re.I) or "case"
     else:
         folder = Path(source)
         if not folder.exists():
-            raise InputError(folder, "not found")
+            raise InputError(folder, "case folder not found")
         if not folder.is_dir():
             raise InputError(folder, "expected a case folder (BraTS or DICOM), or give the four files explicitly")
         default_id = folder.name
         if any(is_image_file(p) for p in folder.iterdir()):
+            if sequences:
+                raise InputError(folder, "a sequences override applies to DICOM studies only; for image files "
+                                         "give the four files explicitly")
             paths = find_brats_files(folder)
-        elif is_dicom_study(folder):
-            chosen = assign_series(folder, find_series(folder), sequences)
-            for key, series in chosen.items():
-                images[key] = check_image(read_series(series), f"{series.folder} ('{series.description}')")
-                sources[key] = f"{series.folder} ('{series.description}')"
-            paths = {}
         else:
-            raise InputError(folder, "holds neither BraTS-named image files nor a DICOM series")
+            series = find_series(folder)
+            if not series:
+                raise InputError(folder, "holds neither BraTS-named image files (*_t1ce.nii.gz, *-t1c.nii.gz, ...) "
+                                         "nor a DICOM series")
+            for key, chosen in assign_series(folder, series, sequences).items():
+                sources[key] = f"{chosen.folder} ('{chosen.label}')"
+                images[key] = check_image(read_series(chosen), sources[key])
+            paths = {}
     for key, path in paths.items():
         images[key] = read_image(path)
         sources[key] = str(path)
     _check_extents({k: images[k] for k in SEQUENCES}, sources)
     seg = images.pop("seg", None)
     if seg is not None and overlap_fraction(seg, images["t1ce"]) < MIN_OVERLAP:
-        raise InputError(sources["seg"], "segmentation does not cover the T1ce's field of view")
+        raise InputError(sources["seg"], "mismatched physical extent: the segmentation does not cover the T1ce's "
+                                         f"field of view ({sources['t1ce']})")
     return Case(case_id=case_id or default_id, t1=images["t1"], t1ce=images["t1ce"], t2=images["t2"],
                 flair=images["flair"], site=site, clinical=dict(clinical or {}), sources=sources, seg=seg)

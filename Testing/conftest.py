@@ -14,7 +14,7 @@ torch.set_num_threads(2)
 TINY_SETTINGS = BaselineSettings(
     encoder=EncoderConfig("resnet10", widen_factor=0.125, conv1_stride=2, no_max_pool=True),
     preprocessing=PreprocessSettings(spacing_mm=4.0, size=(48, 48, 48), n4=False),
-    epochs=1, batch_size=4, probe_fraction=0.75, seed=0, device="cpu",
+    epochs=1, batch_size=4, probe_fraction=0.75, seed=0, device="cpu", tumour_weight=1.0,
 )
 
 

@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tumour-weight", type=float, default=0.0,
+                   help="weight of the auxiliary tumour-occupancy target (needs seg in the manifest; 0 = off)")
     p.add_argument("--name", default="neuroradfm-baseline")
     p.add_argument("--demo", action="store_true", help="label the bundle as the synthetic-data demonstration")
     _device_option(p)
@@ -129,7 +131,8 @@ def _train_baseline(args: argparse.Namespace) -> int:
     settings = BaselineSettings(
         encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=2, no_max_pool=True),
         preprocessing=PreprocessSettings(spacing_mm=args.spacing, size=(args.size,) * 3),
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, device=args.device)
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+        tumour_weight=args.tumour_weight, device=args.device)
     card = {"name": args.name, "rebuild_command": " ".join(["neuroradfm", *sys.argv[1:]])}
     if args.demo:
         card.update({

@@ -1,11 +1,11 @@
 """A minimal, honest training path for a complete bundle (until SSL + Group-DRO pretraining lands).
 
 1. The encoder is trained SUPERVISED on split A of the cohort: multi-label cross-entropy on the
-   markers through a temporary linear layer (unknown labels masked out) plus, when the cohort has
-   tumour masks, an auxiliary target: the tumour fraction of each cell of the last feature map,
-   predicted by a 1x1x1 convolution. The auxiliary target keeps the feature map spatially tied to the
-   lesion, which is what Grad-CAM reads. This is a stand-in for self-supervised pretraining and the
-   card says so.
+   markers through a temporary linear layer (unknown labels masked out) plus, optionally
+   (``tumour_weight`` > 0, cohort with tumour masks), an auxiliary target: the tumour fraction of
+   each cell of the last feature map, predicted by a 1x1x1 convolution, meant to keep the feature
+   map spatially tied to the lesion, which is what Grad-CAM reads. This is a stand-in for
+   self-supervised pretraining and the card says so.
 2. The encoder is frozen; embeddings of split B (cases the encoder never saw) are used to fit
    the bundle's heads: feature scaling, one logistic probe per marker, a Cox model, OOD stats.
    Their metrics are cross-validated on split B.
@@ -46,8 +46,8 @@ class BaselineSettings:
     batch_size: int = 4
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    tumour_weight: float = 1.0
-    """Weight of the auxiliary tumour-occupancy loss (0 turns it off; ignored without tumour masks)."""
+    tumour_weight: float = 0.0
+    """Weight of the auxiliary tumour-occupancy loss (0: off; ignored without tumour masks)."""
     probe_fraction: float = 0.4
     seed: int = 0
     device: str = "auto"

@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tumour-weight", type=float, default=0.0,
                    help="weight of the auxiliary tumour-occupancy target (needs seg in the manifest; 0 = off)")
+    p.add_argument("--cache", type=Path,
+                   help="folder that keeps preprocessed cases between runs (reused while files and settings match)")
     p.add_argument("--name", default="neuroradfm-baseline")
     p.add_argument("--demo", action="store_true", help="label the bundle as the synthetic-data demonstration")
     _device_option(p)
@@ -140,7 +142,8 @@ def _train_baseline(args: argparse.Namespace) -> int:
             "intended_use": "SYNTHETIC-DATA DEMONSTRATION ONLY - NOT FOR CLINICAL USE. Trained on simulated "
                             "phantoms; its outputs say nothing about real patients.",
         })
-    path = train_baseline(args.manifest, args.out, settings, card=card, progress=make_progress(args.progress))
+    path = train_baseline(args.manifest, args.out, settings, card=card, progress=make_progress(args.progress),
+                          cache_dir=args.cache)
     print(f"bundle: {path}")
     return 0
 

@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
 from neuroradfm.models.heads import MarkerHead, OodHead
 
@@ -51,11 +51,20 @@ def fit_marker_probe(features: np.ndarray, labels: np.ndarray, key: str, *, c: f
                                "n": int(len(y)), "n_positive": int(counts[1])})
 
 
-def fit_ood(features: np.ndarray, percentile: float = 99.0) -> OodHead:
-    """Mahalanobis distance with a Ledoit-Wolf covariance; threshold = training percentile."""
+def fit_ood(features: np.ndarray, percentile: float = 99.0, folds: int = 5, seed: int = 0) -> OodHead:
+    """Mahalanobis distance with a Ledoit-Wolf covariance; threshold = percentile of out-of-fold distances.
+
+    A case's distance to a covariance fitted on itself is optimistic (with few cases and many features,
+    much smaller than a new case's), so the threshold comes from each case's distance to the other folds'
+    fit: a new case from the training distribution is then flagged about (100 - percentile) % of the time.
+    """
     estimator = LedoitWolf().fit(features)
     head = OodHead(mean=estimator.location_.astype(np.float64), precision=estimator.precision_.astype(np.float64),
                    threshold=0.0, percentile=percentile)
-    distances = np.array([head.distance(row) for row in features])
+    distances = []
+    for train, held_out in KFold(n_splits=min(folds, len(features)), shuffle=True, random_state=seed).split(features):
+        fold = LedoitWolf().fit(features[train])
+        fold_head = OodHead(fold.location_, fold.precision_, 0.0)
+        distances += [fold_head.distance(row) for row in features[held_out]]
     head.threshold = float(np.percentile(distances, percentile))
     return head

@@ -78,7 +78,7 @@ class CoxHead:
 class OodHead:
     """Mahalanobis distance of s to the training cohort (shrunk covariance).
 
-    ``threshold`` is a high percentile of the training cohort's own distances: above it the
+    ``threshold`` is a high percentile of the training cases' out-of-fold distances: above it the
     case looks unlike anything the heads were fitted on, and predictions deserve less trust.
     """
 

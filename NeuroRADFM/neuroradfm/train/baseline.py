@@ -148,12 +148,17 @@ def _file_hash(path: Path) -> str:
 
 
 def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSettings | None = None,
-                   card: dict[str, Any] | None = None, progress: Progress = null_progress) -> Path:
-    """Build a complete bundle from a manifest; returns the bundle folder."""
+                   card: dict[str, Any] | None = None, progress: Progress = null_progress,
+                   cache_dir: str | Path | None = None) -> Path:
+    """Build a complete bundle from a manifest; returns the bundle folder.
+
+    ``cache_dir`` keeps the preprocessed cases for the next run (see neuroradfm.train.cohort).
+    """
     settings = settings or BaselineSettings()
     manifest = Path(manifest)
     device = resolve_device(settings.device)
-    cohort = prepare_cohort(read_manifest(manifest), settings.preprocessing, sub_progress(progress, 0.0, 0.25))
+    cohort = prepare_cohort(read_manifest(manifest), settings.preprocessing, sub_progress(progress, 0.0, 0.25),
+                            cache_dir)
     split_a, split_b = _split(cohort, settings.probe_fraction, settings.seed)
     encoder, history = train_encoder(cohort.subset(split_a), settings, device, sub_progress(progress, 0.25, 0.9))
     progress("heads", 0.9, "fitting probes, Cox and OOD on held-out embeddings")

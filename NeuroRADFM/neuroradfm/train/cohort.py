@@ -1,14 +1,21 @@
 """A cohort in memory: every case of a manifest preprocessed onto the model grid.
 
 Batch rule: a case that fails is reported and left out; the others go on.
+Preprocessing (N4, registration, deepbet) dominates training time on CPU, so a cache folder keeps
+each case's model-grid arrays as .npy files, keyed by the preprocessing settings and the files'
+path, size and modification time: a changed file or setting is preprocessed again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from neuroradfm.atomic import atomic_file
 from neuroradfm.errors import NeuroRADFMError
 from neuroradfm.io import CaseEntry
 from neuroradfm.markers import MARKER_KEYS
@@ -43,22 +50,59 @@ def _number(value: object) -> float:
         return float("nan")
 
 
+def _cache_stem(entry: CaseEntry, settings: PreprocessSettings, cache_dir: Path) -> Path | None:
+    """``cache_dir/<case_id>-<key>``; None when a file cannot be stat-ed (the load will say why)."""
+    digest = hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True).encode())
+    try:
+        for key, path in sorted(entry.paths.items()):
+            stat = path.stat()
+            digest.update(f"{key}={path.resolve()}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    except OSError:
+        return None
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in entry.case_id)
+    return cache_dir / f"{safe_id}-{digest.hexdigest()[:16]}"
+
+
+def _prepare_case(entry: CaseEntry, settings: PreprocessSettings,
+                  cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(4, K, J, I) float16 channels and the (K, J, I) uint8 tumour mask (None without a seg)."""
+    stem = None if cache_dir is None else _cache_stem(entry, settings, cache_dir)
+    channels_file = None if stem is None else stem.with_name(stem.name + ".channels.npy")
+    tumour_file = None if stem is None else stem.with_name(stem.name + ".tumour.npy")
+    if channels_file is not None and channels_file.is_file():
+        tumour = np.load(tumour_file) if tumour_file.is_file() else None
+        return np.load(channels_file), tumour
+    case = entry.load()
+    prepared = preprocess_case(case, settings)
+    channels = prepared.channels.astype(np.float16)
+    tumour = None if case.seg is None else (prepared.to_model_grid(case.seg) > 0).astype(np.uint8)
+    if channels_file is not None:
+        channels_file.parent.mkdir(parents=True, exist_ok=True)
+        if tumour is not None:  # the tumour first: channels present means the entry is complete
+            with atomic_file(tumour_file) as tmp:
+                np.save(tmp, tumour)
+        with atomic_file(channels_file) as tmp:
+            np.save(tmp, channels)
+    return channels, tumour
+
+
 def prepare_cohort(entries: list[CaseEntry], settings: PreprocessSettings,
-                   progress: Progress = null_progress) -> PreparedCohort:
+                   progress: Progress = null_progress, cache_dir: str | Path | None = None) -> PreparedCohort:
+    """Every case on the model grid; ``cache_dir`` keeps (and reuses) each case's arrays."""
+    cache = None if cache_dir is None else Path(cache_dir)
     ids, sites, inputs, labels, days, events, tumours, failures = [], [], [], [], [], [], [], {}
     for index, entry in enumerate(entries):
         progress("preprocess", index / len(entries), entry.case_id)
         try:
-            case = entry.load()
-            prepared = preprocess_case(case, settings)
+            channels, tumour = _prepare_case(entry, settings, cache)
         except NeuroRADFMError as error:
             failures[entry.case_id] = str(error)
             progress("preprocess", (index + 1) / len(entries), f"{entry.case_id} FAILED: {error}")
             continue
         ids.append(entry.case_id)
         sites.append(str(entry.site))
-        inputs.append(prepared.channels.astype(np.float16))
-        tumours.append(None if case.seg is None else (prepared.to_model_grid(case.seg) > 0).astype(np.uint8))
+        inputs.append(channels)
+        tumours.append(tumour)
         labels.append([_number(entry.clinical.get(key)) for key in MARKER_KEYS])
         days.append(_number(entry.clinical.get("os_days")))
         events.append(_number(entry.clinical.get("os_event")))

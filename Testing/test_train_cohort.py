@@ -1,0 +1,56 @@
+"""The prepared-cohort cache: reused while files and settings match, rebuilt when either changes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+
+from conftest import TINY_SETTINGS
+from neuroradfm.io import read_manifest
+from neuroradfm.train import cohort as cohort_module
+from neuroradfm.train.cohort import prepare_cohort
+
+
+def test_cache_is_reused_and_invalidated(phantom_cohort, tmp_path, monkeypatch):
+    entries = read_manifest(phantom_cohort)[:2]
+    settings = TINY_SETTINGS.preprocessing
+    first = prepare_cohort(entries, settings, cache_dir=tmp_path / "cache")
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(files) == 4 and all(f.endswith((".channels.npy", ".tumour.npy")) for f in files)
+    assert first.tumour is not None and first.tumour.any()
+
+    calls = []
+    real = cohort_module.preprocess_case
+    monkeypatch.setattr(cohort_module, "preprocess_case", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = prepare_cohort(entries, settings, cache_dir=tmp_path / "cache")
+    assert calls == []
+    np.testing.assert_array_equal(again.inputs, first.inputs)
+    np.testing.assert_array_equal(again.tumour, first.tumour)
+    assert again.inputs.dtype == np.float16 and again.case_ids == first.case_ids
+
+    copy = tmp_path / "flair-copy.nii.gz"  # a rewritten file is preprocessed again
+    shutil.copy2(entries[0].paths["flair"], copy)
+    entries[0].paths["flair"] = copy
+    prepare_cohort(entries, settings, cache_dir=tmp_path / "cache")
+    assert calls == [1]
+    stat = copy.stat()
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    prepare_cohort(entries, settings, cache_dir=tmp_path / "cache")
+    assert calls == [1, 1]
+    other = type(settings)(spacing_mm=settings.spacing_mm, size=(40, 40, 40), n4=False)
+    assert prepare_cohort(entries[:1], other, cache_dir=tmp_path / "cache").inputs.shape[2:] == (40, 40, 40)
+    assert len(calls) == 3 and len(list((tmp_path / "cache").iterdir())) == 10
+
+
+def test_failing_case_is_left_out_and_not_cached(phantom_cohort, tmp_path):
+    entries = read_manifest(phantom_cohort)[:2]
+    entries[1].paths["t2"] = tmp_path / "broken-t2w.nii.gz"  # the shared cohort stays intact
+    entries[1].paths["t2"].write_bytes(b"not an image")
+    prepared = prepare_cohort(entries, TINY_SETTINGS.preprocessing, cache_dir=tmp_path / "cache")
+    assert prepared.case_ids == [entries[0].case_id]
+    assert entries[1].case_id in prepared.failures and "t2" in prepared.failures[entries[1].case_id].lower()
+    assert all(p.name.startswith(entries[0].case_id) for p in (tmp_path / "cache").iterdir())
+
+

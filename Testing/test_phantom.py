@@ -10,12 +10,14 @@ import pytest
 import SimpleITK as sitk
 
 from neuroradfm import SEQUENCES
+from neuroradfm.cli import main
 from neuroradfm.io import read_manifest
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.phantom import generate_case, generate_cohort
 from neuroradfm.phantom.biology import sample_patient, subtype_prevalence
+from neuroradfm.phantom.cohort import is_native
 from neuroradfm.phantom.sites import make_site, site_name
-from neuroradfm.template import load_brain_mask
+from neuroradfm.template import load_brain_mask, load_template
 
 
 def test_same_seed_same_case_other_seed_other_case():
@@ -136,3 +138,25 @@ def test_sites_and_arguments():
         generate_cohort("unused", n=0)
     with pytest.raises(ValueError, match="spacing must be positive"):
         generate_case(0, 0, spacing=0)
+
+
+def test_mixed_cohort_has_native_and_brats_style_cases(tmp_path):
+    manifest = generate_cohort(tmp_path / "mixed", n=8, sites=2, seed=5, spacing=4.0, native_fraction=0.5)
+    entries = read_manifest(manifest)
+    kinds = [entry.clinical["acquisition"] for entry in entries]
+    assert kinds == ["native" if is_native(i, 5, 0.5) else "brats-style" for i in range(8)]
+    assert set(kinds) == {"native", "brats-style"}
+    for entry, kind in zip(entries, kinds):
+        t1ce = sitk.ReadImage(str(entry.paths["t1ce"]))
+        on_template_axes = np.allclose(t1ce.GetDirection(), load_template("t1").GetDirection())
+        assert on_template_axes == (kind == "brats-style"), entry.case_id
+    assert json.loads((tmp_path / "mixed" / "phantom.json").read_text())["native_fraction"] == 0.5
+    with pytest.raises(ValueError, match="0..1"):
+        generate_cohort(tmp_path / "bad", n=2, native_fraction=1.5)
+
+
+def test_cli_phantom_with_bad_numbers_exits_2_without_traceback(tmp_path, capsys):
+    assert main(["phantom", "--n", "0", "--out", str(tmp_path / "p")]) == 2
+    assert main(["phantom", "--n", "2", "--native-fraction", "2", "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "n >= 1" in err and "0..1" in err and "Traceback" not in err

@@ -1,15 +1,20 @@
-"""The prepared-cohort cache: reused while files and settings match, rebuilt when either changes."""
+"""Training data and logs: the prepared-cohort cache (reused while files and settings match) and the metrics log."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
+import pytest
+import torch
 
 from conftest import TINY_SETTINGS
 from neuroradfm.io import read_manifest
+from neuroradfm.metrics import MetricsLog, read_metrics
 from neuroradfm.train import cohort as cohort_module
+from neuroradfm.train.baseline import train_encoder
 from neuroradfm.train.cohort import prepare_cohort
 
 
@@ -54,3 +59,17 @@ def test_failing_case_is_left_out_and_not_cached(phantom_cohort, tmp_path):
     assert all(p.name.startswith(entries[0].case_id) for p in (tmp_path / "cache").iterdir())
 
 
+
+
+def test_training_writes_one_metrics_line_per_step(phantom_cohort, tmp_path):
+    prepared = prepare_cohort(read_manifest(phantom_cohort)[:6], TINY_SETTINGS.preprocessing)
+    log = tmp_path / "run" / "metrics.jsonl"
+    _, history = train_encoder(prepared, replace(TINY_SETTINGS, epochs=2, batch_size=4), torch.device("cpu"),
+                               metrics=MetricsLog(log))
+    rows = read_metrics(log)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]  # 6 cases, batches of 4: 2 steps an epoch
+    assert [row["epoch"] for row in rows] == [1, 1, 2, 2]
+    assert all(np.isfinite(row["loss"]) and row["loss"] > 0 for row in rows)
+    assert np.mean([r["loss"] for r in rows[:2]]) == pytest.approx(history[0])
+    log.write_text(log.read_text() + '{"step": 5, "lo')  # a line still being written is skipped
+    assert len(read_metrics(log)) == 4

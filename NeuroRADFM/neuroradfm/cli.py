@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--native", action="store_true",
                    help="native acquisitions (head with skull, oblique, anisotropic) instead of BraTS-style")
+    p.add_argument("--native-fraction", type=float, default=0.0,
+                   help="mix: this fraction (0..1) of the cases native, the others BraTS-style")
     p.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm of BraTS-style cases")
     _progress_option(p)
 
@@ -68,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="weight of the auxiliary tumour-occupancy target (needs seg in the manifest; 0 = off)")
     p.add_argument("--cache", type=Path,
                    help="folder that keeps preprocessed cases between runs (reused while files and settings match)")
+    p.add_argument("--metrics", type=Path, help="append one JSON line per training step to this file")
     p.add_argument("--name", default="neuroradfm-baseline")
     p.add_argument("--demo", action="store_true", help="label the bundle as the synthetic-data demonstration")
     _device_option(p)
@@ -119,8 +122,13 @@ def _predict(args: argparse.Namespace) -> int:
 def _phantom(args: argparse.Namespace) -> int:
     from neuroradfm.phantom import generate_cohort
 
-    manifest = generate_cohort(args.out, n=args.n, sites=args.sites, seed=args.seed, native=args.native,
-                               spacing=args.spacing, progress=make_progress(args.progress))
+    try:
+        manifest = generate_cohort(args.out, n=args.n, sites=args.sites, seed=args.seed, native=args.native,
+                                   native_fraction=args.native_fraction, spacing=args.spacing,
+                                   progress=make_progress(args.progress))
+    except ValueError as error:  # bad numbers on the command line: a usage error, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"manifest: {manifest}")
     return 0
 
@@ -143,7 +151,7 @@ def _train_baseline(args: argparse.Namespace) -> int:
                             "phantoms; its outputs say nothing about real patients.",
         })
     path = train_baseline(args.manifest, args.out, settings, card=card, progress=make_progress(args.progress),
-                          cache_dir=args.cache)
+                          cache_dir=args.cache, metrics_path=args.metrics)
     print(f"bundle: {path}")
     return 0
 

@@ -117,12 +117,28 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def is_native(index: int, seed: int, native_fraction: float) -> bool:
+    """Whether case ``index`` of a mixed cohort is a native acquisition: its own random stream, so the
+    choice (and every case's content) is independent of the cohort size."""
+    if native_fraction <= 0 or native_fraction >= 1:
+        return native_fraction >= 1
+    return bool(np.random.default_rng(np.random.SeedSequence([seed, index, 1])).random() < native_fraction)
+
+
 def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, native: bool = False,
-                    spacing: float = 1.0, progress: Progress = null_progress) -> Path:
+                    spacing: float = 1.0, progress: Progress = null_progress, native_fraction: float | None = None
+                    ) -> Path:
     """Write ``n`` phantom cases; returns the manifest. CSVs are written last, so an interrupted run
-    leaves no manifest pointing at missing files."""
+    leaves no manifest pointing at missing files.
+
+    ``native_fraction`` (0..1) mixes native acquisitions into a BraTS-style cohort, so that a model
+    trained on it meets both kinds of input; ``native`` is the same as a fraction of 1.
+    """
+    fraction = 1.0 if native else (native_fraction or 0.0)
     if n < 1 or sites < 1:
         raise ValueError(f"need n >= 1 and sites >= 1, got n={n}, sites={sites}")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"native fraction must lie in 0..1, got {fraction}")
     if spacing <= 0:
         raise ValueError(f"spacing must be positive, got {spacing}")
     out = Path(out_dir)
@@ -130,7 +146,9 @@ def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, 
     clinical, manifest = [], []
     for index in range(n):
         progress("phantom", index / n, case_id(index))
-        images, seg, row = generate_case(index, seed, n_sites=sites, native=native, spacing=spacing)
+        native_case = is_native(index, seed, fraction)
+        images, seg, row = generate_case(index, seed, n_sites=sites, native=native_case, spacing=spacing)
+        row["acquisition"] = "native" if native_case else "brats-style"
         cid = case_id(index)
         folder = out / cid
         folder.mkdir(exist_ok=True)
@@ -142,8 +160,8 @@ def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, 
         clinical.append({"case_id": cid, **row})
         manifest.append({"case_id": cid, "site": row["site"], **{k: paths[k] for k in [*SEQUENCES, "seg"]},
                          **{k: v for k, v in row.items() if k != "site"}})
-    settings = {"generator_version": GENERATOR_VERSION, "seed": seed, "n": n, "sites": sites, "native": native,
-                "spacing_mm": spacing, "intensity_scale": INTENSITY_SCALE,
+    settings = {"generator_version": GENERATOR_VERSION, "seed": seed, "n": n, "sites": sites,
+                "native_fraction": fraction, "spacing_mm": spacing, "intensity_scale": INTENSITY_SCALE,
                 "site_profiles": [make_site(i).to_dict() for i in range(sites)]}
     with atomic_file(out / "phantom.json") as tmp:
         tmp.write_text(json.dumps(settings, indent=1) + "\n")

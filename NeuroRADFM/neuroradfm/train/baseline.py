@@ -27,6 +27,7 @@ from torch import nn
 import neuroradfm
 from neuroradfm.io import read_manifest
 from neuroradfm.markers import MARKER_KEYS
+from neuroradfm.metrics import MetricsLog
 from neuroradfm.models.bundle import save_bundle
 from neuroradfm.models.encoder import Encoder, EncoderConfig, resolve_device
 from neuroradfm.models.heads import Heads
@@ -65,8 +66,9 @@ def embed(encoder: Encoder, inputs: np.ndarray, device: torch.device, batch_size
 
 
 def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: torch.device,
-                  progress: Progress = null_progress) -> tuple[Encoder, list[float]]:
+                  progress: Progress = null_progress, metrics: MetricsLog | None = None) -> tuple[Encoder, list[float]]:
     """Supervised multi-marker training; returns the encoder and the per-epoch mean loss."""
+    metrics = metrics or MetricsLog(None)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     encoder = Encoder(settings.encoder).to(device)
@@ -107,6 +109,8 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
             optimiser.step()
             schedule.step()
             losses.append(loss.item())
+            metrics(epoch * steps_per_epoch + step + 1, stage="train", epoch=epoch + 1, loss=losses[-1],
+                    lr=schedule.get_last_lr()[0])
             progress("train", (epoch + (step + 1) / steps_per_epoch) / settings.epochs,
                      f"epoch {epoch + 1}/{settings.epochs} loss {np.mean(losses):.3f}")
         history.append(float(np.mean(losses)))
@@ -149,10 +153,11 @@ def _file_hash(path: Path) -> str:
 
 def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSettings | None = None,
                    card: dict[str, Any] | None = None, progress: Progress = null_progress,
-                   cache_dir: str | Path | None = None) -> Path:
+                   cache_dir: str | Path | None = None, metrics_path: str | Path | None = None) -> Path:
     """Build a complete bundle from a manifest; returns the bundle folder.
 
-    ``cache_dir`` keeps the preprocessed cases for the next run (see neuroradfm.train.cohort).
+    ``cache_dir`` keeps the preprocessed cases for the next run (see neuroradfm.train.cohort);
+    ``metrics_path`` receives one JSON line per training step (neuroradfm.metrics).
     """
     settings = settings or BaselineSettings()
     manifest = Path(manifest)
@@ -160,7 +165,8 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
     cohort = prepare_cohort(read_manifest(manifest), settings.preprocessing, sub_progress(progress, 0.0, 0.25),
                             cache_dir)
     split_a, split_b = _split(cohort, settings.probe_fraction, settings.seed)
-    encoder, history = train_encoder(cohort.subset(split_a), settings, device, sub_progress(progress, 0.25, 0.9))
+    encoder, history = train_encoder(cohort.subset(split_a), settings, device, sub_progress(progress, 0.25, 0.9),
+                                     MetricsLog(metrics_path))
     progress("heads", 0.9, "fitting probes, Cox and OOD on held-out embeddings")
     probe_cohort = cohort.subset(split_b)
     heads, skipped = fit_heads(embed(encoder, probe_cohort.inputs, device), probe_cohort, settings.seed)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from neuroradfm import SEQUENCES
+from neuroradfm import SEQUENCES, cli
 from neuroradfm.errors import InputError
 from neuroradfm.io import classify_series, load_case, read_image, read_manifest
 
@@ -281,6 +281,17 @@ def test_dicom_ambiguity_lists_every_series_and_override_wins(dicom_study):
         load_case(dicom_study, sequences={"t1ce": "nothing"})
     with pytest.raises(InputError, match="unknown sequences \\['t1c'\\]"):
         load_case(dicom_study, sequences={"t1c": "T1 POST GAD"})
+
+
+def test_cli_series_option_forces_the_dicom_assignment(dicom_study, tmp_path, capsys):
+    _write_series(dicom_study / "s5", "T1 POST GAD", UID.format(7), 6.0)
+    args = cli._parser().parse_args(["predict", str(dicom_study), "--series", "T1CE=T1 POST GAD", "--out", "x"])
+    [(_, load)] = cli._case_loaders(args)
+    assert float(sitk.GetArrayViewFromImage(load().t1ce).mean()) == pytest.approx(600, rel=0.05)
+    for bad in ("t1c=T1 POST GAD", "t1ce="):
+        assert cli.main(["predict", str(dicom_study), "--series", bad, "--out", str(tmp_path / "o")]) == 2
+        assert f"--series '{bad}': expected SEQUENCE=SERIES" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_dicom_missing_sequence_and_uneven_slices(tmp_path):

@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     for sequence in SEQUENCES:
         p.add_argument(f"--{sequence}", type=Path, help=f"{sequence} image file (instead of a case folder)")
     p.add_argument("--case-id", help="case id for files given with --t1 ... --flair")
+    p.add_argument("--series", action="append", default=[], metavar="SEQUENCE=SERIES",
+                   help="DICOM study: force a sequence's series by SeriesInstanceUID (or the short UID the error "
+                        "lists) or exact SeriesDescription, e.g. --series t1ce=1.2.840...; repeatable")
     p.add_argument("--model", type=Path, help="model bundle folder (default: the shipped demo bundle)")
     p.add_argument("--out", type=Path, required=True, help="output folder; each case goes to OUT/<case_id>/")
     p.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
@@ -86,19 +89,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _series_overrides(items: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in items:
+        sequence, _, series = item.partition("=")
+        sequence = sequence.strip().lower()
+        if sequence not in SEQUENCES or not series.strip():
+            raise NeuroRADFMError(f"--series {item!r}: expected SEQUENCE=SERIES with SEQUENCE one of "
+                                  f"{', '.join(SEQUENCES)}")
+        overrides[sequence] = series.strip()
+    return overrides
+
+
 def _case_loaders(args: argparse.Namespace) -> list:
     from neuroradfm.io import load_case, read_manifest
 
     explicit = {s: getattr(args, s) for s in SEQUENCES if getattr(args, s) is not None}
+    series = _series_overrides(args.series)
     if explicit:
         if args.cases:
             raise NeuroRADFMError("give either case folders / a manifest or --t1 ... --flair files, not both")
-        return [(args.case_id or "case", lambda: load_case(explicit, case_id=args.case_id))]
+        return [(args.case_id or "case", lambda: load_case(explicit, case_id=args.case_id, sequences=series))]
     if not args.cases:
         raise NeuroRADFMError("nothing to predict: give a case folder, a manifest .csv or --t1 ... --flair")
     if len(args.cases) == 1 and args.cases[0].suffix.lower() == ".csv":
+        if series:
+            raise NeuroRADFMError("--series applies to DICOM study folders, not to a manifest")
         return [(entry.case_id, entry.load) for entry in read_manifest(args.cases[0])]
-    return [(str(path), lambda path=path: load_case(path)) for path in args.cases]
+    return [(str(path), lambda path=path: load_case(path, sequences=series)) for path in args.cases]
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -109,12 +109,14 @@ def fill_table(table, rows: list[dict[str, Any]], columns: tuple[str, ...] = TAB
     table.EndModify(was_modifying)
 
 
-def heat_color_node(scene):
+def heat_color_node(scene, added: list | None = None):
     """One shared heat color table (black -> red -> yellow -> white, transparent at 0), created on first use."""
     found = scene.GetFirstNodeByName(HEAT_COLOR_NAME)
     if found is not None and found.IsA("vtkMRMLColorTableNode"):
         return found
     node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", HEAT_COLOR_NAME)
+    if added is not None:
+        added.append(node)
     node.SetTypeToUser()
     node.SetAttribute(RESULT_ATTRIBUTE, "1")
     count = 256
@@ -175,7 +177,7 @@ def load_results(scene, folder: str | Path, reference, name: str | None = None) 
         table.SetAttribute("NeuroRADFM.intendedUse", str(model.get("intended_use", "")))
         results = CaseResults(case_id, reference, table, summary=summary)
         results.level_colors = _read_level_colors(scene, folder / COLOR_TABLE_FILE, f"{name} heatmap levels", added)
-        heat = heat_color_node(scene)
+        heat = heat_color_node(scene, added)
         for key in heads:
             path = folder / f"heatmap_{key}.nrrd"
             node = _new(scene, "vtkMRMLScalarVolumeNode", f"{name} heatmap {key}", added)

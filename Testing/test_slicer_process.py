@@ -44,7 +44,8 @@ def node_ids(scene) -> list[str]:
 
 
 def test_parse_progress_lines():
-    assert parse_progress_line('{"stage": "n4", "progress": 0.25, "message": "t1"}\n') == ProgressEvent("n4", 0.25, "t1")
+    line = '{"stage": "n4", "progress": 0.25, "message": "t1"}\n'
+    assert parse_progress_line(line) == ProgressEvent("n4", 0.25, "t1")
     assert parse_progress_line('{"stage": "done", "progress": 1}') == ProgressEvent("done", 1.0, "")
     assert parse_progress_line('{"stage": "x", "progress": 7}').progress == 1.0  # clamped
     for other in ["BraTS-PHN-00000-000: /out/BraTS-PHN-00000-000", "", "{not json", '{"stage": "x"}',

@@ -152,7 +152,6 @@ class TrainingJob:
 def update_loss_table(table, metrics_path: str | Path) -> int:
     """Fill ``table`` (step, epoch, loss) from a metrics JSON-lines file; returns the number of rows."""
     from neuroradfm.metrics import read_metrics
-
     from NeuroRADFMLib.results import fill_table
 
     path = Path(metrics_path)

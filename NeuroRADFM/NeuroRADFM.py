@@ -104,6 +104,23 @@ class NeuroRADFMLogic(ScriptedLoadableModuleLogic):
                 for s, path in files.items()}
 
 
+def ensureDependencies(logic, statusLabel):
+    """First use: offer to install what the core needs (PyTorch through the PyTorch extension). True when ready."""
+    from NeuroRADFMLib.dependencies import describe_missing
+
+    missing = logic.missingPackages()
+    if not missing:
+        return True
+    message = describe_missing(missing)
+    if not slicer.util.confirmOkCancelDisplay(message + "\n\nInstall them now? This takes several minutes."):
+        statusLabel.text = message
+        return False
+    with slicer.util.tryWithErrorDisplay("Installing NeuroRADFM's packages failed.", waitCursor=True):
+        logic.installPackages(missing)
+        statusLabel.text = "Packages installed."
+    return not logic.missingPackages()
+
+
 class NeuroRADFMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -137,6 +154,12 @@ class NeuroRADFMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.clearResults()
 
     def enter(self):
+        from NeuroRADFMLib.dependencies import describe_missing
+
+        missing = self.logic.missingPackages()
+        if missing:  # the core's packages come first (Apply offers to install them)
+            self.ui.statusLabel.text = describe_missing(missing) + " Apply offers to install them."
+            return
         self.autoFill(force=False)
 
     def cleanup(self):
@@ -159,6 +182,8 @@ class NeuroRADFMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "; ".join(notes) if notes else "All four sequences assigned."
 
     def onLoadDemo(self):
+        if not ensureDependencies(self.logic, self.ui.statusLabel):  # the phantom generator is part of the core
+            return
         with slicer.util.tryWithErrorDisplay("Could not load the demo case.", waitCursor=True):
             for sequence, node in self.logic.loadDemoCase().items():
                 self.selectors[sequence].setCurrentNode(node)
@@ -186,28 +211,13 @@ class NeuroRADFMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceSelector.addItem(label, device)
 
     # running
-    def ensureDependencies(self):
-        from NeuroRADFMLib.dependencies import describe_missing
-
-        missing = self.logic.missingPackages()
-        if not missing:
-            return True
-        message = describe_missing(missing)
-        if not slicer.util.confirmOkCancelDisplay(message + "\n\nInstall them now? This takes several minutes."):
-            self.ui.statusLabel.text = message
-            return False
-        with slicer.util.tryWithErrorDisplay("Installing NeuroRADFM's packages failed.", waitCursor=True):
-            self.logic.installPackages(missing)
-            self.refreshDevices()
-            return not self.logic.missingPackages()
-        return False
-
     def onApply(self):
         if self.job is not None:
             self.cancel()
             return
-        if not self.ensureDependencies():
+        if not ensureDependencies(self.logic, self.ui.statusLabel):
             return
+        self.refreshDevices()
         volumes = {s: selector.currentNode() for s, selector in self.selectors.items()}
         bundle = self.ui.bundleSelector.currentData
         if not bundle:

@@ -128,6 +128,10 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
             job.cancel()
             self.ui.statusLabel.text = "Cancelled; no bundle was written."
             return
+        from NeuroRADFM import NeuroRADFMLogic, ensureDependencies
+
+        if not ensureDependencies(NeuroRADFMLogic(), self.ui.statusLabel):
+            return
         with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
             self.job = self.logic.startTraining(self.settings())
             self.table, chart = self.logic.lossNodes()

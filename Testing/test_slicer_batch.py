@@ -129,3 +129,15 @@ def test_devices_list_cpu_and_each_cuda_gpu():
     assert gpus == [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
     for device, label in devices[:-1]:
         assert torch.cuda.get_device_name(int(device.split(":")[1])) in label
+
+
+def test_demo_case_files(tmp_path):
+    from neuroradfm.io import classify_series
+    from NeuroRADFMLib.demo_case import demo_case
+
+    files = demo_case(tmp_path / "demo")
+    assert {classify_series(path.name) for path in files.values()} == set(files) == {"t1", "t1ce", "t2", "flair"}
+    for sequence, path in files.items():
+        assert path.is_file() and classify_series(path.name) == sequence
+    stamp = files["t1ce"].stat().st_mtime_ns
+    assert demo_case(tmp_path / "demo") == files and files["t1ce"].stat().st_mtime_ns == stamp  # reused

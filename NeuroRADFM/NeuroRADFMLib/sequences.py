@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neuroradfm import SEQUENCES
-from neuroradfm.io.sequence_names import classify_series
 
 SERIES_DESCRIPTION_TAG = "0008,103E"
 PROTOCOL_NAME_TAG = "0018,1030"
@@ -42,6 +41,8 @@ def _dicom_values(node, dicom_database) -> tuple[list[str], str]:
 
 def classify_node(node, dicom_database=None) -> str | None:
     """``t1``, ``t1ce``, ``t2``, ``flair`` or None, from DICOM SeriesDescription / ProtocolName, then the name."""
+    from neuroradfm.io.sequence_names import classify_series  # neuroradfm.io needs the core's packages (pandas)
+
     texts, agent = _dicom_values(node, dicom_database)
     for text in [*texts, node.GetName() or ""]:
         found = classify_series(text, agent)

@@ -167,3 +167,94 @@ def test_qt_stays_in_the_thin_module_files():
         assert "ScriptedLoadableModule" not in path.read_text(), path
     for path in (REPO / "NeuroRADFM" / "neuroradfm").rglob("*.py"):
         assert not imported_modules(path) & {"qt", "ctk", "slicer", "NeuroRADFMLib"}, path
+
+
+STUB_SLICER_CONFIG = r"""
+# A stand-in for Slicer's build tree (SlicerConfig.cmake), just enough to configure, build and install the
+# extension's scripted modules the way slicerMacroBuildScriptedModule / ctkMacroCompilePythonScript lay
+# them out: SCRIPTS and RESOURCES copied, relative paths kept, under one qt-scripted-modules folder.
+set(Slicer_USE_FILE ${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake)
+set(Slicer_EXTENSION_GENERATE_CONFIG ${CMAKE_CURRENT_LIST_DIR}/Empty.cmake)
+set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/Empty.cmake)
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.10/qt-scripted-modules)
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.10/qt-scripted-modules)
+set(Slicer_FOUND TRUE)
+"""
+
+STUB_USE_SLICER = r"""
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY_SLICER "WITH_GENERIC_TESTS;WITH_SUBDIR;VERBOSE" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  if(MY_SLICER_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "Unknown keywords given to slicerMacroBuildScriptedModule(): ${MY_SLICER_UNPARSED_ARGUMENTS}")
+  endif()
+  set(_outputs)
+  foreach(_file IN LISTS MY_SLICER_SCRIPTS MY_SLICER_RESOURCES)
+    if(NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${_file})
+      message(FATAL_ERROR "slicerMacroBuildScriptedModule given nonexistent file '${_file}'")
+    endif()
+    get_filename_component(_dir ${_file} DIRECTORY)
+    set(_out ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/${_file})
+    add_custom_command(OUTPUT ${_out} DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${_file}
+      COMMAND ${CMAKE_COMMAND} -E copy ${CMAKE_CURRENT_SOURCE_DIR}/${_file} ${_out})
+    list(APPEND _outputs ${_out})
+    install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/${_file} DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/${_dir})
+  endforeach()
+  add_custom_target(${MY_SLICER_NAME} ALL DEPENDS ${_outputs})
+endmacro()
+function(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT" "SLICER_ARGS" ${ARGN})
+  get_filename_component(_script ${MY_SCRIPT} ABSOLUTE)
+  if(NOT EXISTS ${_script})
+    message(FATAL_ERROR "slicer_add_python_unittest: nonexistent script ${MY_SCRIPT}")
+  endif()
+  file(APPEND ${CMAKE_BINARY_DIR}/python-unittests.txt "${_script}\n")
+endfunction()
+"""
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_cmake_configure_build_install_with_a_stub_slicer(tmp_path, tiny_bundle, phantom_cohort):
+    """The real CMake files, configured against a stand-in Slicer: every listed file exists, the install
+    tree has the modules, the bundled core, the demo bundle and the requirements, and the core runs
+    from the installed folder (as PythonSlicer would run it)."""
+    stub = tmp_path / "Slicer-build"
+    stub.mkdir()
+    (stub / "SlicerConfig.cmake").write_text(STUB_SLICER_CONFIG)
+    (stub / "UseSlicer.cmake").write_text(STUB_USE_SLICER)
+    (stub / "Empty.cmake").write_text("")
+    build, prefix = tmp_path / "build", tmp_path / "install"
+
+    def run(*command):
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    run("cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={stub}", "-DBUILD_TESTING=ON",
+        f"-DCMAKE_INSTALL_PREFIX={prefix}")
+    run("cmake", "--build", str(build))
+    run("cmake", "--install", str(build))
+    tests = (build / "python-unittests.txt").read_text().split()
+    assert sorted(Path(t).name for t in tests) == sorted(
+        ["NeuroRADFM.py", "NeuroRADFMSelfTest.py", "NeuroRADFMTrain.py", "NeuroRADFMTrainSelfTest.py"])
+
+    installed = prefix / "lib" / "Slicer-5.10" / "qt-scripted-modules"
+    for name in ("NeuroRADFM.py", "NeuroRADFMTrain.py", "NeuroRADFMLib/process.py", "neuroradfm/cli.py",
+                 "neuroradfm/io/sequence_names.py", "Resources/UI/NeuroRADFM.ui", "Resources/UI/NeuroRADFMTrain.ui",
+                 "Resources/Icons/NeuroRADFMTrain.png", "Resources/requirements.txt",
+                 "Resources/demo-bundle/card.json", "Resources/demo-bundle/weights.safetensors"):
+        assert (installed / name).is_file(), name
+    assert (build / "lib/Slicer-5.10/qt-scripted-modules/Resources/demo-bundle/card.json").is_file()
+
+    env = {k: v for k, v in os.environ.items() if k != "NEURORADFM_DEMO_BUNDLE"}
+    env["PYTHONPATH"] = str(installed)
+    check = ("import NeuroRADFMLib.process as p, NeuroRADFMLib.dependencies as d, neuroradfm.demo as n; "
+             "print(p.CORE_PARENT); print(d.REQUIREMENTS_FILE.is_file()); print(n.demo_bundle_path())")
+    out = subprocess.run([sys.executable, "-c", check], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(installed), "True", str(installed / "Resources" / "demo-bundle")]
+    # a prediction by the installed core, launched the way the module launches it
+    code = ("import sys; from NeuroRADFMLib.process import CoreProcess; "
+            f"p = CoreProcess(['predict', {str(phantom_cohort.parent / 'BraTS-PHN-00005-000')!r}, '--model', "
+            f"{str(tiny_bundle)!r}, '--out', 'out', '--device', 'cpu', '--progress', 'json', '--no-overview'], "
+            "python=sys.executable).start(); sys.exit(p.wait(timeout=300))")
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True)
+    assert (tmp_path / "out" / "BraTS-PHN-00005-000" / "contours.seg.nrrd").is_file()

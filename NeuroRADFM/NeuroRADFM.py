@@ -156,6 +156,8 @@ class NeuroRADFMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self):
         from NeuroRADFMLib.dependencies import describe_missing
 
+        self.refreshBundles(select=self.ui.bundleSelector.currentData)  # bundles NeuroRADFMTrain registered
+
         missing = self.logic.missingPackages()
         if missing:  # the core's packages come first (Apply offers to install them)
             self.ui.statusLabel.text = describe_missing(missing) + " Apply offers to install them."

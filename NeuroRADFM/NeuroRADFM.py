@@ -208,9 +208,12 @@ class NeuroRADFMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refreshDevices(self):
         from NeuroRADFMLib.devices import list_devices
 
+        current = self.ui.deviceSelector.currentData
         self.ui.deviceSelector.clear()
-        for device, label in list_devices():
+        for device, label in list_devices():  # GPUs appear once PyTorch is installed
             self.ui.deviceSelector.addItem(label, device)
+        if current:
+            self.ui.deviceSelector.setCurrentIndex(max(0, self.ui.deviceSelector.findData(current)))
 
     # running
     def onApply(self):

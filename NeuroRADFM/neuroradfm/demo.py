@@ -19,11 +19,14 @@ BUNDLE_DIR = "demo-bundle"
 
 
 def demo_bundle_path() -> Path:
-    """The shipped demo bundle: $NEURORADFM_DEMO_BUNDLE, else Resources/demo-bundle of this source tree."""
+    """The shipped demo bundle: $NEURORADFM_DEMO_BUNDLE, else Resources/demo-bundle of this source tree, else
+    the installed Slicer extension's copy (the module's Resources/demo-bundle beside the bundled core)."""
     override = os.environ.get("NEURORADFM_DEMO_BUNDLE")
     candidates = [Path(override)] if override else []
     here = Path(__file__).resolve()
-    candidates += [here.parents[2] / "Resources" / BUNDLE_DIR, here.parent / "Resources" / BUNDLE_DIR]
+    candidates += [here.parents[2] / "Resources" / BUNDLE_DIR,  # source tree: <repo>/Resources/demo-bundle
+                   here.parents[1] / "Resources" / BUNDLE_DIR,  # Slicer: <qt-scripted-modules>/Resources/demo-bundle
+                   here.parent / "Resources" / BUNDLE_DIR]
     for candidate in candidates:
         if (candidate / "card.json").is_file():
             return candidate

@@ -27,15 +27,9 @@ class TrainingError(RuntimeError):
 
 def core_commands() -> set[str]:
     """The subcommands of the bundled core's command line (``predict``, ``train-baseline``, ...)."""
-    import argparse
-
     from neuroradfm import cli
 
-    parser = cli._parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
+    return set(cli.commands())
 
 
 def pretrain_available(commands: set[str] | None = None) -> bool:

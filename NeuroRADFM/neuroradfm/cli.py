@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -194,8 +196,23 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def commands() -> list[str]:
+    """The subcommands this core offers (the Slicer Train module enables what exists)."""
+    for action in _parser()._subparsers._group_actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return sorted(action.choices)
+    return []
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (a cancel from the Slicer module) unwinds like Ctrl-C, so half-written outputs are removed."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _exit_on_sigterm()
     handler = {"predict": _predict, "phantom": _phantom, "train-baseline": _train_baseline, "demo": _demo,
                "info": _info}[args.command]
     try:

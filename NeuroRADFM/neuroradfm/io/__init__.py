@@ -1,9 +1,19 @@
-"""Case input: one loader (explicit files, BraTS folders, DICOM studies) and cohort manifests."""
+"""Case input: one loader (explicit files, BraTS folders, DICOM studies) and cohort manifests.
 
-from neuroradfm.io.case import Case
-from neuroradfm.io.images import read_image
-from neuroradfm.io.loader import load_case
-from neuroradfm.io.manifest import CaseEntry, read_manifest
-from neuroradfm.io.sequence_names import classify_series
+Names are imported on first use, so that ``neuroradfm.io.sequence_names`` (pure Python) can be used
+before SimpleITK and pandas are installed (the Slicer module's first start).
+"""
 
-__all__ = ["Case", "CaseEntry", "classify_series", "load_case", "read_image", "read_manifest"]
+from importlib import import_module
+from typing import Any
+
+_WHERE = {"Case": "case", "read_image": "images", "load_case": "loader", "CaseEntry": "manifest",
+          "read_manifest": "manifest", "classify_series": "sequence_names"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)

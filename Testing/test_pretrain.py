@@ -7,6 +7,7 @@ import csv
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -181,3 +182,34 @@ def test_corrupt_foreign_or_other_run_checkpoint_is_refused_untouched(small, cac
     assert checkpoint.read_bytes() == before
     assert main(["pretrain", "--manifest", str(small), "--method", "byol", "--out", str(tmp_path / "y"),
                  "--checkpoint", str(tmp_path / "none.pt"), "--resume", "--progress", "none"]) == 2
+
+
+def test_memory_mapped_cache_balanced_sampler_and_schedule(small, cache):
+    from neuroradfm.io import read_manifest
+    from neuroradfm.train.cohort import cache_cohort
+    from neuroradfm.train.data import GroupBalancedSampler
+    from neuroradfm.train.pretrain import _schedule
+
+    cohort = cache_cohort(read_manifest(small), TINY.preprocessing, cache)
+    array = cohort.channels(0)
+    assert isinstance(array, np.memmap) and array.dtype == np.float16 and array.shape == (4, 48, 48, 48)
+
+    ids = [0] * 9 + [1] * 3  # 3:1 imbalance
+    ranks = [GroupBalancedSampler(ids, num_replicas=2, rank=r, seed=1) for r in (0, 1)]
+    draws = []
+    for epoch in range(200):
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+        parts = [list(s) for s in ranks]
+        assert len(parts[0]) == len(parts[1]) == 6
+        draws += parts[0] + parts[1]
+    share = np.mean([ids[i] == 1 for i in draws])
+    assert 0.45 < share < 0.55  # each group about half of the draws, against 25 % in the data
+    ranks[0].set_epoch(3)
+    again = GroupBalancedSampler(ids, num_replicas=2, rank=0, seed=1)
+    again.set_epoch(3)
+    assert list(again) == list(ranks[0])
+
+    lrs = [_schedule(s, 100, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11) and lrs[10] == 1.0
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.001

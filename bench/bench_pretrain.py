@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ssl-bench"))
     parser.add_argument("--methods", default="byol,dino,moco,mae")
-    parser.add_argument("--dro-method", default="mae")
+    parser.add_argument("--dro-method", default="mae", help="method of the ERM/DRO comparison; none: skip it")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--dro-steps", type=int, default=0, help="steps of the ERM/DRO comparison (0: --steps)")
     parser.add_argument("--batch", type=int, default=4)
@@ -111,6 +111,9 @@ def main() -> None:
         print(f"| {method} | {len(rows)} | {first:.4f} | {last:.4f} | {100 * (last - first) / first:+.1f} % | "
               f"{seconds:.0f} |", flush=True)
 
+    if args.dro_method == "none":
+        (args.work / "results.json").write_text(json.dumps(results, indent=1))
+        return
     steps = args.dro_steps or args.steps
     args_dro = argparse.Namespace(**{**vars(args), "steps": steps})
     print(f"\n{args.dro_method}, {steps} steps, per-site mean loss on every case (fixed views, "

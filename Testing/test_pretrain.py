@@ -59,7 +59,7 @@ def _run(manifest, tmp, cache, settings=TINY, **kw):
 
 def test_resume_ends_with_the_same_weights_and_q(small, cache, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    settings = replace(TINY, max_steps=4)
+    settings = replace(TINY, max_steps=4, accumulate=1)  # (accumulate 2 + DRO: see test_pretrain_ddp)
     _run(small, a, cache, settings)  # 6 cases / batch 2 = 3 steps per epoch; 4 steps
     assert _run(small, b, cache, settings, stop_after=3) == b / "ckpt.pt"  # killed after step 3: checkpoint at 2
     assert not (b / "bundle").exists() and torch.load(b / "ckpt.pt", weights_only=True)["step"] == 2

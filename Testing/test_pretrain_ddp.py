@@ -21,7 +21,7 @@ BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def test_two_gloo_processes_match_one_process(small, cache, tmp_path):  # noqa: F811
-    settings = replace(TINY, method="byol", max_steps=3, batch_size=2, accumulate=2, checkpoint_every=100)
+    settings = replace(TINY, method="byol", max_steps=2, batch_size=2, accumulate=2, checkpoint_every=100)
     _run(small, tmp_path / "one", cache, settings)
 
     out = tmp_path / "two"
@@ -31,7 +31,7 @@ def test_two_gloo_processes_match_one_process(small, cache, tmp_path):  # noqa: 
                "--metrics", str(out / "metrics.jsonl"), "--dro", "--eta-q", str(settings.eta_q),
                "--arch", "resnet10", "--widen", "0.125", "--no-max-pool", "--size", "48", "--spacing", "4",
                "--no-n4", "--crop", "32", "--hidden-dim", "32", "--proj-dim", "16", "--batch-size", "2",
-               "--accumulate", "1", "--max-steps", "3", "--epochs", "2", "--lr", str(settings.learning_rate),
+               "--accumulate", "1", "--max-steps", "2", "--epochs", "2", "--lr", str(settings.learning_rate),
                "--warmup", str(settings.warmup_fraction), "--workers", "0", "--device", "cpu", "--progress", "none"]
     env = dict(os.environ, PYTHONPATH=str(Path(neuroradfm.__file__).parents[1]), OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -39,7 +39,7 @@ def test_two_gloo_processes_match_one_process(small, cache, tmp_path):  # noqa: 
 
     one = torch.load(tmp_path / "one" / "ckpt.pt", weights_only=True)
     two = torch.load(out / "ckpt.pt", weights_only=True)
-    assert two["world_size"] == 2 and one["world_size"] == 1 and one["step"] == two["step"] == 3
+    assert two["world_size"] == 2 and one["world_size"] == 1 and one["step"] == two["step"] == 2
     compared = 0
     for key, value in one["model"].items():
         if key.endswith(BUFFERS):  # BN running statistics: DDP keeps rank 0's, accumulation sees both halves
@@ -47,7 +47,7 @@ def test_two_gloo_processes_match_one_process(small, cache, tmp_path):  # noqa: 
         if key.endswith("downsample.0.bias"):
             # a convolution bias right before BatchNorm has an exactly zero gradient; Adam turns its rounding
             # noise (different summation order over ranks) into steps of up to lr, so only that bound holds
-            assert (two["model"][key] - value).abs().max() <= settings.learning_rate * 3, key
+            assert (two["model"][key] - value).abs().max() <= settings.learning_rate * 2, key
             continue
         torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
         compared += 1
@@ -59,4 +59,4 @@ def test_two_gloo_processes_match_one_process(small, cache, tmp_path):  # noqa: 
     torch.testing.assert_close(two["dro"]["q"], one["dro"]["q"], rtol=1e-6, atol=1e-7)
     assert not torch.allclose(one["dro"]["q"], torch.full((2,), 0.5, dtype=torch.float64))
     rows = [line for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-    assert len(rows) == 3  # rank 0 alone writes the metrics
+    assert len(rows) == 2  # rank 0 alone writes the metrics

@@ -56,13 +56,6 @@ class Context:
         if self.distributed:
             dist.barrier()
 
-    def broadcast_object(self, value):
-        if not self.distributed:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
 
 def setup(device: str = "auto") -> Context:
     """One process: the resolved device. Under torchrun: init the process group (NCCL on CUDA, else gloo)."""

@@ -81,6 +81,64 @@ def _parser() -> argparse.ArgumentParser:
     _device_option(p)
     _progress_option(p)
 
+    p = commands.add_parser("pretrain", help="self-supervised pretraining (BYOL/DINO/MAE/MoCo) with optional "
+                                             "Group-DRO into an encoder bundle; runs unchanged under torchrun")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--method", choices=("byol", "dino", "mae", "moco"), required=True)
+    p.add_argument("--out", type=Path, required=True, help="encoder bundle folder to write")
+    p.add_argument("--dro", action="store_true", help="Group-DRO over the groups of --group-column (else ERM)")
+    p.add_argument("--dro-mode", choices=("exponentiated", "worst-group"), default="exponentiated",
+                   help="exponentiated: Sagawa et al.'s q update; worst-group: the reference code's hard mode")
+    p.add_argument("--group-column", default="site", help="manifest column that defines the groups")
+    p.add_argument("--groups", help="comma-separated group names (a label outside them is an error)")
+    p.add_argument("--eta-q", type=float, default=0.01, help="step size of the q update")
+    p.add_argument("--dro-adjustment", type=float, default=0.0,
+                   help="generalisation adjustment C (adds C/sqrt(n_g) to group g's loss)")
+    p.add_argument("--group-balanced", action="store_true", help="sample every group equally often")
+    p.add_argument("--arch", default="resnet50", help="resnet10, resnet18, resnet34, resnet50 or resnet101")
+    p.add_argument("--widen", type=float, default=1.0, help="channel width factor of the ResNet")
+    p.add_argument("--conv1-stride", type=int, default=2)
+    p.add_argument("--no-max-pool", action="store_true")
+    p.add_argument("--size", type=int, default=128, help="model grid voxels per side")
+    p.add_argument("--spacing", type=float, default=2.0, help="model grid spacing in mm")
+    p.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction in preprocessing")
+    p.add_argument("--crop", type=int, default=96, help="side of the random crops the views are made of")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--max-steps", type=int, default=0, help="stop (and end the schedule) after this many steps")
+    p.add_argument("--batch-size", type=int, default=8, help="global batch per optimizer step")
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per step on each process")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup", type=float, default=0.05, help="fraction of the steps of linear warm-up")
+    p.add_argument("--hidden-dim", type=int, default=1024, help="hidden width of the projection MLPs")
+    p.add_argument("--proj-dim", type=int, default=256)
+    p.add_argument("--dino-out-dim", type=int, default=4096)
+    p.add_argument("--mask-ratio", type=float, default=0.6, help="MAE: fraction of masked cubes")
+    p.add_argument("--ema", type=float, default=0.996, help="initial EMA momentum of teachers")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint file (default OUT.checkpoint.pt)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the checkpoint")
+    p.add_argument("--cache", type=Path, help="preprocessed-case cache folder (default OUT.cache)")
+    p.add_argument("--metrics", type=Path, help="one JSON line per step (loss, group losses, q, lr)")
+    p.add_argument("--workers", type=int, default=2, help="data loader worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="neuroradfm-pretrained-encoder")
+    _device_option(p)
+    _progress_option(p)
+
+    p = commands.add_parser("fit-heads", help="probes, Cox and OOD on a frozen (pretrained) encoder's embeddings")
+    p.add_argument("--model", type=Path, required=True, help="bundle whose encoder is used (heads are replaced)")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="complete bundle folder to write")
+    p.add_argument("--cache", type=Path, help="preprocessed-case cache folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="bundle name (default: the encoder bundle's name)")
+    p.add_argument("--demo", action="store_true", help="label the bundle as the synthetic-data demonstration")
+    _device_option(p)
+    _progress_option(p)
+
     p = commands.add_parser("demo", help="a phantom case in, predictions and Grad-CAM maps out")
     p.add_argument("--out", type=Path, default=Path("neuroradfm-demo"))
     _device_option(p)
@@ -127,6 +185,9 @@ def _predict(args: argparse.Namespace) -> int:
     from neuroradfm.models.bundle import load_bundle
 
     bundle = load_bundle(args.model or demo_bundle_path())
+    if bundle.heads is None:
+        raise NeuroRADFMError(f"{bundle.path}: an encoder-only bundle has no heads to predict with; "
+                              "add them with neuroradfm fit-heads")
     loaders = _case_loaders(args)
     result = predict_cases(loaders, bundle, args.out, device=args.device, progress=make_progress(args.progress),
                            overview=not args.no_overview)
@@ -176,6 +237,57 @@ def _train_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from neuroradfm.models.encoder import EncoderConfig
+    from neuroradfm.preprocess import PreprocessSettings
+    from neuroradfm.ssl import MethodSettings
+    from neuroradfm.train.pretrain import PretrainSettings, pretrain
+
+    try:
+        settings = PretrainSettings(
+            method=args.method,
+            encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=args.conv1_stride,
+                                  no_max_pool=args.no_max_pool),
+            preprocessing=PreprocessSettings(spacing_mm=args.spacing, size=(args.size,) * 3, n4=not args.no_n4),
+            crop_size=args.crop,
+            method_settings=MethodSettings(hidden_dim=args.hidden_dim, proj_dim=args.proj_dim, ema_momentum=args.ema,
+                                           dino_out_dim=args.dino_out_dim, mae_mask_ratio=args.mask_ratio),
+            epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, accumulate=args.accumulate,
+            learning_rate=args.lr, weight_decay=args.weight_decay, warmup_fraction=args.warmup,
+            dro=args.dro_mode if args.dro else "erm", group_column=args.group_column,
+            groups=None if not args.groups else tuple(g.strip() for g in args.groups.split(",") if g.strip()),
+            eta_q=args.eta_q, dro_adjustment=args.dro_adjustment, group_balanced=args.group_balanced,
+            amp=not args.no_amp, channels_last=not args.no_channels_last, checkpoint_every=args.checkpoint_every,
+            num_workers=args.workers, seed=args.seed, device=args.device)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    card = {"name": args.name, "rebuild_command": " ".join(["neuroradfm", *sys.argv[1:]])}
+    path = pretrain(args.manifest, args.out, settings, card=card, progress=make_progress(args.progress),
+                    cache_dir=args.cache, metrics_path=args.metrics, checkpoint_path=args.checkpoint,
+                    resume=args.resume)
+    print(f"bundle: {path}")
+    return 0
+
+
+def _fit_heads(args: argparse.Namespace) -> int:
+    from neuroradfm.train.fit_heads import fit_heads_bundle
+
+    card = {"rebuild_command": " ".join(["neuroradfm", *sys.argv[1:]])}
+    if args.name:
+        card["name"] = args.name
+    if args.demo:
+        card.update({
+            "description": "Demonstration model trained by neuroradfm on its synthetic phantom cohort.",
+            "intended_use": "SYNTHETIC-DATA DEMONSTRATION ONLY - NOT FOR CLINICAL USE. Trained on simulated "
+                            "phantoms; its outputs say nothing about real patients.",
+        })
+    path = fit_heads_bundle(args.model, args.manifest, args.out, card=card, progress=make_progress(args.progress),
+                            cache_dir=args.cache, seed=args.seed, device=args.device)
+    print(f"bundle: {path}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from neuroradfm.demo import run_demo
 
@@ -190,8 +302,9 @@ def _info(args: argparse.Namespace) -> int:
     card = bundle.card
     summary = {k: card.get(k) for k in ("name", "description", "intended_use", "architecture", "preprocessing",
                                          "content_hash", "rebuild_command")}
-    summary["markers"] = {m.key: m.metrics for m in bundle.heads.markers}
-    summary["survival"] = None if bundle.heads.cox is None else bundle.heads.cox.metrics
+    heads = bundle.heads
+    summary["markers"] = None if heads is None else {m.key: m.metrics for m in heads.markers}
+    summary["survival"] = None if heads is None or heads.cox is None else heads.cox.metrics
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -214,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _exit_on_sigterm()
     handler = {"predict": _predict, "phantom": _phantom, "train-baseline": _train_baseline, "demo": _demo,
+               "pretrain": _pretrain, "fit-heads": _fit_heads,
                "info": _info}[args.command]
     try:
         return handler(args)

@@ -38,7 +38,8 @@ class Bundle:
     path: Path
     card: dict[str, Any]
     encoder: Encoder
-    heads: Heads
+    heads: Heads | None
+    """None for an encoder-only bundle (a pretrained encoder before ``neuroradfm fit-heads``)."""
     preprocessing: PreprocessSettings
 
     @property
@@ -92,15 +93,16 @@ def _heads_from_card(card: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
     )
 
 
-def save_bundle(path: str | Path, encoder: Encoder, heads: Heads, preprocessing: PreprocessSettings,
+def save_bundle(path: str | Path, encoder: Encoder, heads: Heads | None, preprocessing: PreprocessSettings,
                 card: dict[str, Any]) -> Path:
     """Write a bundle folder atomically (a temporary sibling folder, then rename).
 
     ``card`` supplies the descriptive fields (name, description, intended_use, training, input);
-    architecture, preprocessing, heads, format and hash are filled in here.
+    architecture, preprocessing, heads, format and hash are filled in here. ``heads=None`` writes an
+    encoder-only bundle (card ``"heads": null``), e.g. the output of SSL pretraining.
     """
     path = Path(path)
-    heads_card, head_tensors = heads_to_card(heads)
+    heads_card, head_tensors = (None, {}) if heads is None else heads_to_card(heads)
     full = dict(card)
     full.update({
         "format": FORMAT,
@@ -158,7 +160,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         encoder = Encoder(EncoderConfig.from_dict(card["architecture"]))
         state = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
         encoder.load_state_dict(state)
-        heads = _heads_from_card(card["heads"], tensors)
+        heads = None if card["heads"] is None else _heads_from_card(card["heads"], tensors)
         settings = PreprocessSettings.from_dict(card["preprocessing"])
     except (KeyError, ValueError, RuntimeError) as error:
         raise BundleError(path, f"card and weights do not fit together ({error})") from None

@@ -86,6 +86,53 @@ def _prepare_case(entry: CaseEntry, settings: PreprocessSettings,
     return channels, tumour
 
 
+@dataclass
+class CachedCohort:
+    """Cases preprocessed into the cache folder, read lazily: ``channels(i)`` memory-maps one case's
+    (4, K, J, I) float16 array, so a loader's workers share the page cache and nothing is held per process."""
+
+    entries: list[CaseEntry]
+    channels_files: list[Path]
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [e.case_id for e in self.entries]
+
+    def channels(self, index: int) -> np.ndarray:
+        return np.load(self.channels_files[index], mmap_mode="r")
+
+
+def cache_cohort(entries: list[CaseEntry], settings: PreprocessSettings, cache_dir: str | Path,
+                 progress: Progress = null_progress) -> CachedCohort:
+    """Every case preprocessed into ``cache_dir`` (the same files ``prepare_cohort`` reads and writes;
+    cases already there are not touched), nothing kept in memory. A failing case is left out and reported."""
+    cache = Path(cache_dir)
+    kept, files, failures = [], [], {}
+    for index, entry in enumerate(entries):
+        progress("preprocess", index / len(entries), entry.case_id)
+        stem = _cache_stem(entry, settings, cache)
+        channels_file = None if stem is None else stem.with_name(stem.name + ".channels.npy")
+        if channels_file is None or not channels_file.is_file():
+            try:
+                _prepare_case(entry, settings, cache)
+            except NeuroRADFMError as error:
+                failures[entry.case_id] = str(error)
+                progress("preprocess", (index + 1) / len(entries), f"{entry.case_id} FAILED: {error}")
+                continue
+            stem = _cache_stem(entry, settings, cache)
+            channels_file = None if stem is None else stem.with_name(stem.name + ".channels.npy")
+            if channels_file is None or not channels_file.is_file():
+                failures[entry.case_id] = "its files changed while it was being preprocessed"
+                continue
+        kept.append(entry)
+        files.append(channels_file)
+    progress("preprocess", 1.0, f"{len(kept)} cases ready, {len(failures)} failed")
+    if not kept:
+        raise NeuroRADFMError("no case of the cohort could be prepared: " + "; ".join(failures.values()))
+    return CachedCohort(kept, files, failures)
+
+
 def prepare_cohort(entries: list[CaseEntry], settings: PreprocessSettings,
                    progress: Progress = null_progress, cache_dir: str | Path | None = None) -> PreparedCohort:
     """Every case on the model grid; ``cache_dir`` keeps (and reuses) each case's arrays."""

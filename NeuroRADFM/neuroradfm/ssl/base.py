@@ -1,0 +1,110 @@
+"""Shared pieces of the SSL methods: settings, MLP heads, EMA teachers, cross-rank hooks, the registry."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from neuroradfm.models.encoder import Encoder
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+"""Concatenates a (detached) tensor over ranks along dim 0 (identity in one process)."""
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+"""Sums a tensor over ranks (identity in one process)."""
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    hidden_dim: int = 1024
+    """Hidden width of the projector / predictor MLPs."""
+    proj_dim: int = 256
+    """Output width of BYOL / MoCo projectors."""
+    ema_momentum: float = 0.996
+    """EMA teacher momentum at the start; it follows a cosine to 1 over training (BYOL, DINO, MoCo v3)."""
+    moco_temperature: float = 0.2
+    dino_out_dim: int = 4096
+    dino_bottleneck: int = 256
+    dino_student_temp: float = 0.1
+    dino_teacher_temp: float = 0.07
+    dino_warmup_teacher_temp: float = 0.04
+    dino_teacher_temp_warmup: float = 0.3
+    """Fraction of training over which the teacher temperature rises linearly to its final value."""
+    dino_center_momentum: float = 0.9
+    mae_mask_ratio: float = 0.6
+    mae_patch: int = 0
+    """Masked cube size in voxels; 0 = the encoder's total stride (one feature-map cell per patch)."""
+    mae_decoder_dim: int = 128
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """Linear - LayerNorm - GELU - Linear. LayerNorm, not BatchNorm: 3D batches are small (1-4 per GPU) and a
+    per-sample head keeps each sample's loss independent of its batch-mates (exact DDP / accumulation)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+
+def ema_momentum(base: float, fraction: float) -> float:
+    """BYOL's cosine schedule: base at the start, 1 at the end."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * fraction) + 1.0) / 2.0
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    teacher = copy.deepcopy(module)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
+
+
+class SSLMethod(nn.Module):
+    """Base class. ``batch`` holds ``view1``, ``view2`` (B, 4, D, H, W) and, for MAE, ``mask`` (B, 1, D, H, W)."""
+
+    name = "base"
+
+    def __init__(self, encoder: Encoder, settings: MethodSettings) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.settings = settings
+        self.gather: Gather = lambda t: t
+        self.reduce: Reduce = lambda t: t
+        self.rank = 0
+        self.fraction = 0.0
+        """How far training is (0..1); set by the trainer before each step (schedules)."""
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self, fraction: float) -> None:
+        """Called once after every optimizer step with the training fraction reached."""
+
+
+def build_method(name: str, encoder: Encoder, settings: MethodSettings | None = None,
+                 crop_size: int | None = None) -> SSLMethod:
+    from neuroradfm.ssl.byol import BYOL
+    from neuroradfm.ssl.dino import DINO
+    from neuroradfm.ssl.mae import MAE
+    from neuroradfm.ssl.moco import MoCoV3
+
+    settings = settings or MethodSettings()
+    classes = {"byol": BYOL, "dino": DINO, "mae": MAE, "moco": MoCoV3}
+    if name not in classes:
+        raise ValueError(f"unknown SSL method {name!r}; choose one of {', '.join(METHODS)}")
+    if name == "mae":
+        return MAE(encoder, settings, crop_size)
+    return classes[name](encoder, settings)
+
+
+METHODS = ("byol", "dino", "mae", "moco")

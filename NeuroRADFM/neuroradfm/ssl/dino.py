@@ -1,0 +1,73 @@
+"""DINO (Caron et al. 2021): self-distillation; the student matches the EMA teacher's centred, sharpened
+distribution over prototypes of the other view. Two global views (no multi-crop local views)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from neuroradfm.ssl.base import MethodSettings, SSLMethod, ema_momentum, ema_update, frozen_copy, mlp
+
+
+class DINOHead(nn.Module):
+    """MLP -> L2-normalised bottleneck -> weight-normalised linear layer onto ``out_dim`` prototypes."""
+
+    def __init__(self, in_dim: int, hidden: int, bottleneck: int, out_dim: int) -> None:
+        super().__init__()
+        self.mlp = mlp(in_dim, hidden, bottleneck)
+        self.last = weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
+        self.last.parametrizations.weight.original0.data.fill_(1.0)
+        self.last.parametrizations.weight.original0.requires_grad_(False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.last(F.normalize(self.mlp(z), dim=-1))
+
+
+class DINO(SSLMethod):
+    name = "dino"
+
+    def __init__(self, encoder, settings: MethodSettings) -> None:
+        super().__init__(encoder, settings)
+        self.head = DINOHead(encoder.embedding_dim, settings.hidden_dim, settings.dino_bottleneck,
+                             settings.dino_out_dim)
+        self.teacher = frozen_copy(nn.ModuleDict({"encoder": encoder, "head": self.head}))
+        self.register_buffer("center", torch.zeros(1, settings.dino_out_dim))
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+
+    def teacher_temperature(self) -> float:
+        s = self.settings
+        if s.dino_teacher_temp_warmup <= 0 or self.fraction >= s.dino_teacher_temp_warmup:
+            return s.dino_teacher_temp
+        t = self.fraction / s.dino_teacher_temp_warmup
+        return s.dino_warmup_teacher_temp + t * (s.dino_teacher_temp - s.dino_warmup_teacher_temp)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        n = batch["view1"].shape[0]
+        x = torch.cat([batch["view1"], batch["view2"]])
+        student = F.log_softmax(self.head(self.encoder(x)[1]) / self.settings.dino_student_temp, dim=-1)
+        with torch.no_grad():
+            out = self.teacher["head"](self.teacher["encoder"](x)[1])
+            teacher = F.softmax((out - self.center) / self.teacher_temperature(), dim=-1)
+        if torch.is_grad_enabled():  # the centre follows the batches trained on (not DRO's no-grad first pass)
+            batch_sum = out.sum(dim=0, keepdim=True).detach()
+            self._sum = batch_sum if self._sum is None else self._sum + batch_sum
+            self._count += out.shape[0]
+        loss12 = -(teacher[:n] * student[n:]).sum(dim=-1)
+        loss21 = -(teacher[n:] * student[:n]).sum(dim=-1)
+        return (loss12 + loss21) / 2
+
+    def after_step(self, fraction: float) -> None:
+        student = nn.ModuleDict({"encoder": self.encoder, "head": self.head})
+        ema_update(self.teacher, student, ema_momentum(self.settings.ema_momentum, fraction))
+        if self._sum is None:
+            return
+        totals = self.reduce(torch.cat([self._sum.flatten().double(),
+                                        torch.tensor([float(self._count)], dtype=torch.float64,
+                                                     device=self._sum.device)]))
+        mean = (totals[:-1] / totals[-1]).to(self.center.dtype).view_as(self.center)
+        m = self.settings.dino_center_momentum
+        self.center.mul_(m).add_(mean, alpha=1 - m)
+        self._sum, self._count = None, 0

@@ -1,0 +1,65 @@
+"""A masked autoencoder adapted to a CNN encoder (dense masking, SimMIM-style).
+
+A ViT-MAE drops masked tokens; a 3D ResNet cannot, so masked cubes of the input are set to 0 (the
+z-scored intensity mean, which is also the value outside the brain) and the full masked volume goes
+through the encoder. A light decoder (two 1x1x1 convolutions and a 3D pixel shuffle) maps each cell of the
+last feature map back onto the voxels it covers; the loss is the mean squared error on the MASKED voxels
+only, per sample. The mask (from the data pipeline, so it is reproducible across ranks and resumes) is made
+of cubes of the encoder's total stride by default, one feature-map cell per cube. The decoder is discarded;
+only the encoder goes into the bundle.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neuroradfm.models.encoder import Encoder
+from neuroradfm.ssl.base import MethodSettings, SSLMethod
+
+
+def encoder_stride(encoder: Encoder) -> int:
+    """Total down-sampling of the feature map: conv1 stride x max-pool (2 unless off) x 8 (layers 2-4)."""
+    config = encoder.config
+    return config.conv1_stride * (1 if config.no_max_pool else 2) * 8
+
+
+class MAE(SSLMethod):
+    name = "mae"
+
+    def __init__(self, encoder: Encoder, settings: MethodSettings, crop_size: int | None = None) -> None:
+        super().__init__(encoder, settings)
+        self.stride = encoder_stride(encoder)
+        if crop_size is not None and crop_size % self.stride:
+            raise ValueError(f"MAE needs a crop size divisible by the encoder's stride {self.stride}, got {crop_size}")
+        channels = encoder.config.in_channels
+        self.decoder = nn.Sequential(
+            nn.Conv3d(encoder.embedding_dim, settings.mae_decoder_dim, kernel_size=1), nn.GELU(),
+            nn.Conv3d(settings.mae_decoder_dim, channels * self.stride ** 3, kernel_size=1))
+
+    def reconstruct(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        features = self.encoder.feature_map(x * (1 - mask))
+        b, _, d, h, w = features.shape
+        s, c = self.stride, x.shape[1]
+        out = self.decoder(features).view(b, c, s, s, s, d, h, w)  # 3D pixel shuffle
+        return out.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, c, d * s, h * s, w * s)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x, mask = batch["view1"], batch["mask"].to(batch["view1"].dtype)
+        error = (self.reconstruct(x, mask) - x) ** 2 * mask
+        return error.sum(dim=(1, 2, 3, 4)) / (mask.sum(dim=(1, 2, 3, 4)) * x.shape[1]).clamp(min=1)
+
+
+def random_mask(shape: tuple[int, int, int], patch: int, ratio: float, rng) -> torch.Tensor:
+    """(1, D, H, W) float mask, 1 on a random ``ratio`` of the ``patch``-sized cubes (numpy Generator ``rng``)."""
+    grid = [max(1, s // patch) for s in shape]
+    n = grid[0] * grid[1] * grid[2]
+    k = min(n, max(1, int(round(ratio * n))))
+    flat = torch.zeros(n)
+    flat[torch.from_numpy(rng.permutation(n)[:k])] = 1.0
+    cubes = flat.view(1, *grid)
+    for axis in range(3):
+        cubes = cubes.repeat_interleave(patch, dim=axis + 1)
+    out = torch.zeros(1, *shape)
+    out[:, :cubes.shape[1], :cubes.shape[2], :cubes.shape[3]] = cubes[:, :shape[0], :shape[1], :shape[2]]
+    return out

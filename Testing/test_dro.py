@@ -1,0 +1,89 @@
+"""Group-DRO on per-sample losses: the exponentiated-gradient update, the hard worst-group mode, ERM, and the
+split of one global batch over ranks (all-reduced group sums) giving the same loss and gradient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from neuroradfm.dro import GroupDRO
+
+GROUPS = ["site-A", "site-B", "site-C"]
+
+
+def test_exponentiated_update_follows_sagawa():
+    dro = GroupDRO(GROUPS, "exponentiated", eta_q=0.5, adjustment=1.0, group_sizes=[4, 16, 100])
+    losses = torch.tensor([1.0, 3.0, 2.0, 0.5, 4.0], requires_grad=True)
+    ids = torch.tensor([0, 0, 1, 2, 2])
+    robust = dro.update(losses, ids)
+    means = torch.tensor([2.0, 2.0, 2.25], dtype=torch.float64)
+    adjusted = means + 1.0 / torch.tensor([4.0, 16.0, 100.0], dtype=torch.float64).sqrt()
+    q = torch.full((3,), 1 / 3, dtype=torch.float64) * torch.exp(0.5 * adjusted)
+    q = q / q.sum()
+    torch.testing.assert_close(dro.q, q)
+    assert robust.item() == pytest.approx(float(q @ means), rel=1e-6)
+    robust.backward()  # d robust / d l_i = q_g(i) / n_g(i)
+    expected = torch.tensor([q[0] / 2, q[0] / 2, q[1], q[2] / 2, q[2] / 2], dtype=torch.float32)
+    torch.testing.assert_close(losses.grad, expected)
+    torch.testing.assert_close(dro.last.group_losses, means)
+
+
+def test_q_moves_toward_the_worst_group_and_absent_groups_keep_their_weight():
+    dro = GroupDRO(GROUPS, "exponentiated", eta_q=0.1)
+    for _ in range(20):
+        dro.update(torch.tensor([0.2, 0.3, 1.5, 1.4]), torch.tensor([0, 0, 1, 1]))
+    q = dro.q.tolist()
+    assert q[1] > 0.5 > q[0] and sum(q) == pytest.approx(1.0)
+    assert q[0] == pytest.approx(q[2] * math.exp(20 * 0.1 * 0.25), rel=1e-6)  # C absent: exp(0) factor
+    loss = dro.update(torch.tensor([1.0, 3.0], requires_grad=True), torch.tensor([0, 0]))
+    assert loss.item() == pytest.approx(2.0)  # only group 0 present: its mean, whatever q says
+
+
+def test_worst_group_mode_and_erm():
+    worst = GroupDRO(GROUPS, "worst-group")
+    loss = worst.update(torch.tensor([1.0, 5.0, 2.0, 2.5]), torch.tensor([0, 0, 1, 2]))
+    assert worst.q.tolist() == [1.0, 0.0, 0.0] and loss.item() == pytest.approx(3.0)
+    erm = GroupDRO(GROUPS, "erm")
+    loss = erm.update(torch.tensor([1.0, 5.0, 2.0, 2.5]), torch.tensor([0, 0, 1, 2]))
+    assert loss.item() == pytest.approx(2.625) and torch.allclose(erm.q, torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+def test_single_group_degenerates_to_erm_with_a_warning():
+    with pytest.warns(UserWarning, match="single group"):
+        dro = GroupDRO(["site-A"], "exponentiated")
+    assert dro.mode == "erm" and not dro.active
+
+
+def test_global_batch_split_over_ranks_gives_the_same_loss_gradient_and_q():
+    torch.manual_seed(0)
+    losses = torch.rand(8, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([0, 1, 1, 2, 0, 0, 2, 1])
+    whole = GroupDRO(GROUPS, "exponentiated", eta_q=1.0)
+    whole.update(losses, ids).backward()
+    reference = losses.grad.clone()
+    losses.grad = None
+    halves = [slice(0, 4), slice(4, 8)]
+    probe = GroupDRO(GROUPS)
+    totals = [torch.cat(probe.group_totals(losses[h], ids[h])) for h in halves]
+    global_total = totals[0] + totals[1]  # what all_reduce(SUM) returns on every rank
+    ranks = [GroupDRO(GROUPS, "exponentiated", eta_q=1.0, all_reduce=lambda t: global_total.clone())
+             for _ in halves]
+    local = [r.update(losses[h], ids[h]) * 2 for r, h in zip(ranks, halves)]  # x world size, as DDP averages
+    (sum(local) / 2).backward()
+    torch.testing.assert_close(losses.grad, reference)
+    torch.testing.assert_close(ranks[0].q, whole.q)
+    torch.testing.assert_close(ranks[1].q, whole.q)
+
+
+def test_state_round_trip_and_mismatch():
+    dro = GroupDRO(GROUPS, "exponentiated", eta_q=1.0)
+    dro.update(torch.tensor([1.0, 2.0]), torch.tensor([0, 2]))
+    other = GroupDRO(GROUPS, "exponentiated", eta_q=1.0)
+    other.load_state_dict(dro.state_dict())
+    torch.testing.assert_close(other.q, dro.q)
+    with pytest.raises(ValueError, match="groups"):
+        GroupDRO(["x", "y"], "exponentiated").load_state_dict(dro.state_dict())
+    with pytest.raises(ValueError, match="group ids"):
+        dro.update(torch.tensor([1.0]), torch.tensor([3]))

@@ -1,0 +1,215 @@
+"""Pretraining end to end on the phantom cohort: exact resume, metrics, encoder-only bundle + fit-heads, and
+bad input (missing files, unknown or absent groups, a single group, NaN loss, corrupt/foreign checkpoints)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from neuroradfm.cli import main
+from neuroradfm.errors import InputError
+from neuroradfm.metrics import read_metrics
+from neuroradfm.models.bundle import load_bundle
+from neuroradfm.models.encoder import EncoderConfig
+from neuroradfm.preprocess import PreprocessSettings
+from neuroradfm.ssl import MethodSettings
+from neuroradfm.train import data as data_module
+from neuroradfm.train.checkpoint import CheckpointError
+from neuroradfm.train.pretrain import PretrainSettings, TrainingError, pretrain
+
+TINY = PretrainSettings(
+    method="dino", encoder=EncoderConfig("resnet10", widen_factor=0.125, conv1_stride=2, no_max_pool=True),
+    preprocessing=PreprocessSettings(spacing_mm=4.0, size=(48, 48, 48), n4=False), crop_size=32,
+    method_settings=MethodSettings(hidden_dim=32, proj_dim=16, dino_out_dim=32, dino_bottleneck=16,
+                                   mae_decoder_dim=16),
+    epochs=2, batch_size=2, accumulate=2, learning_rate=1e-3, dro="exponentiated", eta_q=0.5,
+    checkpoint_every=2, num_workers=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "ssl-cache"  # shared by the pretraining tests; filled on first use
+
+
+@pytest.fixture(scope="module")
+def small(phantom_cohort, tmp_path_factory):
+    """6 of the phantom cases, 3 per site: 3 steps per epoch at batch 2."""
+    def first_four_per_site(rows):
+        kept, seen = [], {}
+        for row in rows:
+            seen[row["site"]] = seen.get(row["site"], 0) + 1
+            if seen[row["site"]] <= 3:
+                kept.append(row)
+        return kept
+
+    return _edit_manifest(phantom_cohort, tmp_path_factory.mktemp("small") / "manifest.csv",
+                          lambda rows: first_four_per_site(_absolute(phantom_cohort)(rows)))
+
+
+def _run(manifest, tmp, cache, settings=TINY, **kw):
+    return pretrain(manifest, tmp / "bundle", settings, cache_dir=cache, metrics_path=tmp / "metrics.jsonl",
+                    checkpoint_path=tmp / "ckpt.pt", **kw)
+
+
+def test_resume_ends_with_the_same_weights_and_q(small, cache, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    settings = replace(TINY, max_steps=4, accumulate=1)  # (accumulate 2 + DRO: see test_pretrain_ddp)
+    _run(small, a, cache, settings)  # 6 cases / batch 2 = 3 steps per epoch; 4 steps
+    assert _run(small, b, cache, settings, stop_after=3) == b / "ckpt.pt"  # killed after step 3: checkpoint at 2
+    assert not (b / "bundle").exists() and torch.load(b / "ckpt.pt", weights_only=True)["step"] == 2
+    _run(small, b, cache, settings, resume=True)  # resumes mid-epoch, then crosses into the next epoch
+    full, resumed = (torch.load(x / "ckpt.pt", weights_only=True) for x in (a, b))
+    assert full["step"] == resumed["step"] == 4
+    for key, value in full["model"].items():  # student, teacher, heads, DINO centre, BN statistics
+        assert torch.equal(value, resumed["model"][key]), key
+    assert torch.equal(full["dro"]["q"], resumed["dro"]["q"])
+    assert not torch.allclose(full["dro"]["q"], torch.full((2,), 0.5, dtype=torch.float64))  # q really moved
+    assert load_file(str(a / "bundle" / "weights.safetensors")).keys() == \
+        load_file(str(b / "bundle" / "weights.safetensors")).keys()
+    for key, value in load_file(str(a / "bundle" / "weights.safetensors")).items():
+        assert torch.equal(value, load_file(str(b / "bundle" / "weights.safetensors"))[key]), key
+
+    rows = read_metrics(b / "metrics.jsonl")  # after the resume: each step once, step 3 recomputed
+    assert [r["step"] for r in rows] == list(range(1, 5))
+    assert rows == read_metrics(a / "metrics.jsonl")
+    assert set(rows[0]) >= {"epoch", "loss", "robust_loss", "group_losses", "q", "lr"}
+    assert set(rows[0]["q"]) == {"site-A", "site-B"} and sum(rows[-1]["q"].values()) == pytest.approx(1.0)
+
+
+def test_encoder_bundle_and_fit_heads(small, phantom_cohort, cache, tmp_path):
+    settings = replace(TINY, method="mae", max_steps=2, dro="erm", accumulate=1)
+    path = _run(small, tmp_path, cache, settings)
+    bundle = load_bundle(path)
+    assert bundle.heads is None and bundle.card["training"]["method"] == "self-supervised mae"
+    assert bundle.encoder.config == settings.encoder and bundle.card["training"]["steps"] == 2
+    assert main(["info", str(path)]) == 0
+    code = main(["predict", "--model", str(path), "--out", str(tmp_path / "p"), "--t1", "a", "--t1ce", "b",
+                 "--t2", "c", "--flair", "d", "--progress", "none"])
+    assert code == 2  # an encoder-only bundle cannot predict: a clear error, not a traceback
+    out = tmp_path / "complete"
+    assert main(["fit-heads", "--model", str(path), "--manifest", str(phantom_cohort), "--out", str(out),
+                 "--cache", str(cache), "--device", "cpu", "--progress", "none"]) == 0
+    complete = load_bundle(out)
+    assert complete.heads is not None and complete.heads.markers and complete.heads.ood is not None
+    for key, value in bundle.encoder.state_dict().items():
+        assert torch.equal(value, complete.encoder.state_dict()[key])
+    assert complete.card["training"]["heads"]["encoder_bundle_hash"] == bundle.card["content_hash"]
+
+
+def _edit_manifest(source: Path, target: Path, edit) -> Path:
+    rows = list(csv.DictReader(source.open()))
+    rows = edit(rows)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
+def _absolute(manifest: Path):
+    def edit(rows):
+        for row in rows:
+            for key in ("t1", "t1ce", "t2", "flair", "seg"):
+                row[key] = str(manifest.parent / row[key])
+        return rows
+    return edit
+
+
+def test_bad_manifests(phantom_cohort, cache, tmp_path):
+    missing = _edit_manifest(phantom_cohort, tmp_path / "m1.csv",
+                             lambda rows: [dict(r, t2="nowhere/t2.nii.gz") if i == 1 else r
+                                           for i, r in enumerate(_absolute(phantom_cohort)(rows))])
+    with pytest.raises(InputError, match="nowhere"):
+        _run(missing, tmp_path, cache)
+    with pytest.raises(InputError, match="scanner"):
+        _run(phantom_cohort, tmp_path, cache, replace(TINY, group_column="scanner"))
+    with pytest.raises(InputError, match="site-B"):
+        _run(phantom_cohort, tmp_path, cache, replace(TINY, groups=("site-A", "site-C")))
+    assert main(["pretrain", "--manifest", str(phantom_cohort), "--method", "byol", "--out", str(tmp_path / "x"),
+                 "--group-column", "scanner", "--progress", "none"]) == 2
+    assert not (tmp_path / "bundle").exists() and not (tmp_path / "x").exists()
+
+
+def test_single_group_trains_as_erm_with_a_warning(phantom_cohort, cache, tmp_path):
+    one_site = _edit_manifest(phantom_cohort, tmp_path / "one.csv",
+                              lambda rows: [r for r in _absolute(phantom_cohort)(rows) if r["site"] == "site-A"])
+    with pytest.warns(UserWarning, match="only one group"):
+        path = _run(one_site, tmp_path, cache, replace(TINY, method="byol", max_steps=1, accumulate=1))
+    assert load_bundle(path).card["training"]["dro"] == "erm"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small, cache, tmp_path, monkeypatch):
+    real = data_module.PretrainDataset.__getitem__
+
+    def poisoned(self, index):
+        sample = real(self, index)
+        if self.epoch >= 1:  # the second epoch's data are broken
+            sample["view1"] = sample["view1"] * float("nan")
+        return sample
+
+    monkeypatch.setattr(data_module.PretrainDataset, "__getitem__", poisoned)
+    settings = replace(TINY, method="byol", accumulate=1)
+    with pytest.raises(TrainingError, match=r"step 4 .*last good checkpoint .*step 2"):
+        _run(small, tmp_path, cache, settings)
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values()
+                                      if v.is_floating_point())
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_corrupt_foreign_or_other_run_checkpoint_is_refused_untouched(small, cache, tmp_path):
+    checkpoint = tmp_path / "ckpt.pt"
+    for content, message in [(b"garbage", "corrupt"), (None, "not a neuroradfm-pretrain-checkpoint")]:
+        if content is None:
+            torch.save({"weights": torch.zeros(2)}, checkpoint)
+        else:
+            checkpoint.write_bytes(content)
+        before = checkpoint.read_bytes()
+        with pytest.raises(CheckpointError, match=message):
+            _run(small, tmp_path, cache, resume=True)
+        assert checkpoint.read_bytes() == before and not (tmp_path / "bundle").exists()
+    _run(small, tmp_path, cache, replace(TINY, method="byol", max_steps=1, accumulate=1))
+    before = checkpoint.read_bytes()
+    with pytest.raises(CheckpointError, match="different run.*method"):
+        _run(small, tmp_path, cache, replace(TINY, method="moco", max_steps=1, accumulate=1), resume=True)
+    assert checkpoint.read_bytes() == before
+    assert main(["pretrain", "--manifest", str(small), "--method", "byol", "--out", str(tmp_path / "y"),
+                 "--checkpoint", str(tmp_path / "none.pt"), "--resume", "--progress", "none"]) == 2
+
+
+def test_memory_mapped_cache_balanced_sampler_and_schedule(small, cache):
+    from neuroradfm.io import read_manifest
+    from neuroradfm.train.cohort import cache_cohort
+    from neuroradfm.train.data import GroupBalancedSampler
+    from neuroradfm.train.pretrain import _schedule
+
+    cohort = cache_cohort(read_manifest(small), TINY.preprocessing, cache)
+    array = cohort.channels(0)
+    assert isinstance(array, np.memmap) and array.dtype == np.float16 and array.shape == (4, 48, 48, 48)
+
+    ids = [0] * 9 + [1] * 3  # 3:1 imbalance
+    ranks = [GroupBalancedSampler(ids, num_replicas=2, rank=r, seed=1) for r in (0, 1)]
+    draws = []
+    for epoch in range(200):
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+        parts = [list(s) for s in ranks]
+        assert len(parts[0]) == len(parts[1]) == 6
+        draws += parts[0] + parts[1]
+    share = np.mean([ids[i] == 1 for i in draws])
+    assert 0.45 < share < 0.55  # each group about half of the draws, against 25 % in the data
+    ranks[0].set_epoch(3)
+    again = GroupBalancedSampler(ids, num_replicas=2, rank=0, seed=1)
+    again.set_epoch(3)
+    assert list(again) == list(ranks[0])
+
+    lrs = [_schedule(s, 100, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11) and lrs[10] == 1.0
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.001

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -38,6 +40,10 @@ def test_bundle_card_and_weights(tiny_bundle):
     assert {m.key for m in bundle.heads.markers} <= set(MARKER_KEYS)
     assert card["training"]["cases_encoder"] + card["training"]["cases_heads"] == 16
     assert not any(p.suffix in (".pt", ".pkl", ".pth") for p in tiny_bundle.iterdir())
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in tiny_bundle.iterdir():  # readable like any file the user writes (safetensors makes 0600 files)
+        assert stat.S_IMODE(item.stat().st_mode) == 0o666 & ~umask, item.name
 
 
 def test_bundle_errors_name_the_file(tiny_bundle, tmp_path):

@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from neuroradfm.batch import predict_cases
 from neuroradfm.cli import main
-from neuroradfm.errors import InputError
+from neuroradfm.errors import BundleError, InputError
 from neuroradfm.metrics import read_metrics
 from neuroradfm.models.bundle import load_bundle
 from neuroradfm.models.encoder import EncoderConfig
@@ -92,6 +93,9 @@ def test_encoder_bundle_and_fit_heads(small, phantom_cohort, cache, tmp_path):
     code = main(["predict", "--model", str(path), "--out", str(tmp_path / "p"), "--t1", "a", "--t1ce", "b",
                  "--t2", "c", "--flair", "d", "--progress", "none"])
     assert code == 2  # an encoder-only bundle cannot predict: a clear error, not a traceback
+    with pytest.raises(BundleError, match="encoder-only bundle has no heads.*fit-heads") as error:
+        predict_cases([], bundle, tmp_path / "p")  # the Python API says so too, before any case
+    assert error.value.path == str(path)
     out = tmp_path / "complete"
     assert main(["fit-heads", "--model", str(path), "--manifest", str(phantom_cohort), "--out", str(out),
                  "--cache", str(cache), "--device", "cpu", "--progress", "none"]) == 0

@@ -26,6 +26,9 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     try:
         staging.chmod(_umask_mode(0o777))
         yield staging
+        for item in staging.rglob("*"):  # some writers (safetensors) create private 0600 files
+            if item.is_file() and not item.is_symlink():
+                item.chmod(_umask_mode(0o666))
         if path.exists():
             shutil.rmtree(path)
         os.replace(staging, path)

@@ -32,6 +32,7 @@ def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundl
                   device: str = "auto", progress: Progress = null_progress, overview: bool = True,
                   keep_predictions: bool = False) -> BatchResult:
     """``cases`` are (case_id, loader) pairs, so that loading errors are isolated per case too."""
+    bundle.require_heads()  # a bundle that cannot predict fails once, before any case
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = BatchResult()

@@ -185,9 +185,7 @@ def _predict(args: argparse.Namespace) -> int:
     from neuroradfm.models.bundle import load_bundle
 
     bundle = load_bundle(args.model or demo_bundle_path())
-    if bundle.heads is None:
-        raise NeuroRADFMError(f"{bundle.path}: an encoder-only bundle has no heads to predict with; "
-                              "add them with neuroradfm fit-heads")
+    bundle.require_heads()
     loaders = _case_loaders(args)
     result = predict_cases(loaders, bundle, args.out, device=args.device, progress=make_progress(args.progress),
                            overview=not args.no_overview)

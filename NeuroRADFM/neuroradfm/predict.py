@@ -78,6 +78,7 @@ class Prediction:
 
 def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Progress = null_progress) -> Prediction:
     """Run every head of ``bundle`` on ``case``; all maps come from one forward pass."""
+    heads = bundle.require_heads()
     prepared = preprocess_case(case, bundle.preprocessing, progress=sub_progress(progress, 0.0, 0.8))
     progress("encode", 0.8, "forward pass")
     torch_device = resolve_device(device)
@@ -87,7 +88,6 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
         features, z = encoder(x)
     embedding = z[0].double().cpu().numpy()
 
-    heads = bundle.heads
     weights, biases = heads.marker_weights()
     logits = weights @ embedding + biases
     markers, signs, keys = [], [], []

@@ -46,6 +46,13 @@ class Bundle:
     def name(self) -> str:
         return str(self.card.get("name", self.path.name))
 
+    def require_heads(self) -> Heads:
+        """The heads, or a clear error for an encoder-only bundle (pretrained, before ``fit-heads``)."""
+        if self.heads is None:
+            raise BundleError(self.path, "an encoder-only bundle has no heads to predict with; add them with "
+                                         "neuroradfm fit-heads")
+        return self.heads
+
 
 def _canonical(card: dict[str, Any]) -> bytes:
     return json.dumps({k: v for k, v in card.items() if k != "content_hash"}, sort_keys=True,

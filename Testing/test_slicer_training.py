@@ -240,18 +240,34 @@ def test_self_supervised_job_cancel_keeps_the_checkpoint_and_resume_completes_a_
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging folder or temp file
     assert 1 <= torch.load(job.checkpoint, weights_only=True)["step"] < 3
 
-    job = TrainingJob(replace(settings, resume=True), python=sys.executable).start()
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", "loss")
     events, rows_seen = [], []
-    deadline = time.monotonic() + 240
-    while not job.finished and time.monotonic() < deadline:
-        events += job.poll()
-        rows_seen.append(update_loss_table(table, job.metrics_path))
-        time.sleep(0.2)
+
+    def follow(job: TrainingJob, until) -> None:
+        deadline = time.monotonic() + 240
+        while not until(job) and time.monotonic() < deadline:
+            events.extend(job.poll())
+            rows_seen.append(update_loss_table(table, job.metrics_path))
+            time.sleep(0.1)
+
+    job = TrainingJob(replace(settings, resume=True), python=sys.executable).start()
+    follow(job, lambda job: job.finished or job.step_index == 1)
+    assert job.step_index == 1 and not job.finished  # the pretraining ended well: fit-heads runs now
+    job.cancel()  # during fit-heads: no bundle, the complete encoder and the checkpoint stay
+    assert not out.exists() and load_bundle(job.paths.encoder).heads is None
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert torch.load(job.checkpoint, weights_only=True)["step"] == 3
+    resumed_stages = {e.stage for e in events}
+    assert {"resume", "pretrain", "pretrained", "fit-heads"} <= resumed_stages
+
+    events.clear()
+    rows_seen.clear()
+    job = TrainingJob(replace(settings, resume=True), python=sys.executable).start()  # at the last step: heads only
+    follow(job, lambda job: job.finished)
     events += job.poll()
     bundle = job.bundle()
     stages = [e.stage for e in events]
-    assert {"resume", "pretrain", "pretrained", "fit-heads", "heads", "done"} <= set(stages)
+    assert {"resume", "pretrained", "fit-heads", "heads", "done"} <= set(stages) and "pretrain" not in stages
     progress = [e.progress for e in events]
     assert progress == sorted(progress) and progress[-1] == 1.0
     heads_start = stages.index("fit-heads")

@@ -1,9 +1,10 @@
 """NeuroRADFMTrain: train a NeuroRAD-FM model bundle on a cohort, with a live loss curve, and register it.
 
 Module / Widget / Logic / Test entry points only; the work is in NeuroRADFMLib.training (Qt-free) and the
-bundled core, run out of process. Wired today: the supervised stand-in encoder + probes + Cox
-(``neuroradfm train-baseline``). Self-supervised pretraining with Group-DRO, resume and the HTML report
-stay visibly disabled until the core has them.
+bundled core, run out of process. Two paths: self-supervised pretraining (BYOL / DINO / MAE / MoCo, optional
+Group-DRO) followed by probes + Cox + OOD on the frozen encoder, resumable from its checkpoint; and the
+supervised stand-in encoder (``neuroradfm train-baseline``). The HTML report stays visibly disabled until
+the core writes one.
 """
 
 import os
@@ -30,8 +31,9 @@ class NeuroRADFMTrain(ScriptedLoadableModule):
         self.parent.contributors = ["NeuroRAD-FM developers"]
         self.parent.helpText = (
             "Trains a NeuroRAD-FM model bundle on a cohort (manifest CSV: case_id, site, t1, t1ce, t2, flair, "
-            "clinical columns) and registers it for the NeuroRADFM module. Today the encoder is a supervised "
-            "stand-in; self-supervised pretraining with Group-DRO arrives later.")
+            "clinical columns) and registers it for the NeuroRADFM module: self-supervised pretraining of the encoder "
+            "(BYOL / DINO / MAE / MoCo, optional Group-DRO across sites), then probes, Cox and OOD on its frozen "
+            "embeddings; or a supervised stand-in encoder.")
         self.parent.acknowledgementText = "Method after NeuroRAD-FM (arXiv 2509.15416)."
 
 
@@ -67,14 +69,7 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
 
     def setup(self):
         from NeuroRADFMLib.devices import list_devices
-        from NeuroRADFMLib.training import (
-            BASELINE_LABEL,
-            PRETRAIN_MISSING,
-            REPORT_MISSING,
-            RESUME_MISSING,
-            SSL_METHODS,
-            pretrain_available,
-        )
+        from NeuroRADFMLib.training import DRO_MODES, SSL_METHODS, pretrain_available
 
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/NeuroRADFMTrain.ui"))
@@ -82,22 +77,34 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = NeuroRADFMTrainLogic()
-        self.ui.encoderMethodLabel.text = f"Available now: {BASELINE_LABEL}."
         for method in SSL_METHODS:
             self.ui.sslMethodComboBox.addItem(method.upper(), method)
-        ssl = pretrain_available()
-        for widget in (self.ui.sslCheckBox, self.ui.sslMethodComboBox, self.ui.droCheckBox,
-                       self.ui.groupColumnLineEdit):
-            widget.enabled = ssl
-            widget.toolTip = "" if ssl else PRETRAIN_MISSING
-        self.ui.resumeButton.enabled = False
-        self.ui.resumeButton.toolTip = RESUME_MISSING
-        self.ui.openReportButton.enabled = False
-        self.ui.openReportButton.toolTip = REPORT_MISSING
+        for mode, label in DRO_MODES.items():
+            self.ui.droModeComboBox.addItem(label, mode)
         for device, label in list_devices():
             self.ui.deviceSelector.addItem(label, device)
+        self.pretrain = pretrain_available()
+        self.controls = {"ssl": self.ui.sslCheckBox, "method": self.ui.sslMethodComboBox, "dro": self.ui.droCheckBox,
+                         "dro_mode": self.ui.droModeComboBox, "group_column": self.ui.groupColumnLineEdit,
+                         "resume": self.ui.resumeCheckBox, "tumour_weight": self.ui.tumourWeightSpinBox,
+                         "report": self.ui.openReportButton}
+        self.defaultTips = {key: widget.toolTip for key, widget in self.controls.items()}
+        self.ui.sslCheckBox.connect("toggled(bool)", self.updateControls)
+        self.ui.droCheckBox.connect("toggled(bool)", self.updateControls)
         self.ui.startButton.connect("clicked(bool)", self.onStart)
         self.ui.progressBar.hide()
+        self.updateControls()
+
+    def updateControls(self, *_):
+        """Apply the Lib's enabled states and tooltips (what the core offers, what the choices allow)."""
+        from NeuroRADFMLib.training import control_states, method_description
+
+        ssl = self.pretrain and self.ui.sslCheckBox.checked
+        states = control_states(self.pretrain, self.ui.sslCheckBox.checked, self.ui.droCheckBox.checked)
+        for key, (enabled, tip) in states.items():
+            self.controls[key].enabled = enabled
+            self.controls[key].toolTip = tip or self.defaultTips[key]
+        self.ui.encoderMethodLabel.text = method_description(ssl)
 
     def cleanup(self):
         self.timer.stop()
@@ -112,21 +119,23 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         if not self.ui.cohortPathLineEdit.currentPath or not self.ui.outputPathLineEdit.currentPath:
             raise ValueError("choose a cohort (manifest CSV or folder) and an output folder for the bundle")
         ssl = self.ui.sslCheckBox.enabled and self.ui.sslCheckBox.checked
+        dro = ssl and self.ui.droCheckBox.checked
         out = Path(self.ui.outputPathLineEdit.currentPath) / (self.ui.bundleNameLineEdit.text or "neuroradfm-bundle")
         return TrainingSettings(
             cohort=Path(self.ui.cohortPathLineEdit.currentPath), out=out, epochs=self.ui.epochsSpinBox.value,
-            device=self.ui.deviceSelector.currentData, tumour_weight=self.ui.tumourWeightSpinBox.value,
+            device=self.ui.deviceSelector.currentData, tumour_weight=0.0 if ssl else self.ui.tumourWeightSpinBox.value,
             cache=out.parent / "preprocessed-cache" if self.ui.cacheCheckBox.checked else None,
             name=self.ui.bundleNameLineEdit.text or None,
             ssl_method=self.ui.sslMethodComboBox.currentData if ssl else None,
-            dro=ssl and self.ui.droCheckBox.checked, group_column=self.ui.groupColumnLineEdit.text or "site")
+            dro=dro, dro_mode=self.ui.droModeComboBox.currentData if dro else "exponentiated",
+            group_column=self.ui.groupColumnLineEdit.text or "site", resume=ssl and self.ui.resumeCheckBox.checked)
 
     def onStart(self):
         if self.job is not None:
             job, self.job = self.job, None
             self.stopRunning()
             job.cancel()
-            self.ui.statusLabel.text = "Cancelled; no bundle was written."
+            self.ui.statusLabel.text = job.cancel_summary()
             return
         from NeuroRADFM import NeuroRADFMLogic, ensureDependencies
 
@@ -154,6 +163,7 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         self.stopRunning()
         with slicer.util.tryWithErrorDisplay("Training failed."):
             entry = self.logic.registerBundle(job.bundle())
+            self.ui.resumeCheckBox.checked = False
             self.ui.statusLabel.text = f"Bundle {entry.name} written to {entry.path} and registered for NeuroRADFM."
 
     def stopRunning(self):

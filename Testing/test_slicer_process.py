@@ -122,7 +122,7 @@ def test_cancel_kills_the_process_and_leaves_the_scene_and_disk_clean(scene, nat
     assert events and not job.finished  # cancelled while running (the native case takes several seconds)
     pid = job.process.pid
     job.cancel()
-    assert job.finished and job.returncode is not None and job.returncode < 0  # ended by a signal
+    assert job.finished and job.returncode not in (None, 0)  # SIGTERM: the core unwinds, exits with 143
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     with pytest.raises(PredictionError, match="cancelled"):

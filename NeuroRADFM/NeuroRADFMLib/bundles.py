@@ -21,7 +21,8 @@ class BundleEntry:
 
 
 def bundle_entry(path: str | Path) -> BundleEntry:
-    """Name and description from a bundle's card.json; an error names the folder when it is not a bundle."""
+    """Name and description from a bundle's card.json; an error names the folder when it is not a bundle
+    that can predict (an encoder-only bundle is refused, so that NeuroRADFM never lists one)."""
     path = Path(path)
     card_path = path / "card.json"
     try:
@@ -30,6 +31,8 @@ def bundle_entry(path: str | Path) -> BundleEntry:
         raise ValueError(f"{path}: not a NeuroRADFM model bundle (card.json: {error})") from error
     if card.get("format") != "neuroradfm-bundle":
         raise ValueError(f"{path}: card.json is not a NeuroRADFM bundle card")
+    if "heads" in card and card["heads"] is None:  # what `neuroradfm pretrain` writes: it cannot predict
+        raise ValueError(f"{path}: an encoder-only bundle (no heads); complete it with neuroradfm fit-heads")
     return BundleEntry(str(card.get("name", path.name)), path.resolve(), str(card.get("intended_use", "")))
 
 

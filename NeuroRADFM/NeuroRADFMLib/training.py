@@ -1,12 +1,18 @@
 """The NeuroRADFMTrain module's job: train a bundle out of process, a live loss curve, register the result.
 
-What the core can do today is wired: ``neuroradfm train-baseline`` (the supervised stand-in encoder +
-probes + Cox). Self-supervised pretraining (BYOL / DINO / MAE / MoCo, Group-DRO over a group column)
-is offered only when the core's command line has a ``pretrain`` command (``pretrain_available``).
+Two ways to a bundle the NeuroRADFM module can select:
+
+- self-supervised (the foundation-model path): ``neuroradfm pretrain`` (BYOL / DINO / MAE / MoCo, optional
+  Group-DRO over a group column) writes an encoder-only bundle to ``<out>.encoder`` and a checkpoint
+  ``<out>.encoder.checkpoint.pt``; then ``neuroradfm fit-heads`` fits probes, Cox and OOD on its frozen
+  embeddings into ``<out>``. One ``TrainingJob`` runs both processes; only the complete bundle counts, and
+  ``resume`` continues the pretraining from the checkpoint a cancelled or interrupted run kept.
+- the supervised stand-in: ``neuroradfm train-baseline`` (encoder + probes + Cox in one process, no resume).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +20,24 @@ from pathlib import Path
 from NeuroRADFMLib.process import CoreProcess, ProgressEvent
 
 SSL_METHODS = ("byol", "dino", "mae", "moco")
-BASELINE_LABEL = "supervised stand-in encoder + probes + Cox"
+DRO_MODES = {"exponentiated": "exponentiated weights (Sagawa et al.)", "worst-group": "worst group only"}
+"""Group-DRO modes of ``neuroradfm pretrain --dro-mode`` and their labels."""
+BASELINE_LABEL = "supervised stand-in encoder + probes + Cox (not the self-supervised foundation model)"
+SSL_LABEL = "self-supervised pretraining of the encoder, then probes + Cox + OOD fitted on its frozen embeddings"
 PRETRAIN_MISSING = "arrives with self-supervised pretraining"
-RESUME_MISSING = "needs resumable training in the core (train-baseline has no --resume)"
+RESUME_BASELINE = ("the supervised stand-in (train-baseline) cannot resume; "
+                   "only self-supervised pretraining continues from a checkpoint")
+RESUME_TIP = "continue the cancelled or interrupted pretraining of this bundle from its checkpoint ({})"
+SSL_ONLY = "applies to self-supervised pretraining (tick Self-supervised)"
+BASELINE_ONLY = "applies to the supervised stand-in only"
 REPORT_MISSING = "needs an HTML evaluation report from the core (none is written yet)"
 LOSS_CHART_NAME = "NeuroRADFM training loss"
+PRETRAIN_SHARE = 0.85
+"""Fraction of the progress bar the pretraining takes; fitting the heads takes the rest."""
+CONTROLLED_OPTIONS = frozenset({"--manifest", "--method", "--out", "--metrics", "--checkpoint", "--resume",
+                                "--cache", "--progress", "--device", "--epochs", "--dro", "--dro-mode",
+                                "--group-column", "--name", "--size", "--spacing", "--widen"})
+"""Options the job sets itself; ``pretrain_options`` may not repeat them."""
 
 
 class TrainingError(RuntimeError):
@@ -33,7 +52,8 @@ def core_commands() -> set[str]:
 
 
 def pretrain_available(commands: set[str] | None = None) -> bool:
-    return "pretrain" in (core_commands() if commands is None else commands)
+    """True when the core can pretrain and complete a bundle (``pretrain`` and ``fit-heads``)."""
+    return {"pretrain", "fit-heads"} <= (core_commands() if commands is None else commands)
 
 
 def resolve_manifest(path: str | Path) -> Path:
@@ -58,88 +78,289 @@ class TrainingSettings:
     tumour_weight: float = 0.0
     name: str | None = None
     ssl_method: str | None = None
+    """None: the supervised stand-in; else one of SSL_METHODS (pretrain + fit-heads)."""
     dro: bool = False
+    dro_mode: str = "exponentiated"
     group_column: str = "site"
+    resume: bool = False
+    """Self-supervised only: continue from ``<out>.encoder.checkpoint.pt``."""
     size: int | None = None
     """Model grid voxels per side (the core's default when None); spacing in mm and width factor likewise."""
     spacing: float | None = None
     widen: float | None = None
+    pretrain_options: tuple[str, ...] = ()
+    """Further ``neuroradfm pretrain`` options passed as given (e.g. ``--arch resnet18 --crop 64 --max-steps 500``)."""
 
 
-def training_arguments(settings: TrainingSettings, metrics_path: Path,
-                       commands: set[str] | None = None) -> list[str]:
-    manifest = resolve_manifest(settings.cohort)
-    if settings.epochs < 1:
-        raise TrainingError(f"epochs: {settings.epochs} (at least 1)")
-    if settings.ssl_method or settings.dro:
-        if not pretrain_available(commands):
-            raise TrainingError(f"self-supervised pretraining / Group-DRO: {PRETRAIN_MISSING} (not in this core yet)")
-        if settings.ssl_method not in SSL_METHODS:
-            raise TrainingError(f"SSL method {settings.ssl_method!r}: use one of {', '.join(SSL_METHODS)}")
-        arguments = ["pretrain", "--manifest", manifest, "--method", settings.ssl_method, "--out", settings.out,
-                     "--metrics", metrics_path, "--epochs", settings.epochs, "--device", settings.device]
-        if settings.dro:
-            arguments += ["--dro", "--group-column", settings.group_column]
-        return [*map(str, arguments), "--progress", "json"]
-    arguments = ["train-baseline", "--manifest", manifest, "--out", settings.out, "--epochs", settings.epochs,
-                 "--device", settings.device, "--metrics", metrics_path, "--progress", "json"]
-    if settings.cache is not None:
-        arguments += ["--cache", settings.cache]
-    if settings.tumour_weight:
-        arguments += ["--tumour-weight", settings.tumour_weight]
+@dataclass(frozen=True)
+class TrainingPaths:
+    """Where a run writes: the bundle, and for the self-supervised path its encoder, checkpoint and cache."""
+
+    out: Path
+    encoder: Path
+    checkpoint: Path
+    metrics: Path
+    cache: Path | None
+    implicit_cache: bool
+    """The cache is the job's own (no cache was asked for): removed once the bundle is complete."""
+
+
+def training_paths(settings: TrainingSettings) -> TrainingPaths:
+    out = Path(settings.out).resolve()
+    encoder = out.with_name(out.name + ".encoder")
+    implicit = settings.cache is None and bool(settings.ssl_method)
+    cache = encoder.with_name(encoder.name + ".cache") if implicit else settings.cache
+    return TrainingPaths(out, encoder, encoder.with_name(encoder.name + ".checkpoint.pt"),
+                         out.with_name(out.name + ".metrics.jsonl"), None if cache is None else Path(cache), implicit)
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """One process of a training job and the part of the progress bar (start..end) it fills."""
+
+    label: str
+    arguments: list[str]
+    start: float
+    end: float
+
+
+def _grid_options(settings: TrainingSettings) -> list:
+    options = []
     for option, value in (("--size", settings.size), ("--spacing", settings.spacing), ("--widen", settings.widen)):
         if value is not None:
-            arguments += [option, value]
-    arguments += ["--name", settings.name or Path(settings.out).name]
-    return [str(a) for a in arguments]
+            options += [option, value]
+    return options
+
+
+def training_steps(settings: TrainingSettings, commands: set[str] | None = None) -> list[TrainingStep]:
+    """The core command lines of a run, checked first so that a bad request fails before any process starts."""
+    manifest = resolve_manifest(settings.cohort)
+    paths = training_paths(settings)
+    if settings.epochs < 1:
+        raise TrainingError(f"epochs: {settings.epochs} (at least 1)")
+    if not settings.ssl_method:
+        if settings.dro:
+            raise TrainingError(f"Group-DRO {SSL_ONLY}; the supervised stand-in has none")
+        if settings.resume:
+            raise TrainingError(f"resume: {RESUME_BASELINE}")
+        if settings.pretrain_options:
+            raise TrainingError(f"pretrain options {' '.join(settings.pretrain_options)}: {SSL_ONLY}")
+        arguments = ["train-baseline", "--manifest", manifest, "--out", paths.out, "--epochs", settings.epochs,
+                     "--device", settings.device, "--metrics", paths.metrics, "--progress", "json"]
+        if paths.cache is not None:
+            arguments += ["--cache", paths.cache]
+        if settings.tumour_weight:
+            arguments += ["--tumour-weight", settings.tumour_weight]
+        arguments += [*_grid_options(settings), "--name", settings.name or paths.out.name]
+        return [TrainingStep("supervised training", [str(a) for a in arguments], 0.0, 1.0)]
+
+    if not pretrain_available(commands):
+        raise TrainingError(f"self-supervised pretraining / Group-DRO: {PRETRAIN_MISSING} (not in this core yet)")
+    if settings.ssl_method not in SSL_METHODS:
+        raise TrainingError(f"SSL method {settings.ssl_method!r}: use one of {', '.join(SSL_METHODS)}")
+    if settings.tumour_weight:
+        raise TrainingError(f"tumour weight {settings.tumour_weight}: {BASELINE_ONLY}")
+    if settings.dro and settings.dro_mode not in DRO_MODES:
+        raise TrainingError(f"Group-DRO mode {settings.dro_mode!r}: use one of {', '.join(DRO_MODES)}")
+    if settings.dro and not settings.group_column.strip():
+        raise TrainingError("Group-DRO needs a group column (a manifest column such as site)")
+    controlled = sorted(CONTROLLED_OPTIONS & {o.split("=")[0] for o in settings.pretrain_options})
+    if controlled:
+        raise TrainingError(f"pretrain options: {', '.join(controlled)} are set by the training settings")
+    if settings.resume and not paths.checkpoint.is_file():
+        raise TrainingError(f"{paths.checkpoint}: no checkpoint to resume from (a cancelled or interrupted "
+                            "self-supervised run of this bundle leaves it there); start without Resume")
+    name = settings.name or paths.out.name
+    pretrain = ["pretrain", "--manifest", manifest, "--method", settings.ssl_method, "--out", paths.encoder,
+                "--checkpoint", paths.checkpoint, "--metrics", paths.metrics, "--cache", paths.cache,
+                "--epochs", settings.epochs, "--device", settings.device, *_grid_options(settings),
+                "--name", f"{name}-encoder"]
+    if settings.dro:
+        pretrain += ["--dro", "--dro-mode", settings.dro_mode, "--group-column", settings.group_column.strip()]
+    if settings.resume:
+        pretrain.append("--resume")
+    pretrain += [*settings.pretrain_options, "--progress", "json"]
+    heads = ["fit-heads", "--model", paths.encoder, "--manifest", manifest, "--out", paths.out,
+             "--cache", paths.cache, "--device", settings.device, "--name", name, "--progress", "json"]
+    return [TrainingStep("self-supervised pretraining", [str(a) for a in pretrain], 0.0, PRETRAIN_SHARE),
+            TrainingStep("fitting heads", [str(a) for a in heads], PRETRAIN_SHARE, 1.0)]
+
+
+def control_states(pretrain: bool, ssl: bool, dro: bool) -> dict[str, tuple[bool, str]]:
+    """(enabled, tooltip) of each training control, so that the widget only applies them.
+
+    ``pretrain``: the core can pretrain; ``ssl`` / ``dro``: the Self-supervised / Group-DRO boxes are ticked.
+    """
+    on = pretrain and ssl
+    ssl_tip = PRETRAIN_MISSING if not pretrain else "" if ssl else SSL_ONLY
+    return {
+        "ssl": (pretrain, "" if pretrain else PRETRAIN_MISSING),
+        "method": (on, ssl_tip),
+        "dro": (on, ssl_tip),
+        "dro_mode": (on and dro, ssl_tip or ("" if dro else "tick Group-DRO")),
+        "group_column": (on and dro, ssl_tip or ("" if dro else "tick Group-DRO")),
+        "resume": (on, RESUME_TIP.format("<output folder>/<bundle name>.encoder.checkpoint.pt") if on
+                   else PRETRAIN_MISSING if not pretrain else RESUME_BASELINE),
+        "tumour_weight": (not on, "" if not on else BASELINE_ONLY),
+        "report": (False, REPORT_MISSING),
+    }
+
+
+def method_description(ssl: bool) -> str:
+    """What Start training will train, said plainly (the stand-in is not the foundation model)."""
+    return f"Trains: {SSL_LABEL}." if ssl else f"Trains: {BASELINE_LABEL}."
 
 
 class TrainingJob:
-    """One training run; ``metrics_path`` grows one JSON line per step for the loss curve."""
+    """One training run of one or two core processes (pretrain, then fit-heads), polled like one process.
+
+    ``poll()`` drives it: it returns progress events on the job's 0..1 scale and starts the next process
+    when one ends well, so call it until ``finished``. ``metrics_path`` grows one JSON line per step.
+    """
 
     def __init__(self, settings: TrainingSettings, python: str | None = None,
                  commands: set[str] | None = None) -> None:
         self.settings = settings
-        self.out = Path(settings.out).resolve()
-        self.metrics_path = self.out.parent / f"{self.out.name}.metrics.jsonl"
-        self.arguments = training_arguments(settings, self.metrics_path, commands)
-        self.process = CoreProcess(self.arguments, python=python)
+        self.paths = training_paths(settings)
+        self.out = self.paths.out
+        self.metrics_path = self.paths.metrics
+        self.steps = training_steps(settings, commands)
+        self.python = python
+        self.process: CoreProcess | None = None
+        self.step_index = 0
+        self.cancelled = False
+        self._failure: str | None = None
+        self._staging_before: set[Path] = set()
+
+    @property
+    def ssl(self) -> bool:
+        return len(self.steps) > 1
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The pretraining checkpoint that Resume continues from (None for the supervised stand-in)."""
+        return self.paths.checkpoint if self.ssl else None
 
     def start(self) -> TrainingJob:
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.metrics_path.unlink(missing_ok=True)  # a fresh curve for a fresh run
+        if not self.settings.resume:
+            self.metrics_path.unlink(missing_ok=True)  # a fresh curve for a fresh run; a resume keeps its steps
         self._staging_before = set(self._staging())
-        self.process.start()
+        self._launch(0)
         return self
 
+    def _launch(self, index: int) -> None:
+        self.step_index = index
+        self.process = CoreProcess(self.steps[index].arguments, python=self.python).start()
+
     def _staging(self) -> list[Path]:
-        return list(self.out.parent.glob(f".{self.out.name}.partial-*"))
+        """Half-written outputs of the core: staging folders of the bundles, temporary checkpoint/metrics files."""
+        patterns = [(self.out.parent, f".{self.out.name}.partial-*"),
+                    (self.paths.encoder.parent, f".{self.paths.encoder.name}.partial-*"),
+                    (self.paths.checkpoint.parent, f".{self.paths.checkpoint.name}.*"),
+                    (self.metrics_path.parent, f".{self.metrics_path.name}.*")]
+        if self.paths.cache is not None:
+            patterns.append((self.paths.cache, ".*"))
+        return [p for folder, pattern in patterns if folder.is_dir() for p in folder.glob(pattern)]
+
+    @property
+    def step(self) -> TrainingStep:
+        return self.steps[self.step_index]
 
     def poll(self) -> list[ProgressEvent]:
-        return self.process.poll()
+        """Progress since the last call (never blocks); starts fit-heads once the pretraining ended well."""
+        if self.process is None:
+            return []
+        step, last = self.step, self.step_index == len(self.steps) - 1
+        events = []
+        for event in self.process.poll():
+            stage = "pretrained" if event.stage == "done" and not last else event.stage
+            events.append(ProgressEvent(stage, step.start + (step.end - step.start) * event.progress, event.message))
+        if (not last and not self.cancelled and self._failure is None and self.process.finished
+                and self.process.returncode == 0):
+            problem = self._encoder_problem()
+            if problem:
+                self._failure = problem
+            else:
+                self._launch(self.step_index + 1)
+                events.append(ProgressEvent("fit-heads", self.step.start,
+                                            "fitting probes, Cox and OOD on the frozen encoder"))
+        return events
+
+    def _encoder_problem(self) -> str | None:
+        try:
+            card = json.loads((self.paths.encoder / "card.json").read_text())
+        except (OSError, ValueError) as error:
+            return f"{self.paths.encoder}: pretraining ended but wrote no encoder bundle ({error})"
+        return None if isinstance(card, dict) else f"{self.paths.encoder}: card.json is not a bundle card"
 
     @property
     def finished(self) -> bool:
-        return self.process.finished
+        """True once the last process ended, or one failed, or the job was cancelled (or never started)."""
+        if self.process is None:
+            return self.cancelled
+        if self.cancelled or self._failure is not None:
+            return True
+        if not self.process.finished:
+            return False
+        return self.process.returncode != 0 or self.step_index == len(self.steps) - 1
 
     @property
     def returncode(self) -> int | None:
-        return self.process.returncode
+        """The exit status of the current (after the end: the last) process; None while it runs."""
+        return None if self.process is None else self.process.returncode
+
+    def wait(self, timeout: float | None = None, interval: float = 0.2) -> list[ProgressEvent]:
+        """Poll until finished (console and tests); returns every event. Cancels on timeout."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        events: list[ProgressEvent] = []
+        while not self.finished:
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                raise TimeoutError(f"training did not finish within {timeout} s; cancelled")
+            events += self.poll()
+            time.sleep(interval)
+        return events + self.poll()
 
     def cancel(self) -> None:
-        """Stop the run and remove its half-written bundle folder (the core writes it under a staging name)."""
-        self.process.cancel()
+        """Stop the running process and remove half-written outputs; the checkpoint stays so Resume works."""
+        self.cancelled = True
+        if self.process is not None:
+            self.process.cancel()
         for path in set(self._staging()) - self._staging_before:
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    def cancel_summary(self) -> str:
+        """What a cancel left behind, for the status line."""
+        text = "Cancelled; no bundle was written."
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            text += f" The checkpoint {self.checkpoint} is kept: tick Resume and start again to continue."
+        return text
 
     def bundle(self) -> Path:
-        if self.process.cancelled:
+        """The complete, predicting bundle; a TrainingError says why there is none."""
+        if self.cancelled:
             raise TrainingError("training was cancelled")
+        if self._failure is not None:
+            raise TrainingError(self._failure)
+        if not self.finished:
+            raise TrainingError("training is still running")
         if self.returncode != 0:
-            raise TrainingError(f"training failed (exit status {self.returncode}): "
+            raise TrainingError(f"{self.step.label} failed (exit status {self.returncode}): "
                                 f"{self.process.error_message() or 'no message'}")
-        if not (self.out / "card.json").is_file():
-            raise TrainingError(f"{self.out}: training ended but wrote no bundle")
+        try:
+            card = json.loads((self.out / "card.json").read_text())
+        except (OSError, ValueError):
+            raise TrainingError(f"{self.out}: training ended but wrote no bundle") from None
+        if card.get("heads") is None:
+            raise TrainingError(f"{self.out}: an encoder-only bundle (no heads) cannot predict; not registered")
+        if self.paths.implicit_cache and self.paths.cache is not None:
+            shutil.rmtree(self.paths.cache, ignore_errors=True)  # no cache was asked for; no resume needs it now
         return self.out
 
 

@@ -1,5 +1,6 @@
 """Self-test inside Slicer: NeuroRADFMTrain's loss curve nodes follow a metrics file written by the core,
-and the SSL controls stay disabled while the core has no ``pretrain`` command."""
+and the controls follow the core and the choices (SSL method, Group-DRO and Resume with Self-supervised;
+the tumour weight with the supervised stand-in; no evaluation report yet)."""
 
 import os
 
@@ -30,9 +31,19 @@ class NeuroRADFMTrainSelfTest(ScriptedLoadableModuleTest):
         self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), 1)
 
     def test_ssl_controls_follow_the_core(self):
-        from NeuroRADFMLib.training import pretrain_available
+        from NeuroRADFMLib.training import REPORT_MISSING, pretrain_available
 
         slicer.util.selectModule("NeuroRADFMTrain")
         widget = slicer.modules.neuroradfmtrain.widgetRepresentation().self()
-        self.assertEqual(widget.ui.sslMethodComboBox.enabled, pretrain_available())
-        self.assertFalse(widget.ui.resumeButton.enabled)
+        available = pretrain_available()
+        self.assertEqual(widget.ui.sslCheckBox.enabled, available)
+        widget.ui.droCheckBox.checked = True
+        for ssl in (True, False):
+            widget.ui.sslCheckBox.checked = ssl
+            on = available and ssl
+            self.assertEqual(widget.ui.sslMethodComboBox.enabled, on)
+            self.assertEqual(widget.ui.droModeComboBox.enabled, on)
+            self.assertEqual(widget.ui.resumeCheckBox.enabled, on)
+            self.assertEqual(widget.ui.tumourWeightSpinBox.enabled, not on)
+        self.assertFalse(widget.ui.openReportButton.enabled)
+        self.assertEqual(widget.ui.openReportButton.toolTip, REPORT_MISSING)

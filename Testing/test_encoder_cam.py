@@ -84,3 +84,23 @@ def test_normalise_scales_peak_inside_mask_to_one():
     assert peak == 2.0 and scaled[1, 1, 1] == 1.0 and scaled[3, 3, 3] == 0.0
     zeros, zero_peak = normalise(np.zeros((2, 2, 2)))
     assert zero_peak == 0.0 and not zeros.any()
+
+
+def test_referenced_cam_splits_the_logit_deviation_over_space():
+    """Against a reference feature map R the cells of the unrectified map sum to logit(F) - logit(R), with the
+    same gradient weights as Grad-CAM (so R = 0 is plain Grad-CAM)."""
+    torch.manual_seed(2)
+    encoder = Encoder(TINY).eval()
+    with torch.no_grad():
+        features, z = encoder(torch.randn(2, 4, 48, 48, 48))
+        reference_features, reference_z = encoder(torch.randn(3, 4, 48, 48, 48))
+    reference = reference_features.mean(dim=0)
+    weights = torch.randn(4, encoder.embedding_dim)
+    raw = linear_cams(features, weights, reference, rectify=False)
+    torch.testing.assert_close(raw.sum(dim=(2, 3, 4)), z @ weights.T - reference_z.mean(0) @ weights.T,
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(linear_cams(features, weights, reference), torch.relu(raw))
+    torch.testing.assert_close(linear_cams(features, weights, torch.zeros_like(reference)),
+                               linear_cams(features, weights))
+    # a case identical to the reference has nothing to show
+    assert not linear_cams(reference[None], weights, reference).any()

@@ -37,6 +37,8 @@ def test_bundle_card_and_weights(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     assert bundle.encoder.embedding_dim == len(card["heads"]["feature_mean"]) == 64
     assert bundle.heads.cox is not None and bundle.heads.ood is not None
+    assert card["heads"]["cam_reference"] == "heads.cam.reference"
+    assert bundle.heads.cam_reference.shape == (64, 3, 3, 3)  # the last block's map of a 48^3 grid
     assert {m.key for m in bundle.heads.markers} <= set(MARKER_KEYS)
     assert card["training"]["cases_encoder"] + card["training"]["cases_heads"] == 16
     assert not any(p.suffix in (".pt", ".pkl", ".pth") for p in tiny_bundle.iterdir())
@@ -110,6 +112,8 @@ def test_prediction_outputs_on_an_oblique_anisotropic_native_case(tiny_bundle, n
     summary = json.loads((folder / "predictions.json").read_text())
     assert summary["case_id"] == case.case_id and len(summary["markers"]) == len(bundle.heads.markers)
     assert summary["survival"]["risk_group"] in ("low", "high")
+    assert summary["cam"]["method"].endswith("against the training cohort's mean feature map")
+    assert summary["cam"]["empty"] == sorted(k for k, peak in summary["cam"]["peak_values"].items() if peak <= 0)
     with open(folder / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["output"] for r in rows] == keys

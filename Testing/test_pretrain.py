@@ -179,6 +179,10 @@ def test_corrupt_foreign_or_other_run_checkpoint_is_refused_untouched(small, cac
         with pytest.raises(CheckpointError, match=message):
             _run(small, tmp_path, cache, resume=True)
         assert checkpoint.read_bytes() == before and not (tmp_path / "bundle").exists()
+    with pytest.raises(InputError, match="earlier run.*--resume"):  # a fresh run keeps its hands off it too
+        _run(small, tmp_path, cache, replace(TINY, method="byol", max_steps=1, accumulate=1))
+    assert checkpoint.read_bytes() == before
+    checkpoint.unlink()
     _run(small, tmp_path, cache, replace(TINY, method="byol", max_steps=1, accumulate=1))
     before = checkpoint.read_bytes()
     with pytest.raises(CheckpointError, match="different run.*method"):

@@ -14,7 +14,7 @@ from conftest import TINY_SETTINGS
 from neuroradfm.io import read_manifest
 from neuroradfm.metrics import MetricsLog, read_metrics
 from neuroradfm.train import cohort as cohort_module
-from neuroradfm.train.baseline import train_encoder
+from neuroradfm.train.baseline import background_spread, lesion_pool, train_encoder
 from neuroradfm.train.cohort import prepare_cohort
 
 
@@ -73,3 +73,20 @@ def test_training_writes_one_metrics_line_per_step(phantom_cohort, tmp_path):
     assert np.mean([r["loss"] for r in rows[:2]]) == pytest.approx(history[0])
     log.write_text(log.read_text() + '{"step": 5, "lo')  # a line still being written is skipped
     assert len(read_metrics(log)) == 4
+
+
+def test_lesion_pooling_and_background_spread():
+    features = torch.zeros(2, 3, 2, 2, 2)
+    features[:, :, 0, 0, 0] = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # the tumour cell
+    features[:, :, 1] = 7.0  # tumour-free cells, equal in both cases
+    occupancy = torch.zeros(2, 1, 2, 2, 2)
+    occupancy[:, :, 0, 0, 0] = 1.0
+    torch.testing.assert_close(lesion_pool(features, occupancy), features[:, :, 0, 0, 0])
+    occupancy[1, :, 0, 0, 0] = 0.5  # a cell half tumour counts half
+    occupancy[1, :, 0, 0, 1] = 0.5
+    torch.testing.assert_close(lesion_pool(features, occupancy)[1], features[1, :, 0, 0, 0] / 2)
+    occupancy = torch.zeros(2, 1, 2, 2, 2)
+    occupancy[:, :, 0, 0, 0] = 1.0
+    assert float(background_spread(features, occupancy)) == 0.0  # the tumour cells may differ, nothing else
+    features[1, :, 1, 1, 1] = 9.0  # one background cell differs between the two cases
+    assert float(background_spread(features, occupancy)) > 0.0

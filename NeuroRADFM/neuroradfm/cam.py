@@ -6,6 +6,14 @@ so the map is ReLU(sum_k w_k F_k) / N. One forward pass gives every head's map.
 
 General path: MONAI's GradCAM (true gradients) for any layer or non-linear head; tests check
 that both agree at the last block.
+
+Reference: plain Grad-CAM credits every cell with w . F_c, so cells that look the same in every case
+(normal anatomy, the background) light up whenever their constant share points the call's way, and the
+map of a negative call mostly shows them. A bundle therefore stores the mean feature map R of the cohort
+its heads were fitted on, and the map is ReLU(sum_k w_k (F_k - R_k)) / N: the same gradient weights applied
+to how this case's activations differ from the cohort's (gradient x activation-difference, as DeepLIFT and
+expected-gradients attributions do). Unrectified, its cells sum to logit(case) - logit(reference): the map
+splits the case's deviation from the average case over space.
 """
 
 from __future__ import annotations
@@ -21,15 +29,19 @@ from torch import nn
 from neuroradfm.models.encoder import Encoder
 
 
-def linear_cams(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def linear_cams(features: torch.Tensor, weights: torch.Tensor, reference: torch.Tensor | None = None,
+                rectify: bool = True) -> torch.Tensor:
     """Grad-CAM of linear heads on pooled features.
 
     features: (B, C, d, h, w) last-block feature maps; weights: (M, C) head weights on the pooled
-    embedding (flip a row's sign for the map of the negative call). Returns (B, M, d, h, w).
+    embedding (flip a row's sign for the map of the negative call); reference: (C, d, h, w) feature map
+    the activations are taken against (None: plain Grad-CAM). Returns (B, M, d, h, w).
     """
     n_voxels = features[0, 0].numel()
+    if reference is not None:
+        features = features - reference.to(features.device, features.dtype)
     maps = torch.einsum("mc,bcdhw->bmdhw", weights.to(features.dtype), features) / n_voxels
-    return F.relu(maps)
+    return F.relu(maps) if rectify else maps
 
 
 def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tumour-weight", type=float, default=0.0,
                    help="weight of the auxiliary tumour-occupancy target (needs seg in the manifest; 0 = off)")
+    p.add_argument("--lesion-pooling", action="store_true",
+                   help="marker loss on features averaged over the tumour (needs seg) instead of the whole grid")
+    p.add_argument("--background-weight", type=float, default=0.0,
+                   help="weight of the loss that keeps tumour-free features the same across cases (needs seg)")
     p.add_argument("--cache", type=Path,
                    help="folder that keeps preprocessed cases between runs (reused while files and settings match)")
     p.add_argument("--metrics", type=Path, help="append one JSON line per training step to this file")
@@ -221,7 +225,8 @@ def _train_baseline(args: argparse.Namespace) -> int:
         encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=2, no_max_pool=True),
         preprocessing=PreprocessSettings(spacing_mm=args.spacing, size=(args.size,) * 3),
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-        tumour_weight=args.tumour_weight, device=args.device)
+        tumour_weight=args.tumour_weight, lesion_pooling=args.lesion_pooling,
+        background_weight=args.background_weight, device=args.device)
     card = {"name": args.name, "rebuild_command": " ".join(["neuroradfm", *sys.argv[1:]])}
     if args.demo:
         card.update({

@@ -55,6 +55,7 @@ class Prediction:
     cam_scales: dict[str, float]
     preprocessed: Preprocessed
     bundle: dict[str, Any] = field(default_factory=dict)
+    cam_method: str = "Grad-CAM at the encoder's last block, for the predicted call"
 
     @property
     def ood_flag(self) -> bool:
@@ -69,8 +70,8 @@ class Prediction:
             "markers": [vars(m) for m in self.markers],
             "survival": None if self.survival is None else vars(self.survival),
             "ood": {"distance": self.ood_distance, "threshold": self.ood_threshold, "flag": self.ood_flag},
-            "cam": {"method": "Grad-CAM at the encoder's last block, for the predicted call",
-                    "peak_values": self.cam_scales},
+            "cam": {"method": self.cam_method, "peak_values": self.cam_scales,
+                    "empty": sorted(key for key, peak in self.cam_scales.items() if peak <= 0)},
             "preprocessing": self.preprocessed.steps,
             "model": self.bundle,
         }
@@ -115,8 +116,9 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
 
     progress("cam", 0.9, "Grad-CAM maps")
     w = torch.as_tensor(np.stack(map_weights), dtype=torch.float32, device=torch_device)
+    reference = None if heads.cam_reference is None else torch.as_tensor(heads.cam_reference)
     with torch.no_grad():
-        maps = upsample(linear_cams(features, w), prepared.mask.shape)[0].cpu().numpy()
+        maps = upsample(linear_cams(features, w, reference), prepared.mask.shape)[0].cpu().numpy()
     cams, scales = {}, {}
     for key, volume in zip(keys, maps):
         cams[key], scales[key] = normalise(volume, prepared.mask)
@@ -124,5 +126,7 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
     return Prediction(case_id=case.case_id, markers=markers, survival=survival, ood_distance=ood_distance,
                       ood_threshold=None if heads.ood is None else heads.ood.threshold, embedding=embedding,
                       cams=cams, cam_scales=scales, preprocessed=prepared,
+                      cam_method="Grad-CAM at the encoder's last block, for the predicted call"
+                                 + ("" if reference is None else ", against the training cohort's mean feature map"),
                       bundle={"name": bundle.name, "content_hash": bundle.card.get("content_hash"),
                               "intended_use": bundle.card.get("intended_use")})

@@ -82,6 +82,9 @@ def heads_to_card(heads: Heads) -> tuple[dict[str, Any], dict[str, torch.Tensor]
                        "mean": "heads.ood.mean", "precision": "heads.ood.precision"}
         tensors["heads.ood.mean"] = torch.as_tensor(heads.ood.mean, dtype=torch.float64)
         tensors["heads.ood.precision"] = torch.as_tensor(heads.ood.precision, dtype=torch.float64)
+    if heads.cam_reference is not None:
+        card["cam_reference"] = "heads.cam.reference"
+        tensors["heads.cam.reference"] = torch.as_tensor(heads.cam_reference, dtype=torch.float32)
     return card, tensors
 
 
@@ -97,6 +100,7 @@ def _heads_from_card(card: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
         markers=[MarkerHead.from_dict(m) for m in card.get("markers", [])],
         cox=None if not card.get("cox") else CoxHead.from_dict(card["cox"]),
         ood=ood,
+        cam_reference=tensors[card["cam_reference"]].numpy() if card.get("cam_reference") else None,
     )
 
 

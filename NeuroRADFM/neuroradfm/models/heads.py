@@ -99,6 +99,9 @@ class Heads:
     markers: list[MarkerHead]
     cox: CoxHead | None
     ood: OodHead | None
+    cam_reference: np.ndarray | None = None
+    """(C, d, h, w) mean last-block feature map of the cohort the heads were fitted on: the reference
+    that Grad-CAM maps are taken against (see neuroradfm.cam.linear_cams). None: plain Grad-CAM."""
 
     def standardise(self, z: np.ndarray) -> np.ndarray:
         return (np.asarray(z, np.float64) - self.feature_mean) / self.feature_scale

@@ -49,20 +49,48 @@ class BaselineSettings:
     weight_decay: float = 1e-4
     tumour_weight: float = 0.0
     """Weight of the auxiliary tumour-occupancy loss (0: off; ignored without tumour masks)."""
+    lesion_pooling: bool = False
+    """Marker loss on the feature map averaged over the tumour instead of the whole grid (needs masks)."""
+    background_weight: float = 0.0
+    """Weight of the background-consistency loss: outside the tumour, features should not vary between
+    cases (0: off; needs masks)."""
     probe_fraction: float = 0.4
     seed: int = 0
     device: str = "auto"
 
 
-def embed(encoder: Encoder, inputs: np.ndarray, device: torch.device, batch_size: int = 4) -> np.ndarray:
-    """Pooled embeddings of (N, 4, K, J, I) inputs with the encoder frozen."""
+def embed(encoder: Encoder, inputs: np.ndarray, device: torch.device,
+          batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled embeddings (N, C) of (N, 4, K, J, I) inputs with the encoder frozen, and the cohort's mean
+    last-block feature map (C, d, h, w): the reference of the bundle's Grad-CAM maps."""
     encoder.eval()
-    out = []
+    out, total = [], None
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
             x = torch.from_numpy(inputs[start:start + batch_size].astype(np.float32)).to(device)
-            out.append(encoder(x)[1].double().cpu().numpy())
-    return np.concatenate(out)
+            features, z = encoder(x)
+            out.append(z.double().cpu().numpy())
+            batch_sum = features.double().sum(dim=0).cpu()
+            total = batch_sum if total is None else total + batch_sum
+    return np.concatenate(out), (total / len(inputs)).float().numpy()
+
+
+def lesion_pool(features: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:
+    """(B, C) features averaged over the tumour, each cell weighted by its tumour fraction (B, 1, d, h, w)."""
+    return (features * occupancy).sum(dim=(2, 3, 4)) / occupancy.sum(dim=(2, 3, 4)).clamp(min=1e-3)
+
+
+def background_spread(features: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:
+    """How much tumour-free cells differ between the cases of a batch, relative to their size (scale-free).
+
+    Outside the lesion the phantom's cases differ only by acquisition (site) and noise; features that
+    stay the same there leave the lesion as the only place a head can read a case from, which is what
+    keeps its Grad-CAM on the lesion. 0 when every case's background features are identical.
+    """
+    background = 1.0 - occupancy
+    centre = (features * background).sum(dim=0, keepdim=True) / background.sum(dim=0, keepdim=True).clamp(min=1e-3)
+    spread = ((features - centre.detach()) ** 2 * background).sum()
+    return spread / ((features ** 2) * background).sum().clamp(min=1e-6)
 
 
 def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: torch.device,
@@ -74,7 +102,8 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
     encoder = Encoder(settings.encoder).to(device)
     head = nn.Linear(encoder.embedding_dim, len(MARKER_KEYS)).to(device)
     occupancy = nn.Conv3d(encoder.embedding_dim, 1, kernel_size=1).to(device)
-    use_tumour = cohort.tumour is not None and settings.tumour_weight > 0
+    use_tumour = cohort.tumour is not None and (settings.tumour_weight > 0 or settings.lesion_pooling
+                                                 or settings.background_weight > 0)
     params = list(encoder.parameters()) + list(head.parameters()) + list(occupancy.parameters())
     optimiser = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = int(np.ceil(len(cohort.case_ids) / settings.batch_size))
@@ -95,15 +124,18 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
                 x = torch.flip(x, dims=(4,))
                 tumour = None if tumour is None else torch.flip(tumour, dims=(4,))
             features, z = encoder(x.to(device))
-            logits = head(z)
+            target = None if tumour is None else nn.functional.adaptive_avg_pool3d(tumour.to(device),
+                                                                                    features.shape[2:])
+            logits = head(lesion_pool(features, target) if target is not None and settings.lesion_pooling else z)
             weight = known[index].to(device)
             loss = (nn.functional.binary_cross_entropy_with_logits(logits, labels[index].to(device),
                                                                    reduction="none") * weight).sum()
             loss = loss / weight.sum().clamp(min=1)
-            if tumour is not None:
-                target = nn.functional.adaptive_avg_pool3d(tumour.to(device), features.shape[2:])
+            if target is not None and settings.tumour_weight > 0:
                 loss = loss + settings.tumour_weight * nn.functional.binary_cross_entropy_with_logits(
                     occupancy(features), target)
+            if target is not None and settings.background_weight > 0:
+                loss = loss + settings.background_weight * background_spread(features, target)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -117,7 +149,8 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
     return encoder.eval(), history
 
 
-def fit_heads(embeddings: np.ndarray, cohort: PreparedCohort, seed: int = 0) -> tuple[Heads, dict[str, str]]:
+def fit_heads(embeddings: np.ndarray, cohort: PreparedCohort, seed: int = 0,
+              cam_reference: np.ndarray | None = None) -> tuple[Heads, dict[str, str]]:
     """Every head on frozen embeddings; a marker or survival that cannot be fitted is skipped with a reason."""
     mean, scale = fit_scaling(embeddings)
     standardised = (embeddings - mean) / scale
@@ -132,7 +165,7 @@ def fit_heads(embeddings: np.ndarray, cohort: PreparedCohort, seed: int = 0) -> 
         cox = fit_cox(standardised, cohort.os_days, cohort.os_event, seed=seed)
     except ValueError as error:
         cox, skipped["survival"] = None, str(error)
-    return Heads(mean, scale, markers, cox, fit_ood(standardised)), skipped
+    return Heads(mean, scale, markers, cox, fit_ood(standardised), cam_reference), skipped
 
 
 def _split(cohort: PreparedCohort, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +178,15 @@ def _split(cohort: PreparedCohort, fraction: float, seed: int) -> tuple[np.ndarr
         b.extend(members[:n_b])
         a.extend(members[n_b:])
     return np.sort(np.array(a, int)), np.sort(np.array(b, int))
+
+
+def _lesion_terms(settings: BaselineSettings, have_masks: bool) -> str:
+    """What the training used of the tumour masks, for the card."""
+    terms = [text for on, text in ((settings.lesion_pooling, "marker loss on tumour-pooled features"),
+                                   (settings.tumour_weight > 0, "an auxiliary tumour-occupancy target"),
+                                   (settings.background_weight > 0, "a background-consistency loss"))
+             if on and have_masks]
+    return f" with {', '.join(terms)} from the segmentations" if terms else ""
 
 
 def _file_hash(path: Path) -> str:
@@ -169,7 +211,8 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
                                      MetricsLog(metrics_path))
     progress("heads", 0.9, "fitting probes, Cox and OOD on held-out embeddings")
     probe_cohort = cohort.subset(split_b)
-    heads, skipped = fit_heads(embed(encoder, probe_cohort.inputs, device), probe_cohort, settings.seed)
+    embeddings, reference = embed(encoder, probe_cohort.inputs, device)
+    heads, skipped = fit_heads(embeddings, probe_cohort, settings.seed, reference)
     full_card = {
         "name": "neuroradfm-baseline",
         "description": "Supervised baseline encoder with linear marker probes and a Cox survival head.",
@@ -179,9 +222,7 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
     }
     full_card.update(card or {})
     full_card["training"] = {
-        "method": "supervised multi-marker encoder (split A)"
-                  + (" with an auxiliary tumour-occupancy target from the segmentations"
-                     if cohort.tumour is not None and settings.tumour_weight > 0 else "")
+        "method": "supervised multi-marker encoder (split A)" + _lesion_terms(settings, cohort.tumour is not None)
                   + " + frozen-embedding heads (split B); stand-in for SSL + Group-DRO pretraining",
         "manifest": manifest.name, "manifest_hash": _file_hash(manifest),
         "cases_encoder": len(split_a), "cases_heads": len(split_b), "failed_cases": cohort.failures,

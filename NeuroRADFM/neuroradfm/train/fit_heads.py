@@ -30,9 +30,9 @@ def fit_heads_bundle(model: str | Path, manifest: str | Path, out: str | Path, c
     cohort = prepare_cohort(read_manifest(manifest), bundle.preprocessing, sub_progress(progress, 0.0, 0.6),
                             cache_dir)
     progress("embed", 0.6, f"embedding {len(cohort.case_ids)} cases")
-    embeddings = embed(bundle.encoder.to(resolved), cohort.inputs, resolved)
+    embeddings, reference = embed(bundle.encoder.to(resolved), cohort.inputs, resolved)
     progress("heads", 0.8, "fitting probes, Cox and OOD on frozen embeddings")
-    heads, skipped = fit_heads(embeddings, cohort, seed)
+    heads, skipped = fit_heads(embeddings, cohort, seed, reference)
     full = {k: v for k, v in bundle.card.items()
             if k not in ("format", "format_version", "architecture", "embedding_dim", "preprocessing", "heads",
                          "content_hash")}

@@ -182,6 +182,9 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
          ctx: distributed.Context) -> Path:
     fingerprint = settings.fingerprint()
     state = load_checkpoint(checkpoint_path, fingerprint) if resume else None  # fails before anything is written
+    if not resume and checkpoint_path.exists():  # a fresh run must not silently destroy a resumable one
+        raise InputError(checkpoint_path, "a checkpoint of an earlier run is here: continue it with --resume, or "
+                                          "delete it (or choose another --checkpoint) to start afresh")
     entries = read_manifest(manifest, check_files=True)
     names, _ = group_labels(entries, settings.group_column, manifest, settings.groups)
     # rank 0 preprocesses into the cache; the others then find every case there

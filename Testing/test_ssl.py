@@ -69,6 +69,7 @@ def test_dino_logs_its_loss_terms():
         assert d["cross_entropy"] == pytest.approx(losses.mean().item(), rel=1e-5)
         assert d["cross_entropy"] == pytest.approx(d["teacher_entropy"] + d["kl"], rel=1e-5)
         assert d["kl"] >= -1e-6 and 0 < d["teacher_entropy"] <= d["batch_teacher_entropy"] + 1e-6 <= d["log_k"] + 2e-6
+        assert 0 < d["student_entropy"] <= d["log_k"] + 1e-6
     assert method.pop_diagnostics() == {}  # emptied by the read
     with torch.no_grad():
         method(batch)  # DRO's no-grad first pass is not logged (nor does it move the centre)

@@ -150,17 +150,19 @@ def methods_table(args, results: dict) -> None:
     spans = [(0, 20), (n // 4 - 10, n // 4 + 10), (n // 2 - 10, n // 2 + 10), (n - 20, n)]
     print(f"\nDINO's terms (means over 20 steps; log K = {log_k:.3f}):\n")
     print("| steps | teacher temperature | cross-entropy | teacher entropy H | KL(teacher, student) | "
-          "entropy of the batch-mean teacher |")
-    print("|---|---|---|---|---|---|")
+          "entropy of the batch-mean teacher | student entropy |")
+    print("|---|---|---|---|---|---|---|")
     table = []
     for a, b in spans:
         part = dino_rows[max(0, a):b]
         row = {k: mean_of(part, "diagnostics", k) for k in
-               ("teacher_temperature", "cross_entropy", "teacher_entropy", "kl", "batch_teacher_entropy")}
+               ("teacher_temperature", "cross_entropy", "teacher_entropy", "kl", "batch_teacher_entropy",
+                "student_entropy")}
         row["steps"] = f"{part[0]['step']}-{part[-1]['step']}"
         table.append(row)
         print(f"| {row['steps']} | {row['teacher_temperature']:.3f} | {row['cross_entropy']:.3f} | "
-              f"{row['teacher_entropy']:.3f} | {row['kl']:.3f} | {row['batch_teacher_entropy']:.3f} |")
+              f"{row['teacher_entropy']:.3f} | {row['kl']:.3f} | {row['batch_teacher_entropy']:.3f} | "
+              f"{row['student_entropy']:.3f} |")
     results["dino_terms"] = {"log_k": log_k, "spans": table}
 
 
@@ -212,7 +214,7 @@ def dro_tables(args, results: dict) -> None:
                   + " | ".join(f"{np.mean([r['per_site'][s] for r in runs]):.4f}" for s in sites)
                   + f" | {np.mean([r['worst'] for r in runs]):.4f} | {np.mean([r['mean'] for r in runs]):.4f} |")
     print("\nq (" + ", ".join(sites) + ") during training:\n")
-    marks = list(next(iter(table.values()))["q"])
+    marks = list(next(r for r in table.values() if "q" in r)["q"])
     print("| training | seed | " + " | ".join(f"step {m}" for m in marks) + " | mean over steps |")
     print("|---|---|" + "---|" * len(marks) + "---|")
     for r in table.values():

@@ -122,6 +122,35 @@ def split_manifest(manifest: Path, work: Path, train_per_site: list[int], heldou
     return paths[0], paths[1]
 
 
+@torch.no_grad()
+def spread(args, settings: PretrainSettings, run: Path | None, cache: Path) -> dict[str, float]:
+    """Mean pairwise cosine over 16 cases (one fixed view each, eval mode) of the encoder's embedding and of
+    the EMA side's head output (BYOL target / MoCo keys / DINO teacher): near 1 = every case looks the same."""
+    entries = read_manifest(args.manifest)
+    cohort = cache_cohort(entries, settings.preprocessing, cache)
+    _, ids = group_labels(cohort.entries, "site", args.manifest)
+    dataset = PretrainDataset(cohort, ids, settings.crop_size, seed=10_000)
+    x = torch.stack([dataset[i]["view1"] for i in range(0, len(dataset), max(1, len(dataset) // 16))][:16])
+    torch.manual_seed(settings.seed)
+    model = build_method(settings.method, Encoder(settings.encoder), settings.method_settings, settings.crop_size)
+    if run is not None:
+        model.load_state_dict(torch.load(run / "ckpt.pt", weights_only=True)["model"])
+    model.eval()
+
+    def cosine(z: torch.Tensor) -> float:
+        z = torch.nn.functional.normalize(z.float(), dim=-1)
+        n = len(z)
+        return float(((z @ z.T).sum() - n) / (n * n - n))
+
+    out = {"embedding": cosine(model.encoder(x)[1])}
+    ema = {"byol": ("target", "projector"), "moco": ("momentum", "projector"), "dino": ("teacher", "head")}
+    if settings.method in ema:
+        name, head = ema[settings.method]
+        side = getattr(model, name)
+        out["ema_head"] = cosine(side[head](side["encoder"](x)[1]))
+    return out
+
+
 def mean_of(rows: list[dict], key: str, sub: str | None = None) -> float:
     values = [r[key] if sub is None else r[key][sub] for r in rows]
     return float(np.mean([v for v in values if v is not None]))
@@ -142,6 +171,16 @@ def methods_table(args, results: dict) -> None:
               f"{100 * (last - first) / first:+.1f} % | {seconds:.0f} |", flush=True)
         if method == "dino":
             dino_rows = rows
+        results["methods"][method]["cosine_untrained"] = spread(args, settings, None, cache)
+        results["methods"][method]["cosine_trained"] = spread(args, settings, args.work / f"{method}-erm", cache)
+    print("\nMean pairwise cosine over 16 cases of the embedding and of the EMA side's head output "
+          "(untrained -> trained):\n")
+    print("| method | embedding | EMA head output |")
+    print("|---|---|---|")
+    for method, r in results["methods"].items():
+        a, b = r["cosine_untrained"], r["cosine_trained"]
+        ema = f"{a['ema_head']:.3f} -> {b['ema_head']:.3f}" if "ema_head" in a else "-"
+        print(f"| {method} | {a['embedding']:.3f} -> {b['embedding']:.3f} | {ema} |")
     if dino_rows is None:
         return
     # DINO's terms: cross-entropy = H(teacher) + KL(teacher || student); batch entropy = H(mean teacher)

@@ -2,13 +2,15 @@
 
 Run (PYTHONPATH pointing at the core; see bench/RESULTS.md for the exact commands measured):
   neuroradfm phantom --n 48 --sites 4 --seed 7 --spacing 4 --out /tmp/evidence-phantom
-  python bench/bench_pretrain.py --manifest /tmp/evidence-phantom/manifest.csv --work /tmp/ev --steps 150 \
-      --dro-method none
+  python bench/bench_pretrain.py --manifest /tmp/evidence-phantom/manifest.csv --work /tmp/ev --steps 300 \
+      --mae-patch 8 --dro-method none
   python bench/bench_pretrain.py --manifest /tmp/evidence-phantom/manifest.csv --work /tmp/ev --methods "" \
-      --dro-train-per-site 2,8,8,8 --dro-heldout-per-site 4 --dro-steps 200 --eta-q 0.1 --dro-seeds 0,1
+      --mae-patch 8 --dro-train-per-site 2,8,8,8 --dro-heldout-per-site 4 --dro-steps 600 --eta-q 0.1 \
+      --dro-seeds 0,1
 
 1. Each method (``--methods``), ERM: the training loss of the first and last 20 steps; for DINO also its
-   terms (cross-entropy = teacher entropy + KL(teacher || student)), logged per step by the trainer.
+   terms (cross-entropy = teacher entropy + KL(teacher || student)), logged per step by the trainer; and the
+   mean pairwise cosine of 16 cases' embeddings (and EMA head outputs) before and after training.
 2. ERM vs Group-DRO (``--dro-method``, default MAE: its loss is a reconstruction error of the input, so it
    can be compared between models; the other methods' losses are relative to each model's own teacher).
    The cohort is split per site, in sorted site order, into training cases (``--dro-train-per-site``, e.g.

@@ -30,15 +30,34 @@ def test_exponentiated_update_follows_sagawa():
     torch.testing.assert_close(dro.last.group_losses, means)
 
 
-def test_q_moves_toward_the_worst_group_and_absent_groups_keep_their_weight():
+def test_q_moves_toward_the_worst_group_and_a_group_never_seen_stays_neutral():
     dro = GroupDRO(GROUPS, "exponentiated", eta_q=0.1)
     for _ in range(20):
         dro.update(torch.tensor([0.2, 0.3, 1.5, 1.4]), torch.tensor([0, 0, 1, 1]))
     q = dro.q.tolist()
     assert q[1] > 0.5 > q[0] and sum(q) == pytest.approx(1.0)
-    assert q[0] == pytest.approx(q[2] * math.exp(20 * 0.1 * 0.25), rel=1e-6)  # C absent: exp(0) factor
+    # C never seen: it takes the mean of the others' losses (0.25, 1.45) at every step
+    assert q[2] == pytest.approx(q[0] * math.exp(20 * 0.1 * (0.85 - 0.25)), rel=1e-6)
+    assert q[2] == pytest.approx(q[1] * math.exp(20 * 0.1 * (0.85 - 1.45)), rel=1e-6)
     loss = dro.update(torch.tensor([1.0, 3.0], requires_grad=True), torch.tensor([0, 0]))
     assert loss.item() == pytest.approx(2.0)  # only group 0 present: its mean, whatever q says
+    assert dro.recent.tolist()[:2] == pytest.approx([2.0, 1.45])  # B absent: its most recent loss
+
+
+def test_q_does_not_favour_the_groups_sampled_more_often():
+    """Regression: with small batches a minority group is absent from most batches. Updating only the present
+    groups' q (exp(eta L) > 1 for them, 1 for the absent) drifted q toward the FREQUENT groups even at equal
+    losses; an absent group now takes its most recent measured loss."""
+    dro = GroupDRO(["minority", "majority"], "exponentiated", eta_q=0.5)
+    for step in range(40):  # equal losses; the minority is in one batch of four
+        ids = torch.tensor([0, 1, 1, 1]) if step % 4 == 0 else torch.tensor([1, 1, 1, 1])
+        dro.update(torch.full((4,), 0.5), ids)
+    assert dro.q.tolist() == pytest.approx([0.5, 0.5], abs=1e-9)
+    dro = GroupDRO(["minority", "majority"], "exponentiated", eta_q=0.5)
+    for step in range(40):  # the rarely sampled group has the higher loss: q moves to it
+        ids = torch.tensor([0, 1, 1, 1]) if step % 4 == 0 else torch.tensor([1, 1, 1, 1])
+        dro.update(torch.where(ids == 0, 0.8, 0.5), ids)
+    assert dro.q[0] > 0.9
 
 
 def test_worst_group_mode_and_erm():
@@ -83,6 +102,7 @@ def test_state_round_trip_and_mismatch():
     other = GroupDRO(GROUPS, "exponentiated", eta_q=1.0)
     other.load_state_dict(dro.state_dict())
     torch.testing.assert_close(other.q, dro.q)
+    torch.testing.assert_close(other.recent, dro.recent, equal_nan=True)
     with pytest.raises(ValueError, match="groups"):
         GroupDRO(["x", "y"], "exponentiated").load_state_dict(dro.state_dict())
     with pytest.raises(ValueError, match="group ids"):

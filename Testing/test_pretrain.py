@@ -70,6 +70,7 @@ def test_resume_ends_with_the_same_weights_and_q(small, cache, tmp_path):
     for key, value in full["model"].items():  # student, teacher, heads, DINO centre, BN statistics
         assert torch.equal(value, resumed["model"][key]), key
     assert torch.equal(full["dro"]["q"], resumed["dro"]["q"])
+    assert torch.equal(full["dro"]["recent"], resumed["dro"]["recent"])
     assert not torch.allclose(full["dro"]["q"], torch.full((2,), 0.5, dtype=torch.float64))  # q really moved
     assert load_file(str(a / "bundle" / "weights.safetensors")).keys() == \
         load_file(str(b / "bundle" / "weights.safetensors")).keys()
@@ -81,6 +82,8 @@ def test_resume_ends_with_the_same_weights_and_q(small, cache, tmp_path):
     assert rows == read_metrics(a / "metrics.jsonl")
     assert set(rows[0]) >= {"epoch", "loss", "robust_loss", "group_losses", "q", "lr"}
     assert set(rows[0]["q"]) == {"site-A", "site-B"} and sum(rows[-1]["q"].values()) == pytest.approx(1.0)
+    terms = rows[-1]["diagnostics"]  # DINO's loss terms, every step
+    assert terms["cross_entropy"] == pytest.approx(terms["teacher_entropy"] + terms["kl"], rel=1e-5)
 
 
 def test_encoder_bundle_and_fit_heads(small, phantom_cohort, cache, tmp_path):

@@ -49,6 +49,35 @@ def test_loss_per_sample_falls_and_teacher_moves(name):
         assert all(not p.requires_grad for k, p in method.named_parameters() if k in teacher)
 
 
+def test_dino_logs_its_loss_terms():
+    """cross-entropy = H(teacher) + KL(teacher || student), per step; the schedule raises H, the KL must fall."""
+    torch.manual_seed(0)
+    settings = MethodSettings(hidden_dim=32, dino_out_dim=32, dino_bottleneck=16)  # warm-up 0.04 -> 0.07, centre on
+    method = build_method("dino", Encoder(EncoderConfig("resnet10", widen_factor=0.125, no_max_pool=True)), settings)
+    optimiser = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3)
+    batch, terms = _batch(16), []
+    assert method.pop_diagnostics() == {}
+    for step in range(4):
+        method.fraction = step / 4
+        losses = method(batch)
+        losses.mean().backward()
+        optimiser.step()
+        optimiser.zero_grad()
+        method.after_step((step + 1) / 4)
+        terms.append(method.pop_diagnostics())
+        d = terms[-1]
+        assert d["cross_entropy"] == pytest.approx(losses.mean().item(), rel=1e-5)
+        assert d["cross_entropy"] == pytest.approx(d["teacher_entropy"] + d["kl"], rel=1e-5)
+        assert d["kl"] >= -1e-6 and 0 < d["teacher_entropy"] <= d["batch_teacher_entropy"] + 1e-6 <= d["log_k"] + 2e-6
+        assert 0 < d["student_entropy"] <= d["log_k"] + 1e-6
+    assert method.pop_diagnostics() == {}  # emptied by the read
+    with torch.no_grad():
+        method(batch)  # DRO's no-grad first pass is not logged (nor does it move the centre)
+    assert method.pop_diagnostics() == {}
+    assert terms[-1]["teacher_temperature"] > terms[0]["teacher_temperature"]
+    assert terms[-1]["kl"] < terms[0]["kl"], terms
+
+
 def test_mae_reconstructs_only_masked_voxels():
     torch.manual_seed(0)
     method = build_method("mae", Encoder(EncoderConfig("resnet10", widen_factor=0.125, no_max_pool=True)), TINY, 32)

@@ -1,20 +1,30 @@
 """Evidence for SSL pretraining with Group-DRO on the phantom cohort (with its site shortcuts).
 
-Run (PYTHONPATH pointing at the core):
-  neuroradfm phantom --n 32 --sites 4 --seed 5 --spacing 4 --out /tmp/ssl-phantom
-  python bench/bench_pretrain.py --manifest /tmp/ssl-phantom/manifest.csv --work /tmp/ssl-bench --steps 150
+Run (PYTHONPATH pointing at the core; see bench/RESULTS.md for the exact commands measured):
+  neuroradfm phantom --n 48 --sites 4 --seed 7 --spacing 4 --out /tmp/evidence-phantom
+  python bench/bench_pretrain.py --manifest /tmp/evidence-phantom/manifest.csv --work /tmp/ev --steps 300 \
+      --mae-patch 8 --dro-method none
+  python bench/bench_pretrain.py --manifest /tmp/evidence-phantom/manifest.csv --work /tmp/ev --methods "" \
+      --mae-patch 8 --dro-train-per-site 2,8,8,8 --dro-heldout-per-site 4 --dro-steps 600 --eta-q 0.1 \
+      --dro-seeds 0,1
 
-1. Each method (BYOL, DINO, MoCo v3, MAE), ERM: the training loss of the first and last 20 steps.
-2. One method (``--dro-method``, default MAE) trained three times on the same data and seed: ERM,
-   Group-DRO (exponentiated, ``--eta-q``) and the hard worst-group mode; then every model is evaluated on
-   every case with fixed views (seeds no training step used) and the per-site mean loss is reported,
-   with the final q of the DRO runs.
+1. Each method (``--methods``), ERM: the training loss of the first and last 20 steps; for DINO also its
+   terms (cross-entropy = teacher entropy + KL(teacher || student)), logged per step by the trainer; and the
+   mean pairwise cosine of 16 cases' embeddings (and EMA head outputs) before and after training.
+2. ERM vs Group-DRO (``--dro-method``, default MAE: its loss is a reconstruction error of the input, so it
+   can be compared between models; the other methods' losses are relative to each model's own teacher).
+   The cohort is split per site, in sorted site order, into training cases (``--dro-train-per-site``, e.g.
+   one site under-represented) and held-out cases (``--dro-heldout-per-site``, never trained on). Every mode
+   (``--dro-modes``) is trained from the same seed(s) (same initialisation, data order and views), then
+   evaluated on the held-out cases with fixed views and masks (``--eval-draws`` per case, seeds no training
+   step used, eval-mode BatchNorm): per-site mean loss, the worst site, the mean, and q's trajectory.
 Prints Markdown tables and writes ``WORK/results.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from pathlib import Path
@@ -33,44 +43,48 @@ from neuroradfm.train.data import PretrainDataset, group_labels
 from neuroradfm.train.pretrain import PretrainSettings, pretrain
 
 
-def settings_from(args: argparse.Namespace, method: str, dro: str = "erm") -> PretrainSettings:
+def settings_from(args: argparse.Namespace, method: str, dro: str = "erm", seed: int | None = None,
+                  steps: int | None = None) -> PretrainSettings:
     return PretrainSettings(
         method=method, encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=2, no_max_pool=True),
         preprocessing=PreprocessSettings(spacing_mm=4.0, size=(args.size,) * 3, n4=False), crop_size=args.crop,
         method_settings=MethodSettings(hidden_dim=128, proj_dim=64, dino_out_dim=256, dino_bottleneck=64,
-                                       mae_decoder_dim=64),
-        epochs=1000, max_steps=args.steps, batch_size=args.batch, learning_rate=args.lr, weight_decay=0.05,
-        warmup_fraction=0.05, dro=dro, eta_q=args.eta_q, checkpoint_every=10_000, num_workers=0, seed=args.seed,
-        device="cpu")
+                                       mae_decoder_dim=64, mae_patch=args.mae_patch, ema_momentum=args.ema,
+                                       dino_teacher_temp=args.dino_teacher_temp,
+                                       dino_teacher_temp_warmup=args.dino_temp_warmup),
+        epochs=10_000, max_steps=steps or args.steps, batch_size=args.batch, learning_rate=args.lr,
+        weight_decay=0.05, warmup_fraction=args.warmup, dro=dro, eta_q=args.eta_q, checkpoint_every=10_000,
+        num_workers=0, seed=args.seed if seed is None else seed, device="cpu")
 
 
-def train(args, method: str, dro: str, work: Path) -> tuple[Path, list[dict], float]:
-    run = work / f"{method}-{dro}"
+def train(args, manifest: Path, settings: PretrainSettings, run: Path, cache: Path) -> tuple[list[dict], float]:
     for stale in (run / "metrics.jsonl", run / "ckpt.pt"):
         stale.unlink(missing_ok=True)
     start = time.perf_counter()
-    pretrain(args.manifest, run / "bundle", settings_from(args, method, dro), cache_dir=work / "cache",
-             metrics_path=run / "metrics.jsonl", checkpoint_path=run / "ckpt.pt")
-    return run, read_metrics(run / "metrics.jsonl"), time.perf_counter() - start
+    pretrain(manifest, run / "bundle", settings, cache_dir=cache, metrics_path=run / "metrics.jsonl",
+             checkpoint_path=run / "ckpt.pt")
+    return read_metrics(run / "metrics.jsonl"), time.perf_counter() - start
 
 
 @torch.no_grad()
-def evaluate(args, method: str, run: Path, work: Path) -> dict[str, float]:
-    """Per-site mean loss of the trained method on every case, fixed views (eval-mode BatchNorm)."""
-    settings = settings_from(args, method)
-    entries = read_manifest(args.manifest)
-    cohort = cache_cohort(entries, settings.preprocessing, work / "cache")
-    names, ids = group_labels(cohort.entries, "site", args.manifest)
-    torch.manual_seed(0)
+def evaluate(manifest: Path, settings: PretrainSettings, run: Path | None, cache: Path, draws: int,
+             eval_seed: int) -> dict[str, float]:
+    """Per-site mean loss of a trained method on the manifest's cases, fixed views (eval-mode BatchNorm)."""
+    entries = read_manifest(manifest)
+    cohort = cache_cohort(entries, settings.preprocessing, cache)
+    names, ids = group_labels(cohort.entries, "site", manifest)
+    torch.manual_seed(settings.seed)
     encoder = Encoder(settings.encoder)
-    model = build_method(method, encoder, settings.method_settings, settings.crop_size)
-    model.load_state_dict(torch.load(run / "ckpt.pt", weights_only=True)["model"])
+    model = build_method(settings.method, encoder, settings.method_settings, settings.crop_size)
+    if run is not None:  # None: the untrained model of settings.seed (the initialisation every mode starts from)
+        model.load_state_dict(torch.load(run / "ckpt.pt", weights_only=True)["model"])
     model.eval()
-    patch = encoder_stride(encoder) if method == "mae" else 0
-    dataset = PretrainDataset(cohort, ids, settings.crop_size, seed=10_000 + args.seed, mask_patch=patch,
-                              mask_ratio=settings.method_settings.mae_mask_ratio)
+    ms = settings.method_settings
+    patch = (ms.mae_patch or encoder_stride(encoder)) if settings.method == "mae" else 0
+    dataset = PretrainDataset(cohort, ids, settings.crop_size, seed=eval_seed, mask_patch=patch,
+                              mask_ratio=ms.mae_mask_ratio)
     losses = {n: [] for n in names}
-    for draw in range(args.eval_draws):
+    for draw in range(draws):
         dataset.epoch = draw
         for index in range(len(dataset)):
             sample = dataset[index]
@@ -79,61 +93,215 @@ def evaluate(args, method: str, run: Path, work: Path) -> dict[str, float]:
     return {n: float(np.mean(v)) for n, v in losses.items()}
 
 
+def split_manifest(manifest: Path, work: Path, train_per_site: list[int], heldout_per_site: int) -> tuple[Path, Path]:
+    """Training and held-out manifests (absolute image paths): per site, in sorted site order, the first
+    ``train_per_site[i]`` cases train and the LAST ``heldout_per_site`` cases are held out."""
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    fields = list(rows[0])
+    for row in rows:
+        for key in ("t1", "t1ce", "t2", "flair", "seg"):
+            if row.get(key):
+                row[key] = str((manifest.parent / row[key]).resolve())
+    sites = sorted({r["site"] for r in rows})
+    if len(train_per_site) != len(sites):
+        raise SystemExit(f"--dro-train-per-site needs {len(sites)} numbers (sites {', '.join(sites)})")
+    train_rows, heldout_rows = [], []
+    for site, n_train in zip(sites, train_per_site):
+        cases = [r for r in rows if r["site"] == site]
+        if n_train + heldout_per_site > len(cases):
+            raise SystemExit(f"{site} has {len(cases)} cases, fewer than {n_train} + {heldout_per_site}")
+        train_rows += cases[:n_train]
+        heldout_rows += cases[len(cases) - heldout_per_site:]
+    paths = []
+    for name, selected in (("train", train_rows), ("heldout", heldout_rows)):
+        path = work / f"manifest-{name}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(selected)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+@torch.no_grad()
+def spread(args, settings: PretrainSettings, run: Path | None, cache: Path) -> dict[str, float]:
+    """Mean pairwise cosine over 16 cases (one fixed view each, eval mode) of the encoder's embedding and of
+    the EMA side's head output (BYOL target / MoCo keys / DINO teacher): near 1 = every case looks the same."""
+    entries = read_manifest(args.manifest)
+    cohort = cache_cohort(entries, settings.preprocessing, cache)
+    _, ids = group_labels(cohort.entries, "site", args.manifest)
+    dataset = PretrainDataset(cohort, ids, settings.crop_size, seed=10_000)
+    x = torch.stack([dataset[i]["view1"] for i in range(0, len(dataset), max(1, len(dataset) // 16))][:16])
+    torch.manual_seed(settings.seed)
+    model = build_method(settings.method, Encoder(settings.encoder), settings.method_settings, settings.crop_size)
+    if run is not None:
+        model.load_state_dict(torch.load(run / "ckpt.pt", weights_only=True)["model"])
+    model.eval()
+
+    def cosine(z: torch.Tensor) -> float:
+        z = torch.nn.functional.normalize(z.float(), dim=-1)
+        n = len(z)
+        return float(((z @ z.T).sum() - n) / (n * n - n))
+
+    out = {"embedding": cosine(model.encoder(x)[1])}
+    ema = {"byol": ("target", "projector"), "moco": ("momentum", "projector"), "dino": ("teacher", "head")}
+    if settings.method in ema:
+        name, head = ema[settings.method]
+        side = getattr(model, name)
+        out["ema_head"] = cosine(side[head](side["encoder"](x)[1]))
+    return out
+
+
+def mean_of(rows: list[dict], key: str, sub: str | None = None) -> float:
+    values = [r[key] if sub is None else r[key][sub] for r in rows]
+    return float(np.mean([v for v in values if v is not None]))
+
+
+def methods_table(args, results: dict) -> None:
+    cache = args.work / "cache"
+    print("| method | steps | lr | EMA | loss, first 20 steps | loss, last 20 steps | change | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
+    dino_rows = None
+    for method in [m for m in args.methods.split(",") if m]:
+        settings = settings_from(args, method)
+        rows, seconds = train(args, args.manifest, settings, args.work / f"{method}-erm", cache)
+        first, last = mean_of(rows[:20], "loss"), mean_of(rows[-20:], "loss")
+        results["methods"][method] = {"first20": first, "last20": last, "seconds": seconds, "steps": len(rows),
+                                      "lr": args.lr, "ema": args.ema}
+        print(f"| {method} | {len(rows)} | {args.lr:g} | {args.ema:g} | {first:.4f} | {last:.4f} | "
+              f"{100 * (last - first) / first:+.1f} % | {seconds:.0f} |", flush=True)
+        if method == "dino":
+            dino_rows = rows
+        results["methods"][method]["cosine_untrained"] = spread(args, settings, None, cache)
+        results["methods"][method]["cosine_trained"] = spread(args, settings, args.work / f"{method}-erm", cache)
+    print("\nMean pairwise cosine over 16 cases of the embedding and of the EMA side's head output "
+          "(untrained -> trained):\n")
+    print("| method | embedding | EMA head output |")
+    print("|---|---|---|")
+    for method, r in results["methods"].items():
+        a, b = r["cosine_untrained"], r["cosine_trained"]
+        ema = f"{a['ema_head']:.3f} -> {b['ema_head']:.3f}" if "ema_head" in a else "-"
+        print(f"| {method} | {a['embedding']:.3f} -> {b['embedding']:.3f} | {ema} |")
+    if dino_rows is None:
+        return
+    # DINO's terms: cross-entropy = H(teacher) + KL(teacher || student); batch entropy = H(mean teacher)
+    log_k = dino_rows[0]["diagnostics"]["log_k"]
+    n = len(dino_rows)
+    spans = [(0, 20), (n // 4 - 10, n // 4 + 10), (n // 2 - 10, n // 2 + 10), (n - 20, n)]
+    print(f"\nDINO's terms (means over 20 steps; log K = {log_k:.3f}):\n")
+    print("| steps | teacher temperature | cross-entropy | teacher entropy H | KL(teacher, student) | "
+          "entropy of the batch-mean teacher | student entropy |")
+    print("|---|---|---|---|---|---|---|")
+    table = []
+    for a, b in spans:
+        part = dino_rows[max(0, a):b]
+        row = {k: mean_of(part, "diagnostics", k) for k in
+               ("teacher_temperature", "cross_entropy", "teacher_entropy", "kl", "batch_teacher_entropy",
+                "student_entropy")}
+        row["steps"] = f"{part[0]['step']}-{part[-1]['step']}"
+        table.append(row)
+        print(f"| {row['steps']} | {row['teacher_temperature']:.3f} | {row['cross_entropy']:.3f} | "
+              f"{row['teacher_entropy']:.3f} | {row['kl']:.3f} | {row['batch_teacher_entropy']:.3f} | "
+              f"{row['student_entropy']:.3f} |")
+    results["dino_terms"] = {"log_k": log_k, "spans": table}
+
+
+def dro_tables(args, results: dict) -> None:
+    cache = args.work / "cache"
+    train_manifest, heldout_manifest = split_manifest(args.manifest, args.work,
+                                                      [int(v) for v in args.dro_train_per_site.split(",")],
+                                                      args.dro_heldout_per_site)
+    steps = args.dro_steps or args.steps
+    seeds = [int(v) for v in args.dro_seeds.split(",")]
+    modes = [m for m in args.dro_modes.split(",") if m]
+    table: dict = {}
+    for seed in seeds:
+        settings = settings_from(args, args.dro_method, "erm", seed, steps)
+        per_site = evaluate(heldout_manifest, settings, None, cache, args.eval_draws, eval_seed=10_000)
+        table[f"untrained/seed{seed}"] = {
+            "mode": "untrained", "seed": seed, "per_site": per_site, "worst": max(per_site.values()),
+            "worst_site": max(per_site, key=per_site.get), "mean": float(np.mean(list(per_site.values())))}
+        for mode in modes:
+            settings = settings_from(args, args.dro_method, mode, seed, steps)
+            run = args.work / f"dro-{args.dro_method}-{mode}-seed{seed}"
+            rows, seconds = train(args, train_manifest, settings, run, cache)
+            per_site = evaluate(heldout_manifest, settings, run, cache, args.eval_draws, eval_seed=10_000)
+            marks = sorted({max(1, round(f * len(rows))) for f in (0.25, 0.5, 0.75, 1.0)})
+            table[f"{mode}/seed{seed}"] = {
+                "mode": mode, "seed": seed, "per_site": per_site, "worst": max(per_site.values()),
+                "worst_site": max(per_site, key=per_site.get), "mean": float(np.mean(list(per_site.values()))),
+                "q": {str(m): rows[m - 1]["q"] for m in marks},
+                "q_mean": {g: mean_of(rows, "q", g) for g in rows[0]["q"]},
+                "train_loss_first20": mean_of(rows[:20], "loss"), "train_loss_last20": mean_of(rows[-20:], "loss"),
+                "train_group_loss_mean": {g: mean_of(rows, "group_losses", g) for g in rows[0]["q"]},
+                "seconds": seconds}
+            r = table[f"{mode}/seed{seed}"]
+            print(f"# {mode} seed {seed}: worst {r['worst']:.4f} ({r['worst_site']}), mean {r['mean']:.4f}, "
+                  f"{seconds:.0f} s", flush=True)
+    results["dro"] = table
+    sites = sorted(next(iter(table.values()))["per_site"])
+    print(f"\n{args.dro_method}, {steps} steps, training cases per site {args.dro_train_per_site}; per-site mean "
+          f"loss on {args.dro_heldout_per_site} held-out cases per site ({args.eval_draws} fixed views each):\n")
+    print("| training | seed | " + " | ".join(sites) + " | worst site | mean |")
+    print("|---|---|" + "---|" * len(sites) + "---|---|")
+    for r in table.values():
+        print(f"| {r['mode']} | {r['seed']} | " + " | ".join(f"{r['per_site'][s]:.4f}" for s in sites)
+              + f" | {r['worst']:.4f} ({r['worst_site']}) | {r['mean']:.4f} |")
+    if len(seeds) > 1:
+        for mode in ["untrained", *modes]:
+            runs = [r for r in table.values() if r["mode"] == mode]
+            print(f"| {mode} | mean of {len(runs)} | "
+                  + " | ".join(f"{np.mean([r['per_site'][s] for r in runs]):.4f}" for s in sites)
+                  + f" | {np.mean([r['worst'] for r in runs]):.4f} | {np.mean([r['mean'] for r in runs]):.4f} |")
+    print("\nq (" + ", ".join(sites) + ") during training:\n")
+    marks = list(next(r for r in table.values() if "q" in r)["q"])
+    print("| training | seed | " + " | ".join(f"step {m}" for m in marks) + " | mean over steps |")
+    print("|---|---|" + "---|" * len(marks) + "---|")
+    for r in table.values():
+        if r["mode"] in ("erm", "untrained"):
+            continue
+        print(f"| {r['mode']} | {r['seed']} | " + " | ".join(", ".join(f"{v:.2f}" for v in r["q"][m].values())
+                                                           for m in marks)
+              + " | " + ", ".join(f"{v:.2f}" for v in r["q_mean"].values()) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ssl-bench"))
     parser.add_argument("--methods", default="byol,dino,moco,mae")
-    parser.add_argument("--dro-method", default="mae", help="method of the ERM/DRO comparison; none: skip it")
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--dro-steps", type=int, default=0, help="steps of the ERM/DRO comparison (0: --steps)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--arch", default="resnet10")
     parser.add_argument("--widen", type=float, default=0.25)
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--crop", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--eta-q", type=float, default=1.0)
-    parser.add_argument("--eval-draws", type=int, default=2)
+    parser.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the steps")
+    parser.add_argument("--mae-patch", type=int, default=0, help="MAE masked cube side (0: the encoder's stride)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ema", type=float, default=0.996, help="EMA teacher momentum at the start (cosine to 1)")
+    parser.add_argument("--dino-teacher-temp", type=float, default=0.07, help="final teacher temperature")
+    parser.add_argument("--dino-temp-warmup", type=float, default=0.3,
+                        help="fraction of training of the teacher temperature warm-up from 0.04 (0: constant)")
+    parser.add_argument("--dro-method", default="mae", help="method of the ERM/DRO comparison; none: skip it")
+    parser.add_argument("--dro-steps", type=int, default=0, help="steps of the ERM/DRO comparison (0: --steps)")
+    parser.add_argument("--dro-modes", default="erm,exponentiated,worst-group")
+    parser.add_argument("--dro-seeds", default="0")
+    parser.add_argument("--dro-train-per-site", default="8,8,8,8", help="training cases per site (sorted sites)")
+    parser.add_argument("--dro-heldout-per-site", type=int, default=4)
+    parser.add_argument("--eta-q", type=float, default=0.1)
+    parser.add_argument("--eval-draws", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "methods": {}, "dro": {}}
-
-    print("| method | steps | loss, first 20 steps | loss, last 20 steps | change | seconds |")
-    print("|---|---|---|---|---|---|")
-    for method in [m for m in args.methods.split(",") if m]:
-        _, rows, seconds = train(args, method, "erm", args.work)
-        first = float(np.mean([r["loss"] for r in rows[:20]]))
-        last = float(np.mean([r["loss"] for r in rows[-20:]]))
-        results["methods"][method] = {"first20": first, "last20": last, "seconds": seconds, "steps": len(rows)}
-        print(f"| {method} | {len(rows)} | {first:.4f} | {last:.4f} | {100 * (last - first) / first:+.1f} % | "
-              f"{seconds:.0f} |", flush=True)
-
-    if args.dro_method == "none":
-        (args.work / "results.json").write_text(json.dumps(results, indent=1))
-        return
-    steps = args.dro_steps or args.steps
-    args_dro = argparse.Namespace(**{**vars(args), "steps": steps})
-    print(f"\n{args.dro_method}, {steps} steps, per-site mean loss on every case (fixed views, "
-          f"{args.eval_draws} draws):\n")
-    table = {}
-    for mode in ("erm", "exponentiated", "worst-group"):
-        run, rows, seconds = train(args_dro, args.dro_method, mode, args.work)
-        per_site = evaluate(args_dro, args.dro_method, run, args.work)
-        q = rows[-1]["q"]
-        table[mode] = {"per_site": per_site, "worst": max(per_site.values()),
-                       "worst_site": max(per_site, key=per_site.get), "mean": float(np.mean(list(per_site.values()))),
-                       "q_final": q, "train_group_losses_last": rows[-1]["group_losses"], "seconds": seconds}
-    results["dro"] = table
-    sites = sorted(table["erm"]["per_site"])
-    print("| training | " + " | ".join(sites) + " | worst site | mean | final q |")
-    print("|---|" + "---|" * len(sites) + "---|---|---|")
-    for mode, r in table.items():
-        q = ", ".join(f"{v:.2f}" for v in r["q_final"].values())
-        print(f"| {mode} | " + " | ".join(f"{r['per_site'][s]:.4f}" for s in sites)
-              + f" | {r['worst']:.4f} ({r['worst_site']}) | {r['mean']:.4f} | {q} |")
+    if args.methods:
+        methods_table(args, results)
+    if args.dro_method != "none":
+        dro_tables(args, results)
     (args.work / "results.json").write_text(json.dumps(results, indent=1))
 
 

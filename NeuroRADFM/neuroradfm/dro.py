@@ -5,9 +5,14 @@ back-propagate. Each step:
 
 1. per-group sums and counts of the batch (all-reduced over ranks under DDP, so every rank sees the
    global batch and computes the same q);
-2. per-group mean losses L_g (groups absent from the batch keep their weight);
+2. per-group mean losses L_g; a group absent from the batch takes its most recent measured loss (a group
+   never seen yet, the mean of the others'), so that every group's q is updated at every step;
 3. ``mode="exponentiated"`` (the paper): q_g <- q_g * exp(eta_q * (L_g + C / sqrt(n_g))), q normalised,
-   where n_g is the group's size in the training set (the generalisation adjustment; C = 0 turns it off);
+   where n_g is the group's size in the training set (the generalisation adjustment; C = 0 turns it off).
+   Updating only the present groups (as the reference code does, with L_g = 0 for an absent group) would
+   multiply a present group's q by exp(eta_q L_g) > 1 and an absent one's by 1: with small batches q then
+   drifts toward the groups sampled most often (a minority site is absent from most batches), whatever
+   their losses;
    ``mode="worst-group"`` (the NeuroRAD-FM reference code): q is one-hot on the present group with the
    largest adjusted loss;
    ``mode="erm"``: no reweighting, the plain mean over the batch;
@@ -71,6 +76,8 @@ class GroupDRO:
         self.adjust = (self.adjustment / sizes.sqrt()) if self.adjustment > 0 else torch.zeros(len(groups),
                                                                                                 dtype=torch.float64)
         self.q = torch.full((len(groups),), 1.0 / len(groups), dtype=torch.float64)
+        self.recent = torch.full((len(groups),), math.nan, dtype=torch.float64)
+        """Each group's most recent batch-mean loss (NaN until seen): the q update of absent groups."""
         self.all_reduce = all_reduce
 
     @property
@@ -97,11 +104,12 @@ class GroupDRO:
         if not bool(present.any()):
             raise ValueError("empty batch: no sample in any group")
         means = torch.where(present, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
-        if self.mode == "exponentiated":
-            adjusted = torch.where(present, means + self.adjust, torch.zeros_like(means))
-            if bool(torch.isfinite(adjusted).all()):  # a NaN loss is reported by the trainer, q stays as it was
-                logits = self.q.log() + self.eta_q * adjusted
-                self.q = torch.softmax(logits, dim=0)
+        if self.mode == "exponentiated" and bool(torch.isfinite(means[present]).all()):
+            # (a NaN loss is reported by the trainer; q stays as it was)
+            self.recent = torch.where(present, means, self.recent)
+            seen = torch.isfinite(self.recent)
+            estimate = torch.where(seen, self.recent, self.recent[seen].mean())  # never seen: neutral
+            self.q = torch.softmax(self.q.log() + self.eta_q * (estimate + self.adjust), dim=0)
         elif self.mode == "worst-group":
             adjusted = torch.where(present, means + self.adjust, torch.full_like(means, -math.inf))
             self.q = torch.zeros_like(self.q)
@@ -136,10 +144,12 @@ class GroupDRO:
         return (w * per_sample_loss).sum() * scale
 
     def state_dict(self) -> dict:
-        return {"groups": list(self.groups), "mode": self.mode, "q": self.q.clone()}
+        return {"groups": list(self.groups), "mode": self.mode, "q": self.q.clone(), "recent": self.recent.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         if list(state["groups"]) != self.groups or state["mode"] != self.mode:
             raise ValueError(f"DRO state is for groups {state['groups']} in mode {state['mode']!r}, "
                              f"this run has {self.groups} in mode {self.mode!r}")
         self.q = state["q"].to(torch.float64).clone()
+        if "recent" in state:  # (absent from checkpoints written before it existed)
+            self.recent = state["recent"].to(torch.float64).clone()

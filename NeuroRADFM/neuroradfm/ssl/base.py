@@ -90,6 +90,11 @@ class SSLMethod(nn.Module):
     def after_step(self, fraction: float) -> None:
         """Called once after every optimizer step with the training fraction reached."""
 
+    def pop_diagnostics(self) -> dict[str, float]:
+        """Method-specific terms of the loss seen since the last call (the trainer logs them every step as
+        ``diagnostics``; this process's samples only); empty by default."""
+        return {}
+
 
 def build_method(name: str, encoder: Encoder, settings: MethodSettings | None = None,
                  crop_size: int | None = None) -> SSLMethod:

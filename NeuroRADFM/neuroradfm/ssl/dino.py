@@ -3,6 +3,8 @@ distribution over prototypes of the other view. Two global views (no multi-crop 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +38,8 @@ class DINO(SSLMethod):
         self.register_buffer("center", torch.zeros(1, settings.dino_out_dim))
         self._sum: torch.Tensor | None = None
         self._count = 0
+        self._terms: torch.Tensor | None = None
+        self._terms_count = 0
 
     def teacher_temperature(self) -> float:
         s = self.settings
@@ -57,7 +61,37 @@ class DINO(SSLMethod):
             self._count += out.shape[0]
         loss12 = -(teacher[:n] * student[n:]).sum(dim=-1)
         loss21 = -(teacher[n:] * student[:n]).sum(dim=-1)
-        return (loss12 + loss21) / 2
+        loss = (loss12 + loss21) / 2
+        if torch.is_grad_enabled():
+            self._log_terms(loss.detach(), teacher, student.detach(), out.shape[-1])
+        return loss
+
+    @torch.no_grad()
+    def _log_terms(self, loss: torch.Tensor, teacher: torch.Tensor, log_student: torch.Tensor, k: int) -> None:
+        # cross-entropy = H(teacher) + KL(teacher || student) (Caron et al., fig. 7). The centre and the
+        # temperature warm-up move H(teacher), so the raw loss need not fall. Collapse shows as H(teacher) ->
+        # log K with a uniform student (cross-entropy = log K whatever the teacher), or H(teacher) -> 0 with
+        # one prototype for every sample (entropy of the batch-mean teacher -> 0).
+        n = loss.shape[0]
+        entropy = -(teacher * teacher.clamp(min=1e-30).log()).sum(dim=-1)
+        h = (entropy[:n] + entropy[n:]) / 2  # each sample's two teacher targets
+        student_entropy = -(log_student.exp() * log_student).sum(dim=-1)
+        mean_teacher = teacher.mean(dim=0)
+        terms = torch.stack([loss.sum(), h.sum(), (loss - h).sum(),
+                             -(mean_teacher * mean_teacher.clamp(min=1e-30).log()).sum() * n,
+                             (student_entropy[:n] + student_entropy[n:]).sum() / 2])
+        self._terms = terms if self._terms is None else self._terms + terms
+        self._terms_count += n
+        self._temperature = self.teacher_temperature()
+        self._log_k = math.log(k)
+
+    def pop_diagnostics(self) -> dict[str, float]:
+        if self._terms is None:
+            return {}
+        ce, h, kl, h_mean, h_student = (self._terms / self._terms_count).tolist()
+        self._terms, self._terms_count = None, 0
+        return {"cross_entropy": ce, "teacher_entropy": h, "kl": kl, "batch_teacher_entropy": h_mean,
+                "student_entropy": h_student, "log_k": self._log_k, "teacher_temperature": self._temperature}
 
     def after_step(self, fraction: float) -> None:
         student = nn.ModuleDict({"encoder": self.encoder, "head": self.head})

@@ -288,11 +288,13 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
             scheduler.step()
             step += 1
             model.after_step(step / total)
+            diagnostics = model.pop_diagnostics()
             history.append(stats.mean_loss)
             group_losses = {n: (None if math.isnan(v) else v) for n, v in zip(names, stats.group_losses.tolist())}
             metrics(step, stage="pretrain", epoch=epoch + 1, loss=stats.mean_loss, robust_loss=stats.robust_loss,
                     group_losses=group_losses, group_counts=dict(zip(names, stats.counts.tolist())),
-                    q=dict(zip(names, dro.q.tolist())), lr=scheduler.get_last_lr()[0])
+                    q=dict(zip(names, dro.q.tolist())), lr=scheduler.get_last_lr()[0],
+                    **({"diagnostics": diagnostics} if diagnostics else {}))
             train_progress("pretrain", step / total, f"step {step}/{total} epoch {epoch + 1} "
                                                       f"loss {stats.mean_loss:.4f} robust {stats.robust_loss:.4f}")
             if step % settings.checkpoint_every == 0 or step == total:

@@ -4,6 +4,7 @@ the map overlaid on the preprocessed T1ce (radiological convention: patient righ
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,8 @@ def write_overview(path: Path, prediction: Prediction) -> None:
             ax.set_yticks([])
         row[0].set_title(labels.get(key, key), fontsize=8, loc="left")
     flag = "  OUT OF DISTRIBUTION" if prediction.ood_flag else ""
-    fig.suptitle(f"{prediction.case_id} — {prediction.bundle.get('name', '')}{flag}\n"
-                 f"{prediction.bundle.get('intended_use', '')}", fontsize=8)
-    fig.tight_layout()
+    use = textwrap.fill(str(prediction.bundle.get("intended_use", "")), 100)
+    fig.suptitle(f"{prediction.case_id} — {prediction.bundle.get('name', '')}{flag}\n{use}", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # room for the title's lines
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -48,3 +48,18 @@ def native_case_dir(tmp_path_factory):
     for key, image in [*images.items(), ("seg", seg)]:
         sitk.WriteImage(image, str(folder / f"{case_id(2)}-{FILE_SUFFIX[key]}.nii.gz"))
     return folder
+
+
+@pytest.fixture
+def scene():
+    """A real MRML scene (PyPI slicer-core), with the segmentation converter rules the application registers at
+    start-up, set as slicer.mrmlScene for slicer.util's helpers."""
+    import slicer
+
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+    factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    yield scene
+    scene.Clear(1)

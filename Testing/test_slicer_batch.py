@@ -12,7 +12,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "NeuroRADFM"))  # NeuroRADFMLib, as Slicer finds it
 
-import slicer  # noqa: E402
 
 from NeuroRADFMLib.batch import COHORT_COLUMNS, cohort_cases, process_cohort  # noqa: E402
 from NeuroRADFMLib.dependencies import (  # noqa: E402
@@ -27,14 +26,6 @@ from NeuroRADFMLib.dependencies import (  # noqa: E402
 from NeuroRADFMLib.devices import list_devices  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
 
 
 def cell(table, row: int, name: str):

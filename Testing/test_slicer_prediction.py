@@ -29,18 +29,6 @@ from NeuroRADFMLib.sequences import assign_sequences, input_volumes  # noqa: E40
 FILE_KEYS = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 
 
-@pytest.fixture
-def scene():
-    """A real MRML scene with the segmentation converter rules the application registers at start-up."""
-    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
-    factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
-
-
 def load_case_nodes(scene, folder: Path) -> list:
     """The four sequences of a phantom case folder as volume nodes named after their files."""
     nodes = []

@@ -11,7 +11,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "NeuroRADFM"))  # NeuroRADFMLib, as Slicer finds it
 
-import slicer  # noqa: E402
 
 from neuroradfm import SEQUENCES  # noqa: E402
 from NeuroRADFMLib.prediction import PredictionError, PredictionJob  # noqa: E402
@@ -19,14 +18,6 @@ from NeuroRADFMLib.process import CORE_PARENT, CoreProcess, ProgressEvent, parse
 from NeuroRADFMLib.scene_io import SceneIOError, read_volume  # noqa: E402
 
 FILE_KEYS = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
-
-
-@pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
 
 
 def case_nodes(scene, folder: Path) -> dict:

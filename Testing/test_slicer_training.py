@@ -17,7 +17,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "NeuroRADFM"))  # NeuroRADFMLib, as Slicer finds it
 
-import slicer  # noqa: E402
 
 from neuroradfm import cli  # noqa: E402
 from neuroradfm.dro import MODES as core_dro_modes  # noqa: E402
@@ -43,14 +42,6 @@ from NeuroRADFMLib.training import (  # noqa: E402
     training_steps,
     update_loss_table,
 )
-
-
-@pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
 
 
 def column(table, name: str) -> list[float]:

@@ -96,6 +96,31 @@ class SSLMethod(nn.Module):
         return {}
 
 
+class PredictorTargetMethod(SSLMethod):
+    """BYOL and MoCo v3 share this: an online encoder + projector + predictor and an EMA target copy of the
+    encoder + projector; they differ only in the loss between the online predictions and the targets."""
+
+    def __init__(self, encoder: Encoder, settings: MethodSettings) -> None:
+        super().__init__(encoder, settings)
+        dim = encoder.embedding_dim
+        self.projector = mlp(dim, settings.hidden_dim, settings.proj_dim)
+        self.predictor = mlp(settings.proj_dim, settings.hidden_dim, settings.proj_dim)
+        self.target = frozen_copy(nn.ModuleDict({"encoder": encoder, "projector": self.projector}))
+
+    def predictions_and_targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(p1, p2, t1, t2): online predictions and target projections of view 1 and view 2."""
+        n = batch["view1"].shape[0]
+        x = torch.cat([batch["view1"], batch["view2"]])
+        p = self.predictor(self.projector(self.encoder(x)[1]))
+        with torch.no_grad():
+            t = self.target["projector"](self.target["encoder"](x)[1])
+        return p[:n], p[n:], t[:n], t[n:]
+
+    def after_step(self, fraction: float) -> None:
+        student = nn.ModuleDict({"encoder": self.encoder, "projector": self.projector})
+        ema_update(self.target, student, ema_momentum(self.settings.ema_momentum, fraction))
+
+
 def build_method(name: str, encoder: Encoder, settings: MethodSettings | None = None,
                  crop_size: int | None = None) -> SSLMethod:
     from neuroradfm.ssl.byol import BYOL

@@ -21,6 +21,7 @@ from neuroradfm.preprocess import Preprocessed, preprocess_case
 from neuroradfm.progress import Progress, null_progress, sub_progress
 
 SURVIVAL_HEAD = "survival_risk"
+CAM_METHOD = "Grad-CAM at the encoder's last block, for the predicted call"
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Prediction:
     cam_scales: dict[str, float]
     preprocessed: Preprocessed
     bundle: dict[str, Any] = field(default_factory=dict)
-    cam_method: str = "Grad-CAM at the encoder's last block, for the predicted call"
+    cam_method: str = CAM_METHOD
 
     @property
     def ood_flag(self) -> bool:
@@ -126,7 +127,7 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
     return Prediction(case_id=case.case_id, markers=markers, survival=survival, ood_distance=ood_distance,
                       ood_threshold=None if heads.ood is None else heads.ood.threshold, embedding=embedding,
                       cams=cams, cam_scales=scales, preprocessed=prepared,
-                      cam_method="Grad-CAM at the encoder's last block, for the predicted call"
-                                 + ("" if reference is None else ", against the training cohort's mean feature map"),
+                      cam_method=CAM_METHOD + ("" if reference is None
+                                               else ", against the training cohort's mean feature map"),
                       bundle={"name": bundle.name, "content_hash": bundle.card.get("content_hash"),
                               "intended_use": bundle.card.get("intended_use")})

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from neuroradfm.cam import LinearHeadModel, gradient_cam, linear_cams, normalise, upsample
+from neuroradfm.cam import (
+    LinearHeadModel,
+    cams_at,
+    encode_for_cam,
+    gradient_cam,
+    layer_cams,
+    linear_cams,
+    normalise,
+    upsample,
+)
 from neuroradfm.models.encoder import ARCHITECTURES, Encoder, EncoderConfig, resolve_device
 
 TINY = EncoderConfig("resnet10", widen_factor=0.125, conv1_stride=2, no_max_pool=True)
@@ -104,3 +113,75 @@ def test_referenced_cam_splits_the_logit_deviation_over_space():
                                linear_cams(features, weights))
     # a case identical to the reference has nothing to show
     assert not linear_cams(reference[None], weights, reference).any()
+
+
+def test_layer_outputs_continue_to_the_same_embedding():
+    torch.manual_seed(3)
+    encoder = Encoder(TINY).eval()
+    x = torch.randn(1, 4, 48, 48, 48)
+    with torch.no_grad():
+        features, z = encoder(x)
+        shapes = {}
+        for layer in ("layer1", "layer2", "layer3", "layer4"):
+            activation = encoder.layer_output(x, layer)
+            shapes[layer] = tuple(activation.shape[2:])
+            rest_features, rest_z = encoder.from_layer(activation, layer)
+            torch.testing.assert_close(rest_features, features)
+            torch.testing.assert_close(rest_z, z)
+    assert shapes == {"layer1": (24,) * 3, "layer2": (12,) * 3, "layer3": (6,) * 3, "layer4": (3,) * 3}
+    with pytest.raises(ValueError, match="unknown Grad-CAM layer 'layer7'"):
+        encoder.layer_output(x, "layer7")
+
+
+@pytest.mark.parametrize("layer", ["layer2", "layer3"])
+def test_layer_cams_equal_monai_gradcam_at_that_layer(layer):
+    """All heads from one batched backward pass == MONAI's GradCAM, one head at a time."""
+    torch.manual_seed(4)
+    encoder = Encoder(TINY).eval()
+    rng = np.random.default_rng(4)
+    weights = rng.normal(size=(3, encoder.embedding_dim))
+    model = LinearHeadModel(encoder, weights, rng.normal(size=3)).eval()
+    x = torch.randn(2, 4, 48, 48, 48)
+    activation, z = encode_for_cam(encoder, x, layer)
+    maps = cams_at(layer, activation, z, torch.as_tensor(weights, dtype=torch.float32))
+    assert maps.shape == (2, 3, *activation.shape[2:])
+    for head in range(3):
+        slow = gradient_cam(model, x, f"encoder.net.{layer}", class_idx=head)
+        assert float(maps[:, head].max()) > 0
+        torch.testing.assert_close(slow[:, 0], maps[:, head], rtol=1e-4, atol=1e-6)
+
+
+def test_layer_cams_at_the_last_block_equal_the_closed_form():
+    torch.manual_seed(5)
+    encoder = Encoder(TINY).eval()
+    x = torch.randn(2, 4, 48, 48, 48)
+    weights = torch.randn(4, encoder.embedding_dim)
+    with torch.no_grad():
+        features, _ = encoder(x)
+    reference = features.mean(dim=0) + 0.1
+    activation, z = encoder.layer_output(x, "layer4").requires_grad_(True), None
+    _, z = encoder.from_layer(activation, "layer4")
+    for ref in (None, reference):
+        torch.testing.assert_close(layer_cams(activation, z, weights, ref, rectify=False),
+                                   linear_cams(features, weights, ref, rectify=False), rtol=1e-4, atol=1e-6)
+    fast_activation, fast_z = encode_for_cam(encoder, x, "layer4")
+    assert not fast_z.requires_grad  # the closed form records no graph
+    torch.testing.assert_close(cams_at("layer4", fast_activation, fast_z, weights, reference),
+                               linear_cams(features, weights, reference))
+
+
+def test_referenced_layer_cams_show_nothing_for_the_reference_itself():
+    torch.manual_seed(6)
+    encoder = Encoder(TINY).eval()
+    x = torch.randn(1, 4, 48, 48, 48)
+    weights = torch.randn(2, encoder.embedding_dim)
+
+    def maps(reference=None, rectify=True):  # one backward pass per forward pass, as in prediction
+        activation, z = encode_for_cam(encoder, x, "layer2")
+        return activation, layer_cams(activation, z, weights, reference, rectify)
+
+    activation, plain = maps()
+    assert plain.any()
+    assert not maps(activation[0].detach())[1].any()
+    _, shifted = maps(torch.full_like(activation[0], 0.5), rectify=False)
+    assert not torch.allclose(torch.relu(shifted), plain)

@@ -17,7 +17,7 @@ from neuroradfm.cli import main
 from neuroradfm.errors import BundleError
 from neuroradfm.io import load_case, read_manifest
 from neuroradfm.markers import MARKER_KEYS
-from neuroradfm.models.bundle import CARD, WEIGHTS, load_bundle, read_card
+from neuroradfm.models.bundle import CARD, WEIGHTS, content_hash, load_bundle, read_card
 from neuroradfm.outputs import COLOR_TABLE, SEGMENTATION, write_outputs
 from neuroradfm.predict import SURVIVAL_HEAD, predict_case
 
@@ -37,8 +37,9 @@ def test_bundle_card_and_weights(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     assert bundle.encoder.embedding_dim == len(card["heads"]["feature_mean"]) == 64
     assert bundle.heads.cox is not None and bundle.heads.ood is not None
-    assert card["heads"]["cam_reference"] == "heads.cam.reference"
-    assert bundle.heads.cam_reference.shape == (64, 3, 3, 3)  # the last block's map of a 48^3 grid
+    assert card["heads"]["cam_reference"] == "heads.cam.reference" and card["heads"]["cam_layer"] == "layer2"
+    assert bundle.heads.cam_layer == "layer2"
+    assert bundle.heads.cam_reference.shape == (16, 12, 12, 12)  # layer2's activation on a 48^3 grid
     assert {m.key for m in bundle.heads.markers} <= set(MARKER_KEYS)
     assert card["training"]["cases_encoder"] + card["training"]["cases_heads"] == 16
     assert not any(p.suffix in (".pt", ".pkl", ".pth") for p in tiny_bundle.iterdir())
@@ -77,6 +78,41 @@ def test_bundle_errors_name_the_file(tiny_bundle, tmp_path):
         load_bundle(tmp_path)
 
 
+def test_bundle_with_an_unknown_cam_layer_is_refused(tiny_bundle, tmp_path):
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tiny_bundle, foreign)
+    card = json.loads((foreign / CARD).read_text())
+    card["heads"]["cam_layer"] = "layer9"
+    card.pop("content_hash")
+    card["content_hash"] = content_hash(card, foreign / WEIGHTS)  # a consistent bundle, from elsewhere
+    (foreign / CARD).write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="unknown Grad-CAM layer 'layer9'") as error:
+        load_bundle(foreign)
+    assert str(foreign) in str(error.value)
+
+
+def test_cam_layer_override_gives_plain_maps_at_that_layer(tiny_bundle, phantom_cohort, tmp_path):
+    bundle = load_bundle(tiny_bundle)
+    entry = read_manifest(phantom_cohort)[0]
+    own = predict_case(entry.load(), bundle, device="cpu")
+    last = predict_case(entry.load(), bundle, device="cpu", cam_layer="layer4")
+    assert own.cam_layer == "layer2" and "mean activation" in own.cam_method
+    assert last.cam_layer == "layer4" and "last block" in last.cam_method and "mean" not in last.cam_method
+    # the same forward pass whatever the layer: identical predictions, different maps
+    np.testing.assert_allclose(own.embedding, last.embedding, rtol=1e-6)
+    assert [m.probability for m in own.markers] == pytest.approx([m.probability for m in last.markers])
+    assert any(not np.allclose(own.cams[k], last.cams[k], atol=1e-3) for k in own.cams)
+    out = tmp_path / "out"
+    assert main(["predict", str(entry.paths["t1"].parent), "--model", str(tiny_bundle), "--out", str(out),
+                 "--progress", "none", "--no-overview", "--device", "cpu", "--cam-layer", "layer3"]) == 0
+    (written,) = out.glob("*/predictions.json")
+    summary = json.loads(written.read_text())
+    assert summary["cam"]["layer"] == "layer3" and "mean activation" not in summary["cam"]["method"]
+    with pytest.raises(SystemExit) as usage:
+        main(["predict", str(entry.paths["t1"].parent), "--out", str(out), "--cam-layer", "layer5"])
+    assert usage.value.code == 2
+
+
 def test_prediction_outputs_on_an_oblique_anisotropic_native_case(tiny_bundle, native_case_dir, tmp_path):
     case = load_case(native_case_dir)
     reference = case.t1ce
@@ -112,7 +148,8 @@ def test_prediction_outputs_on_an_oblique_anisotropic_native_case(tiny_bundle, n
     summary = json.loads((folder / "predictions.json").read_text())
     assert summary["case_id"] == case.case_id and len(summary["markers"]) == len(bundle.heads.markers)
     assert summary["survival"]["risk_group"] in ("low", "high")
-    assert summary["cam"]["method"].endswith("against the training cohort's mean feature map")
+    assert summary["cam"]["layer"] == "layer2" and "layer2" in summary["cam"]["method"]
+    assert summary["cam"]["method"].endswith("against the training cohort's mean activation")
     assert summary["cam"]["empty"] == sorted(k for k, peak in summary["cam"]["peak_values"].items() if peak <= 0)
     with open(folder / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

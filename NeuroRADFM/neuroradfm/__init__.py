@@ -7,3 +7,6 @@ __version__ = "0.1.0"
 
 SEQUENCES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 """Channel order of every model input: native T1, contrast-enhanced T1, T2, FLAIR."""
+
+CAM_LAYERS: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+"""Encoder stages a Grad-CAM map can be taken at; layer4 is the last block, whose pool is the embedding."""

@@ -30,8 +30,9 @@ class BatchResult:
 
 def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundle, out_dir: str | Path,
                   device: str = "auto", progress: Progress = null_progress, overview: bool = True,
-                  keep_predictions: bool = False) -> BatchResult:
-    """``cases`` are (case_id, loader) pairs, so that loading errors are isolated per case too."""
+                  keep_predictions: bool = False, cam_layer: str | None = None) -> BatchResult:
+    """``cases`` are (case_id, loader) pairs, so that loading errors are isolated per case too;
+    ``cam_layer`` as in ``predict_case``."""
     bundle.require_heads()  # a bundle that cannot predict fails once, before any case
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -40,7 +41,7 @@ def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundl
         part = sub_progress(progress, index / len(cases), (index + 1) / len(cases))
         try:
             case = load()
-            prediction = predict_case(case, bundle, device=device, progress=part)
+            prediction = predict_case(case, bundle, device=device, progress=part, cam_layer=cam_layer)
             result.outputs[case.case_id] = write_outputs(prediction, out_dir / case.case_id, overview=overview)
         except NeuroRADFMError as error:
             result.failures[case_id] = str(error)

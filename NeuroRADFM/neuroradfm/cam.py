@@ -14,6 +14,12 @@ its heads were fitted on, and the map is ReLU(sum_k w_k (F_k - R_k)) / N: the sa
 to how this case's activations differ from the cohort's (gradient x activation-difference, as DeepLIFT and
 expected-gradients attributions do). Unrectified, its cells sum to logit(case) - logit(reference): the map
 splits the case's deviation from the average case over space.
+
+Layer: the last block's cells are coarse (16 input voxels a side: 32 mm at 2 mm spacing), and a trilinear
+upsampling peaks at a cell's centre, often just outside a small lesion. Earlier stages have finer cells, so
+a bundle names the layer its maps are taken at (``Heads.cam_layer``) and stores the cohort mean of that
+layer's activation; there the channel weights are the true gradients (``layer_cams``, one batched backward
+pass for all heads). Measured on the demo bundle: bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ import torch.nn.functional as F
 from monai.visualize import GradCAM
 from torch import nn
 
+from neuroradfm import CAM_LAYERS
 from neuroradfm.models.encoder import Encoder
+
+LAST_BLOCK = CAM_LAYERS[-1]
 
 
 def linear_cams(features: torch.Tensor, weights: torch.Tensor, reference: torch.Tensor | None = None,
@@ -42,6 +51,51 @@ def linear_cams(features: torch.Tensor, weights: torch.Tensor, reference: torch.
         features = features - reference.to(features.device, features.dtype)
     maps = torch.einsum("mc,bcdhw->bmdhw", weights.to(features.dtype), features) / n_voxels
     return F.relu(maps) if rectify else maps
+
+
+def layer_cams(activation: torch.Tensor, z: torch.Tensor, weights: torch.Tensor,
+               reference: torch.Tensor | None = None, rectify: bool = True) -> torch.Tensor:
+    """Grad-CAM of linear heads y = weights . z at any layer, with true gradients.
+
+    activation: (B, C, d, h, w) a layer's output that requires grad; z: (B, D) the embedding computed from
+    it; weights: (M, D); reference: (C, d, h, w) as in ``linear_cams``. The channel weights are the
+    spatial means of dy/dA, for all M heads from one batched backward pass. Returns (B, M, d, h, w); at the
+    last block this equals ``linear_cams``.
+    """
+    logits = z @ weights.to(z.dtype).T
+    n_heads, batch = weights.shape[0], z.shape[0]
+    selectors = torch.eye(n_heads, dtype=logits.dtype, device=logits.device)[:, None, :].expand(n_heads, batch,
+                                                                                                n_heads)
+    (gradients,) = torch.autograd.grad(logits, activation, grad_outputs=selectors, is_grads_batched=True)
+    alpha = gradients.mean(dim=(3, 4, 5))  # (M, B, C)
+    values = activation.detach()
+    if reference is not None:
+        values = values - reference.to(values.device, values.dtype)
+    maps = torch.einsum("mbc,bcdhw->bmdhw", alpha, values)
+    return F.relu(maps) if rectify else maps
+
+
+def encode_for_cam(encoder: Encoder, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass keeping what Grad-CAM at ``layer`` needs: (the layer's activation, the embedding z).
+
+    Below the last block z stays differentiable with respect to the activation (for ``layer_cams``); at the
+    last block the closed form needs no gradients and nothing is recorded.
+    """
+    with torch.no_grad():
+        activation = encoder.layer_output(x, layer)
+    with torch.set_grad_enabled(layer != LAST_BLOCK):
+        activation.requires_grad_(layer != LAST_BLOCK)
+        _, z = encoder.from_layer(activation, layer)
+    return activation, z
+
+
+def cams_at(layer: str, activation: torch.Tensor, z: torch.Tensor, weights: torch.Tensor,
+            reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Every head's map at ``layer`` from ``encode_for_cam``'s output: closed form at the last block,
+    gradients elsewhere. (B, M, d, h, w), rectified."""
+    if layer == LAST_BLOCK:
+        return linear_cams(activation.detach(), weights, reference)
+    return layer_cams(activation, z, weights, reference)
 
 
 def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

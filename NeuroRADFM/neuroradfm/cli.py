@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from neuroradfm import SEQUENCES, __version__
+from neuroradfm import CAM_LAYERS, SEQUENCES, __version__
 from neuroradfm.errors import NeuroRADFMError
 from neuroradfm.progress import make_progress
 
@@ -21,6 +21,14 @@ from neuroradfm.progress import make_progress
 def _progress_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", choices=("tqdm", "json", "none"), default="tqdm",
                         help="progress display: a bar, JSON lines (for the Slicer module) or nothing")
+
+
+BUNDLE_CAM_LAYER_HELP = ("encoder stage the bundle's Grad-CAM maps are taken at (default layer2, whose cells are "
+                         "4x smaller per side than the last block's)")
+
+
+def _cam_layer_option(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--cam-layer", choices=CAM_LAYERS, help=help)
 
 
 def _device_option(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="model bundle folder (default: the shipped demo bundle)")
     p.add_argument("--out", type=Path, required=True, help="output folder; each case goes to OUT/<case_id>/")
     p.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
+    _cam_layer_option(p, "encoder stage of the Grad-CAM maps (default: the bundle's; at another stage the maps "
+                         "are plain Grad-CAM, without the bundle's cohort reference)")
     _device_option(p)
     _progress_option(p)
 
@@ -80,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path,
                    help="folder that keeps preprocessed cases between runs (reused while files and settings match)")
     p.add_argument("--metrics", type=Path, help="append one JSON line per training step to this file")
+    _cam_layer_option(p, BUNDLE_CAM_LAYER_HELP)
     p.add_argument("--name", default="neuroradfm-baseline")
     p.add_argument("--demo", action="store_true", help="label the bundle as the synthetic-data demonstration")
     _device_option(p)
@@ -139,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, help="preprocessed-case cache folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="bundle name (default: the encoder bundle's name)")
+    _cam_layer_option(p, BUNDLE_CAM_LAYER_HELP)
     p.add_argument("--demo", action="store_true", help="label the bundle as the synthetic-data demonstration")
     _device_option(p)
     _progress_option(p)
@@ -192,7 +204,7 @@ def _predict(args: argparse.Namespace) -> int:
     bundle.require_heads()
     loaders = _case_loaders(args)
     result = predict_cases(loaders, bundle, args.out, device=args.device, progress=make_progress(args.progress),
-                           overview=not args.no_overview)
+                           overview=not args.no_overview, cam_layer=args.cam_layer)
     for case_id, folder in result.outputs.items():
         print(f"{case_id}: {folder}")
     for case_id, error in result.failures.items():
@@ -226,7 +238,8 @@ def _train_baseline(args: argparse.Namespace) -> int:
         preprocessing=PreprocessSettings(spacing_mm=args.spacing, size=(args.size,) * 3),
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
         tumour_weight=args.tumour_weight, lesion_pooling=args.lesion_pooling,
-        background_weight=args.background_weight, device=args.device)
+        background_weight=args.background_weight, device=args.device,
+        **({"cam_layer": args.cam_layer} if args.cam_layer else {}))
     card = {"name": args.name, "rebuild_command": " ".join(["neuroradfm", *sys.argv[1:]])}
     if args.demo:
         card.update({
@@ -286,7 +299,8 @@ def _fit_heads(args: argparse.Namespace) -> int:
                             "phantoms; its outputs say nothing about real patients.",
         })
     path = fit_heads_bundle(args.model, args.manifest, args.out, card=card, progress=make_progress(args.progress),
-                            cache_dir=args.cache, seed=args.seed, device=args.device)
+                            cache_dir=args.cache, seed=args.seed, device=args.device,
+                            **({"cam_layer": args.cam_layer} if args.cam_layer else {}))
     print(f"bundle: {path}")
     return 0
 

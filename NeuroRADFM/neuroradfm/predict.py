@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuroradfm.cam import linear_cams, normalise, upsample
+from neuroradfm.cam import LAST_BLOCK, cams_at, encode_for_cam, normalise, upsample
 from neuroradfm.io.case import Case
 from neuroradfm.markers import marker
 from neuroradfm.models.bundle import Bundle
@@ -21,7 +21,13 @@ from neuroradfm.preprocess import Preprocessed, preprocess_case
 from neuroradfm.progress import Progress, null_progress, sub_progress
 
 SURVIVAL_HEAD = "survival_risk"
-CAM_METHOD = "Grad-CAM at the encoder's last block, for the predicted call"
+
+
+def describe_cams(layer: str, referenced: bool) -> str:
+    """How the maps were made, for predictions.json and the Slicer table."""
+    where = "the encoder's last block (layer4)" if layer == LAST_BLOCK else f"the encoder's {layer}"
+    return (f"Grad-CAM at {where}, for the predicted call"
+            + (", against the training cohort's mean activation" if referenced else ""))
 
 
 @dataclass
@@ -56,7 +62,8 @@ class Prediction:
     cam_scales: dict[str, float]
     preprocessed: Preprocessed
     bundle: dict[str, Any] = field(default_factory=dict)
-    cam_method: str = CAM_METHOD
+    cam_method: str = ""
+    cam_layer: str = LAST_BLOCK
 
     @property
     def ood_flag(self) -> bool:
@@ -71,24 +78,30 @@ class Prediction:
             "markers": [vars(m) for m in self.markers],
             "survival": None if self.survival is None else vars(self.survival),
             "ood": {"distance": self.ood_distance, "threshold": self.ood_threshold, "flag": self.ood_flag},
-            "cam": {"method": self.cam_method, "peak_values": self.cam_scales,
+            "cam": {"method": self.cam_method, "layer": self.cam_layer, "peak_values": self.cam_scales,
                     "empty": sorted(key for key, peak in self.cam_scales.items() if peak <= 0)},
             "preprocessing": self.preprocessed.steps,
             "model": self.bundle,
         }
 
 
-def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Progress = null_progress) -> Prediction:
-    """Run every head of ``bundle`` on ``case``; all maps come from one forward pass."""
+def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Progress = null_progress,
+                 cam_layer: str | None = None) -> Prediction:
+    """Run every head of ``bundle`` on ``case``; all maps come from one forward pass (and, below the last
+    block, one batched backward pass).
+
+    ``cam_layer`` overrides the bundle's Grad-CAM layer; at a layer other than the bundle's, the maps are
+    plain Grad-CAM (the bundle stores its cohort reference for its own layer only).
+    """
     heads = bundle.require_heads()
+    layer = cam_layer or heads.cam_layer
     prepared = preprocess_case(case, bundle.preprocessing, progress=sub_progress(progress, 0.0, 0.8))
     progress("encode", 0.8, "forward pass")
     torch_device = resolve_device(device)
     encoder = bundle.encoder.to(torch_device).eval()
     x = torch.from_numpy(prepared.channels[None]).to(torch_device)
-    with torch.no_grad():
-        features, z = encoder(x)
-    embedding = z[0].double().cpu().numpy()
+    activation, z = encode_for_cam(encoder, x, layer)
+    embedding = z[0].detach().double().cpu().numpy()
 
     weights, biases = heads.marker_weights()
     logits = weights @ embedding + biases
@@ -117,9 +130,12 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
 
     progress("cam", 0.9, "Grad-CAM maps")
     w = torch.as_tensor(np.stack(map_weights), dtype=torch.float32, device=torch_device)
-    reference = None if heads.cam_reference is None else torch.as_tensor(heads.cam_reference)
+    reference = None
+    if heads.cam_reference is not None and layer == heads.cam_layer:
+        reference = torch.as_tensor(heads.cam_reference)
+    cells = cams_at(layer, activation, z, w, reference)
     with torch.no_grad():
-        maps = upsample(linear_cams(features, w, reference), prepared.mask.shape)[0].cpu().numpy()
+        maps = upsample(cells, prepared.mask.shape)[0].cpu().numpy()
     cams, scales = {}, {}
     for key, volume in zip(keys, maps):
         cams[key], scales[key] = normalise(volume, prepared.mask)
@@ -127,7 +143,6 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
     return Prediction(case_id=case.case_id, markers=markers, survival=survival, ood_distance=ood_distance,
                       ood_threshold=None if heads.ood is None else heads.ood.threshold, embedding=embedding,
                       cams=cams, cam_scales=scales, preprocessed=prepared,
-                      cam_method=CAM_METHOD + ("" if reference is None
-                                               else ", against the training cohort's mean feature map"),
+                      cam_method=describe_cams(layer, reference is not None), cam_layer=layer,
                       bundle={"name": bundle.name, "content_hash": bundle.card.get("content_hash"),
                               "intended_use": bundle.card.get("intended_use")})

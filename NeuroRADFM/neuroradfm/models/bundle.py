@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from neuroradfm import CAM_LAYERS
 from neuroradfm.atomic import atomic_folder
 from neuroradfm.errors import BundleError
 from neuroradfm.models.encoder import Encoder, EncoderConfig
@@ -75,6 +76,7 @@ def heads_to_card(heads: Heads) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         "markers": [m.to_dict() for m in heads.markers],
         "cox": None if heads.cox is None else heads.cox.to_dict(),
         "ood": None,
+        "cam_layer": heads.cam_layer,
     }
     tensors: dict[str, torch.Tensor] = {}
     if heads.ood is not None:
@@ -89,6 +91,9 @@ def heads_to_card(heads: Heads) -> tuple[dict[str, Any], dict[str, torch.Tensor]
 
 
 def _heads_from_card(card: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Heads:
+    cam_layer = card.get("cam_layer", "layer4")
+    if cam_layer not in CAM_LAYERS:
+        raise ValueError(f"unknown Grad-CAM layer {cam_layer!r} in the card")
     ood = None
     if card.get("ood"):
         o = card["ood"]
@@ -101,6 +106,7 @@ def _heads_from_card(card: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
         cox=None if not card.get("cox") else CoxHead.from_dict(card["cox"]),
         ood=ood,
         cam_reference=tensors[card["cam_reference"]].numpy() if card.get("cam_reference") else None,
+        cam_layer=cam_layer,
     )
 
 

@@ -13,6 +13,8 @@ from monai.networks.nets import ResNet
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 from torch import nn
 
+from neuroradfm import CAM_LAYERS
+
 # Depths of MONAI's resnet10 ... resnet200 (block type, blocks per stage).
 ARCHITECTURES: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet10": (ResNetBlock, [1, 1, 1, 1]),
@@ -71,15 +73,35 @@ class Encoder(nn.Module):
         return _out_channels(self.net.layer4)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_output(x, "layer4")
+
+    def layer_output(self, x: torch.Tensor, layer: str) -> torch.Tensor:
+        """The activation of stage ``layer`` (one of CAM_LAYERS)."""
+        stop = _cam_layer_index(layer)
         n = self.net
         x = n.act(n.bn1(n.conv1(x)))
         if not n.no_max_pool:
             x = n.maxpool(x)
-        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        for name in CAM_LAYERS[:stop + 1]:
+            x = getattr(n, name)(x)
+        return x
+
+    def from_layer(self, activation: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F, z) computed from stage ``layer``'s activation: the rest of the network, for gradients at a layer."""
+        features = activation
+        for name in CAM_LAYERS[_cam_layer_index(layer) + 1:]:
+            features = getattr(self.net, name)(features)
+        return features, features.mean(dim=(2, 3, 4))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.feature_map(x)
         return features, features.mean(dim=(2, 3, 4))
+
+
+def _cam_layer_index(layer: str) -> int:
+    if layer not in CAM_LAYERS:
+        raise ValueError(f"unknown Grad-CAM layer {layer!r}; choose one of {', '.join(CAM_LAYERS)}")
+    return CAM_LAYERS.index(layer)
 
 
 def _out_channels(stage: nn.Sequential) -> int:

@@ -100,8 +100,10 @@ class Heads:
     cox: CoxHead | None
     ood: OodHead | None
     cam_reference: np.ndarray | None = None
-    """(C, d, h, w) mean last-block feature map of the cohort the heads were fitted on: the reference
-    that Grad-CAM maps are taken against (see neuroradfm.cam.linear_cams). None: plain Grad-CAM."""
+    """(C, d, h, w) mean activation at ``cam_layer`` of the cohort the heads were fitted on: the reference
+    that Grad-CAM maps are taken against (see neuroradfm.cam). None: plain Grad-CAM."""
+    cam_layer: str = "layer4"
+    """Encoder stage the bundle's Grad-CAM maps are taken at (bundles before this setting: the last block)."""
 
     def standardise(self, z: np.ndarray) -> np.ndarray:
         return (np.asarray(z, np.float64) - self.feature_mean) / self.feature_scale

@@ -37,6 +37,10 @@ from neuroradfm.progress import Progress, null_progress, sub_progress
 from neuroradfm.survival import fit_cox
 from neuroradfm.train.cohort import PreparedCohort, prepare_cohort
 
+DEFAULT_CAM_LAYER = "layer2"
+"""Where new bundles take their Grad-CAM maps: finer cells than the last block and still head-specific
+(measured on the demo bundle, bench/RESULTS.md)."""
+
 
 @dataclass
 class BaselineSettings:
@@ -54,23 +58,26 @@ class BaselineSettings:
     background_weight: float = 0.0
     """Weight of the background-consistency loss: outside the tumour, features should not vary between
     cases (0: off; needs masks)."""
+    cam_layer: str = DEFAULT_CAM_LAYER
+    """Encoder stage the bundle's Grad-CAM maps are taken at (neuroradfm.cam)."""
     probe_fraction: float = 0.4
     seed: int = 0
     device: str = "auto"
 
 
-def embed(encoder: Encoder, inputs: np.ndarray, device: torch.device,
-          batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def embed(encoder: Encoder, inputs: np.ndarray, device: torch.device, batch_size: int = 4,
+          cam_layer: str = "layer4") -> tuple[np.ndarray, np.ndarray]:
     """Pooled embeddings (N, C) of (N, 4, K, J, I) inputs with the encoder frozen, and the cohort's mean
-    last-block feature map (C, d, h, w): the reference of the bundle's Grad-CAM maps."""
+    activation at ``cam_layer`` (C', d, h, w): the reference of the bundle's Grad-CAM maps."""
     encoder.eval()
     out, total = [], None
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
             x = torch.from_numpy(inputs[start:start + batch_size].astype(np.float32)).to(device)
-            features, z = encoder(x)
+            activation = encoder.layer_output(x, cam_layer)
+            _, z = encoder.from_layer(activation, cam_layer)
             out.append(z.double().cpu().numpy())
-            batch_sum = features.double().sum(dim=0).cpu()
+            batch_sum = activation.double().sum(dim=0).cpu()
             total = batch_sum if total is None else total + batch_sum
     return np.concatenate(out), (total / len(inputs)).float().numpy()
 
@@ -150,7 +157,7 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
 
 
 def fit_heads(embeddings: np.ndarray, cohort: PreparedCohort, seed: int = 0,
-              cam_reference: np.ndarray | None = None) -> tuple[Heads, dict[str, str]]:
+              cam_reference: np.ndarray | None = None, cam_layer: str = "layer4") -> tuple[Heads, dict[str, str]]:
     """Every head on frozen embeddings; a marker or survival that cannot be fitted is skipped with a reason."""
     mean, scale = fit_scaling(embeddings)
     standardised = (embeddings - mean) / scale
@@ -165,7 +172,7 @@ def fit_heads(embeddings: np.ndarray, cohort: PreparedCohort, seed: int = 0,
         cox = fit_cox(standardised, cohort.os_days, cohort.os_event, seed=seed)
     except ValueError as error:
         cox, skipped["survival"] = None, str(error)
-    return Heads(mean, scale, markers, cox, fit_ood(standardised), cam_reference), skipped
+    return Heads(mean, scale, markers, cox, fit_ood(standardised), cam_reference, cam_layer), skipped
 
 
 def _split(cohort: PreparedCohort, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -211,8 +218,8 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
                                      MetricsLog(metrics_path))
     progress("heads", 0.9, "fitting probes, Cox and OOD on held-out embeddings")
     probe_cohort = cohort.subset(split_b)
-    embeddings, reference = embed(encoder, probe_cohort.inputs, device)
-    heads, skipped = fit_heads(embeddings, probe_cohort, settings.seed, reference)
+    embeddings, reference = embed(encoder, probe_cohort.inputs, device, cam_layer=settings.cam_layer)
+    heads, skipped = fit_heads(embeddings, probe_cohort, settings.seed, reference, settings.cam_layer)
     full_card = {
         "name": "neuroradfm-baseline",
         "description": "Supervised baseline encoder with linear marker probes and a Cox survival head.",

@@ -17,22 +17,22 @@ from neuroradfm.io import read_manifest
 from neuroradfm.models.bundle import load_bundle, save_bundle
 from neuroradfm.models.encoder import resolve_device
 from neuroradfm.progress import Progress, null_progress, sub_progress
-from neuroradfm.train.baseline import _file_hash, embed, fit_heads
+from neuroradfm.train.baseline import DEFAULT_CAM_LAYER, _file_hash, embed, fit_heads
 from neuroradfm.train.cohort import prepare_cohort
 
 
 def fit_heads_bundle(model: str | Path, manifest: str | Path, out: str | Path, card: dict[str, Any] | None = None,
                      progress: Progress = null_progress, cache_dir: str | Path | None = None, seed: int = 0,
-                     device: str = "auto") -> Path:
+                     device: str = "auto", cam_layer: str = DEFAULT_CAM_LAYER) -> Path:
     bundle = load_bundle(model)
     manifest = Path(manifest)
     resolved = resolve_device(device)
     cohort = prepare_cohort(read_manifest(manifest), bundle.preprocessing, sub_progress(progress, 0.0, 0.6),
                             cache_dir)
     progress("embed", 0.6, f"embedding {len(cohort.case_ids)} cases")
-    embeddings, reference = embed(bundle.encoder.to(resolved), cohort.inputs, resolved)
+    embeddings, reference = embed(bundle.encoder.to(resolved), cohort.inputs, resolved, cam_layer=cam_layer)
     progress("heads", 0.8, "fitting probes, Cox and OOD on frozen embeddings")
-    heads, skipped = fit_heads(embeddings, cohort, seed, reference)
+    heads, skipped = fit_heads(embeddings, cohort, seed, reference, cam_layer)
     full = {k: v for k, v in bundle.card.items()
             if k not in ("format", "format_version", "architecture", "embedding_dim", "preprocessing", "heads",
                          "content_hash")}

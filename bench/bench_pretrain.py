@@ -18,7 +18,10 @@ Run (PYTHONPATH pointing at the core; see bench/RESULTS.md for the exact command
    (``--dro-modes``) is trained from the same seed(s) (same initialisation, data order and views), then
    evaluated on the held-out cases with fixed views and masks (``--eval-draws`` per case, seeds no training
    step used, eval-mode BatchNorm): per-site mean loss, the worst site, the mean, and q's trajectory.
-Prints Markdown tables and writes ``WORK/results.json``.
+   ``--eval-only`` trains nothing: it re-evaluates the runs already in WORK (their checkpoints, metrics and
+   split manifests), and ``--eval-split train`` evaluates them on their TRAINING cases instead, the loss whose
+   worst group Group-DRO minimises (Sagawa et al.), with the same fixed views and masks.
+Prints Markdown tables and writes ``WORK/results.json`` (``WORK/results-eval-SPLIT.json`` with ``--eval-only``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import csv
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +44,7 @@ from neuroradfm.ssl import MethodSettings, build_method
 from neuroradfm.ssl.mae import encoder_stride
 from neuroradfm.train.cohort import cache_cohort
 from neuroradfm.train.data import PretrainDataset, group_labels
-from neuroradfm.train.pretrain import PretrainSettings, pretrain
+from neuroradfm.train.pretrain import PretrainSettings, _file_hash, pretrain
 
 
 def settings_from(args: argparse.Namespace, method: str, dro: str = "erm", seed: int | None = None,
@@ -58,12 +62,33 @@ def settings_from(args: argparse.Namespace, method: str, dro: str = "erm", seed:
 
 
 def train(args, manifest: Path, settings: PretrainSettings, run: Path, cache: Path) -> tuple[list[dict], float]:
+    if args.eval_only:  # the run exists: check it was trained with these settings on this manifest, train nothing
+        check_run(settings, run, manifest)
+        return read_metrics(run / "metrics.jsonl"), float("nan")
     for stale in (run / "metrics.jsonl", run / "ckpt.pt"):
         stale.unlink(missing_ok=True)
     start = time.perf_counter()
     pretrain(manifest, run / "bundle", settings, cache_dir=cache, metrics_path=run / "metrics.jsonl",
              checkpoint_path=run / "ckpt.pt")
     return read_metrics(run / "metrics.jsonl"), time.perf_counter() - start
+
+
+def check_run(settings: PretrainSettings, run: Path, manifest: Path) -> None:
+    """Refuse to re-evaluate a run whose card disagrees with the settings rebuilt from the command line (e.g. a
+    different ``--mae-patch`` would load fine but evaluate other masks) or whose training manifest changed."""
+    card = json.loads((run / "bundle" / "card.json").read_text())
+    recorded = card["training"]["settings"]
+    rebuilt = json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k in recorded}))
+    ignored = {"device", "num_workers", "checkpoint_every"}
+    differ = sorted(k for k in rebuilt if k not in ignored and rebuilt[k] != recorded[k])
+    if card["architecture"] != settings.encoder.to_dict():
+        differ.append("encoder")
+    if card["preprocessing"] != json.loads(json.dumps(settings.preprocessing.to_dict())):
+        differ.append("preprocessing")
+    if card["training"]["manifest_hash"] != _file_hash(manifest):
+        differ.append(f"training manifest ({manifest})")
+    if differ:
+        raise SystemExit(f"{run}: the run was trained with other {', '.join(differ)}; pass its settings")
 
 
 @torch.no_grad()
@@ -91,6 +116,19 @@ def evaluate(manifest: Path, settings: PretrainSettings, run: Path | None, cache
             batch = {k: v[None] for k, v in sample.items() if k not in ("group", "index")}
             losses[names[ids[index]]].append(float(model(batch)[0]))
     return {n: float(np.mean(v)) for n, v in losses.items()}
+
+
+def loss_share(rows: list[dict], mode: str) -> dict[str, float]:
+    """Each group's share of the back-propagated loss, mean over steps: what the weighting actually did. ERM
+    weights samples equally (share = the group's fraction of the batch); DRO gives a present group q_g,
+    renormalised over the groups present (an absent group gets nothing that step)."""
+    groups = list(rows[0]["q"])
+    shares = []
+    for row in rows:
+        counts = np.array([row["group_counts"][g] for g in groups], float)
+        weight = counts if mode == "erm" else np.where(counts > 0, [row["q"][g] for g in groups], 0.0)
+        shares.append(weight / weight.sum())
+    return dict(zip(groups, np.mean(shares, axis=0).tolist()))
 
 
 def split_manifest(manifest: Path, work: Path, train_per_site: list[int], heldout_per_site: int) -> tuple[Path, Path]:
@@ -209,16 +247,20 @@ def methods_table(args, results: dict) -> None:
 
 def dro_tables(args, results: dict) -> None:
     cache = args.work / "cache"
-    train_manifest, heldout_manifest = split_manifest(args.manifest, args.work,
-                                                      [int(v) for v in args.dro_train_per_site.split(",")],
-                                                      args.dro_heldout_per_site)
+    if args.eval_only:  # the manifests the runs were trained and evaluated with (check_run compares the hash)
+        train_manifest, heldout_manifest = args.work / "manifest-train.csv", args.work / "manifest-heldout.csv"
+    else:
+        train_manifest, heldout_manifest = split_manifest(args.manifest, args.work,
+                                                          [int(v) for v in args.dro_train_per_site.split(",")],
+                                                          args.dro_heldout_per_site)
+    eval_manifest = train_manifest if args.eval_split == "train" else heldout_manifest
     steps = args.dro_steps or args.steps
     seeds = [int(v) for v in args.dro_seeds.split(",")]
     modes = [m for m in args.dro_modes.split(",") if m]
     table: dict = {}
     for seed in seeds:
         settings = settings_from(args, args.dro_method, "erm", seed, steps)
-        per_site = evaluate(heldout_manifest, settings, None, cache, args.eval_draws, eval_seed=10_000)
+        per_site = evaluate(eval_manifest, settings, None, cache, args.eval_draws, eval_seed=10_000)
         table[f"untrained/seed{seed}"] = {
             "mode": "untrained", "seed": seed, "per_site": per_site, "worst": max(per_site.values()),
             "worst_site": max(per_site, key=per_site.get), "mean": float(np.mean(list(per_site.values())))}
@@ -226,7 +268,7 @@ def dro_tables(args, results: dict) -> None:
             settings = settings_from(args, args.dro_method, mode, seed, steps)
             run = args.work / f"dro-{args.dro_method}-{mode}-seed{seed}"
             rows, seconds = train(args, train_manifest, settings, run, cache)
-            per_site = evaluate(heldout_manifest, settings, run, cache, args.eval_draws, eval_seed=10_000)
+            per_site = evaluate(eval_manifest, settings, run, cache, args.eval_draws, eval_seed=10_000)
             marks = sorted({max(1, round(f * len(rows))) for f in (0.25, 0.5, 0.75, 1.0)})
             table[f"{mode}/seed{seed}"] = {
                 "mode": mode, "seed": seed, "per_site": per_site, "worst": max(per_site.values()),
@@ -235,14 +277,17 @@ def dro_tables(args, results: dict) -> None:
                 "q_mean": {g: mean_of(rows, "q", g) for g in rows[0]["q"]},
                 "train_loss_first20": mean_of(rows[:20], "loss"), "train_loss_last20": mean_of(rows[-20:], "loss"),
                 "train_group_loss_mean": {g: mean_of(rows, "group_losses", g) for g in rows[0]["q"]},
+                "loss_share": loss_share(rows, mode),
                 "seconds": seconds}
             r = table[f"{mode}/seed{seed}"]
             print(f"# {mode} seed {seed}: worst {r['worst']:.4f} ({r['worst_site']}), mean {r['mean']:.4f}, "
                   f"{seconds:.0f} s", flush=True)
     results["dro"] = table
     sites = sorted(next(iter(table.values()))["per_site"])
+    cases = (f"the training cases ({train_manifest})" if args.eval_split == "train"
+             else f"{args.dro_heldout_per_site} held-out cases per site")
     print(f"\n{args.dro_method}, {steps} steps, training cases per site {args.dro_train_per_site}; per-site mean "
-          f"loss on {args.dro_heldout_per_site} held-out cases per site ({args.eval_draws} fixed views each):\n")
+          f"loss on {cases} ({args.eval_draws} fixed views each):\n")
     print("| training | seed | " + " | ".join(sites) + " | worst site | mean |")
     print("|---|---|" + "---|" * len(sites) + "---|---|")
     for r in table.values():
@@ -264,6 +309,12 @@ def dro_tables(args, results: dict) -> None:
         print(f"| {r['mode']} | {r['seed']} | " + " | ".join(", ".join(f"{v:.2f}" for v in r["q"][m].values())
                                                            for m in marks)
               + " | " + ", ".join(f"{v:.2f}" for v in r["q_mean"].values()) + " |")
+    print("\nShare of each step's back-propagated loss per site (" + ", ".join(sites) + "), mean over steps:\n")
+    print("| training | seed | share |")
+    print("|---|---|---|")
+    for r in table.values():
+        if "loss_share" in r:
+            print(f"| {r['mode']} | {r['seed']} | " + ", ".join(f"{v:.3f}" for v in r["loss_share"].values()) + " |")
 
 
 def main() -> None:
@@ -293,8 +344,14 @@ def main() -> None:
     parser.add_argument("--dro-heldout-per-site", type=int, default=4)
     parser.add_argument("--eta-q", type=float, default=0.1)
     parser.add_argument("--eval-draws", type=int, default=4)
+    parser.add_argument("--eval-only", action="store_true",
+                        help="train nothing: re-evaluate the ERM/DRO runs already in WORK (same settings needed)")
+    parser.add_argument("--eval-split", choices=("heldout", "train"), default="heldout",
+                        help="cases the ERM/DRO runs are evaluated on (train: their own training cases)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.eval_only and args.methods:
+        raise SystemExit("--eval-only re-evaluates the ERM/DRO comparison only; pass --methods \"\"")
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "methods": {}, "dro": {}}
@@ -302,7 +359,8 @@ def main() -> None:
         methods_table(args, results)
     if args.dro_method != "none":
         dro_tables(args, results)
-    (args.work / "results.json").write_text(json.dumps(results, indent=1))
+    name = f"results-eval-{args.eval_split}.json" if args.eval_only else "results.json"
+    (args.work / name).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

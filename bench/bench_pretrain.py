@@ -42,9 +42,9 @@ from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.ssl import MethodSettings, build_method
 from neuroradfm.ssl.mae import encoder_stride
-from neuroradfm.train.cohort import cache_cohort
+from neuroradfm.train.cohort import cache_cohort, file_hash
 from neuroradfm.train.data import PretrainDataset, group_labels
-from neuroradfm.train.pretrain import PretrainSettings, _file_hash, pretrain
+from neuroradfm.train.pretrain import PretrainSettings, pretrain
 
 
 def settings_from(args: argparse.Namespace, method: str, dro: str = "erm", seed: int | None = None,
@@ -85,7 +85,7 @@ def check_run(settings: PretrainSettings, run: Path, manifest: Path) -> None:
         differ.append("encoder")
     if card["preprocessing"] != json.loads(json.dumps(settings.preprocessing.to_dict())):
         differ.append("preprocessing")
-    if card["training"]["manifest_hash"] != _file_hash(manifest):
+    if card["training"]["manifest_hash"] != file_hash(manifest):
         differ.append(f"training manifest ({manifest})")
     if differ:
         raise SystemExit(f"{run}: the run was trained with other {', '.join(differ)}; pass its settings")

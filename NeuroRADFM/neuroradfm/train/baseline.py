@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.probes import fit_marker_probe, fit_ood, fit_scaling
 from neuroradfm.progress import Progress, null_progress, sub_progress
 from neuroradfm.survival import fit_cox
-from neuroradfm.train.cohort import PreparedCohort, prepare_cohort
+from neuroradfm.train.cohort import PreparedCohort, file_hash, prepare_cohort
 
 DEFAULT_CAM_LAYER = "layer2"
 """Where new bundles take their Grad-CAM maps: finer cells than the last block and still head-specific
@@ -196,9 +195,6 @@ def _lesion_terms(settings: BaselineSettings, have_masks: bool) -> str:
     return f" with {', '.join(terms)} from the segmentations" if terms else ""
 
 
-def _file_hash(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSettings | None = None,
                    card: dict[str, Any] | None = None, progress: Progress = null_progress,
@@ -231,7 +227,7 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
     full_card["training"] = {
         "method": "supervised multi-marker encoder (split A)" + _lesion_terms(settings, cohort.tumour is not None)
                   + " + frozen-embedding heads (split B); stand-in for SSL + Group-DRO pretraining",
-        "manifest": manifest.name, "manifest_hash": _file_hash(manifest),
+        "manifest": manifest.name, "manifest_hash": file_hash(manifest),
         "cases_encoder": len(split_a), "cases_heads": len(split_b), "failed_cases": cohort.failures,
         "sites": sorted(set(cohort.sites)), "skipped_heads": skipped,
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("encoder", "preprocessing")},

@@ -23,6 +23,11 @@ from neuroradfm.preprocess import PreprocessSettings, preprocess_case
 from neuroradfm.progress import Progress, null_progress
 
 
+def file_hash(path: Path) -> str:
+    """A manifest's content hash for the card's provenance, so a rerun can tell it was given the same cohort."""
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 @dataclass
 class PreparedCohort:
     case_ids: list[str]

@@ -17,8 +17,8 @@ from neuroradfm.io import read_manifest
 from neuroradfm.models.bundle import load_bundle, save_bundle
 from neuroradfm.models.encoder import resolve_device
 from neuroradfm.progress import Progress, null_progress, sub_progress
-from neuroradfm.train.baseline import DEFAULT_CAM_LAYER, _file_hash, embed, fit_heads
-from neuroradfm.train.cohort import prepare_cohort
+from neuroradfm.train.baseline import DEFAULT_CAM_LAYER, embed, fit_heads
+from neuroradfm.train.cohort import file_hash, prepare_cohort
 
 
 def fit_heads_bundle(model: str | Path, manifest: str | Path, out: str | Path, card: dict[str, Any] | None = None,
@@ -39,7 +39,7 @@ def fit_heads_bundle(model: str | Path, manifest: str | Path, out: str | Path, c
     full["description"] = (str(bundle.card.get("description", "")) + " Heads fitted on frozen embeddings.").strip()
     full.update(card or {})
     training = dict(bundle.card.get("training", {}))
-    training["heads"] = {"manifest": manifest.name, "manifest_hash": _file_hash(manifest),
+    training["heads"] = {"manifest": manifest.name, "manifest_hash": file_hash(manifest),
                          "cases": len(cohort.case_ids), "failed_cases": cohort.failures, "skipped_heads": skipped,
                          "sites": sorted(set(cohort.sites)), "seed": seed, "encoder_bundle_hash":
                          bundle.card.get("content_hash"),

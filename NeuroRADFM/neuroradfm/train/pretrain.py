@@ -15,7 +15,6 @@ which costs about one extra forward pass per step.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import math
 import platform
@@ -43,7 +42,7 @@ from neuroradfm.ssl import METHODS, MethodSettings, build_method
 from neuroradfm.ssl.mae import encoder_stride
 from neuroradfm.train import distributed
 from neuroradfm.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from neuroradfm.train.cohort import cache_cohort
+from neuroradfm.train.cohort import cache_cohort, file_hash
 from neuroradfm.train.data import PretrainDataset, epoch_order, group_labels, make_sampler, steps_per_epoch
 
 
@@ -134,9 +133,6 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
-
-def _file_hash(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
@@ -320,7 +316,7 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
     full["training"] = {
         "method": f"self-supervised {settings.method}", "dro": dro_mode, "group_column": settings.group_column,
         "groups": names, "group_sizes": sizes, "q_final": dro.q.tolist(),
-        "manifest": manifest.name, "manifest_hash": _file_hash(manifest), "cases": len(cohort.entries),
+        "manifest": manifest.name, "manifest_hash": file_hash(manifest), "cases": len(cohort.entries),
         "failed_cases": cohort.failures, "steps": step, "steps_per_epoch": per_epoch, "world_size": ctx.world_size,
         "settings": _plain({k: v for k, v in asdict(settings).items() if k not in ("encoder", "preprocessing")}),
         "loss_first_steps": history[:10], "loss_last_steps": history[-10:],

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from neuroradfm import SEQUENCES
 from neuroradfm.cli import main
@@ -15,8 +16,9 @@ from neuroradfm.io import read_manifest
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.phantom import generate_case, generate_cohort
 from neuroradfm.phantom.biology import sample_patient, subtype_prevalence
-from neuroradfm.phantom.cohort import is_native
-from neuroradfm.phantom.sites import make_site, site_name
+from neuroradfm.phantom.cohort import INTENSITY_SCALE, is_native
+from neuroradfm.phantom.render import COMPARTMENTS, anatomy, working_grid
+from neuroradfm.phantom.sites import contrast_factors, make_site, site_name
 from neuroradfm.template import load_brain_mask, load_template
 
 
@@ -160,3 +162,31 @@ def test_cli_phantom_with_bad_numbers_exits_2_without_traceback(tmp_path, capsys
     assert main(["phantom", "--n", "2", "--native-fraction", "2", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "n >= 1" in err and "0..1" in err and "Traceback" not in err
+
+
+def test_site_contrast_scales_each_tissue_by_its_site_factor_and_leaves_biology_alone(tmp_path):
+    index, seed = 5, 3  # site-B of 4
+    plain, plain_seg, plain_row = generate_case(index, seed, n_sites=4, spacing=4.0)
+    shifted, seg, row = generate_case(index, seed, n_sites=4, spacing=4.0, site_contrast=0.3)
+    assert row == plain_row
+    assert np.array_equal(sitk.GetArrayViewFromImage(seg), sitk.GetArrayViewFromImage(plain_seg))
+    site = make_site(index % 4)
+    factors = contrast_factors(site.index, 0.3, COMPARTMENTS)
+    tissues = anatomy(working_grid(4.0), with_head=False)
+    far_from_tumour = ndimage.distance_transform_edt(sitk.GetArrayViewFromImage(seg) == 0) > 4
+    for tissue in ("wm", "gm"):  # voxels of one tissue only (blur mixes the others in at their edges)
+        pure = (tissues[tissue] > 0.99) & far_from_tumour
+        assert pure.sum() > 40
+        for channel, sequence in enumerate(SEQUENCES):
+            offset = site.offset[sequence] * INTENSITY_SCALE  # the site's additive offset is not scaled
+            ratio = ((sitk.GetArrayViewFromImage(shifted[sequence])[pure] - offset)
+                     / (sitk.GetArrayViewFromImage(plain[sequence])[pure] - offset))
+            assert np.median(ratio) == pytest.approx(factors[tissue][channel], rel=0.03), (tissue, sequence)
+    # the sites' factors differ (that is the point) and 0 means exactly the reference contrasts
+    assert not np.allclose(factors["wm"], contrast_factors(0, 0.3, COMPARTMENTS)["wm"])
+    assert all(np.array_equal(f, np.ones(4)) for f in contrast_factors(1, 0.0, COMPARTMENTS).values())
+    manifest = generate_cohort(tmp_path / "c", n=2, sites=2, seed=1, spacing=4.0, site_contrast=0.2)
+    settings = json.loads((manifest.parent / "phantom.json").read_text())
+    assert settings["site_contrast"] == 0.2 and set(settings["site_contrast_factors"]) == {"site-A", "site-B"}
+    with pytest.raises(ValueError, match="site contrast"):
+        generate_case(0, 0, spacing=4.0, site_contrast=-1)

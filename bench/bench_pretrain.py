@@ -15,7 +15,8 @@ Run (PYTHONPATH pointing at the core; see bench/RESULTS.md for the exact command
    can be compared between models; the other methods' losses are relative to each model's own teacher).
    The cohort is split per site, in sorted site order, into training cases (``--dro-train-per-site``, e.g.
    one site under-represented) and held-out cases (``--dro-heldout-per-site``, never trained on). Every mode
-   (``--dro-modes``) is trained from the same seed(s) (same initialisation, data order and views), then
+   (``--dro-modes``; ``-balanced`` adds the group-balanced sampler) is trained from the same seed(s) (same
+   initialisation, data order and views), then
    evaluated on the held-out cases with fixed views and masks (``--eval-draws`` per case, seeds no training
    step used, eval-mode BatchNorm): per-site mean loss, the worst site, the mean, and q's trajectory.
    ``--eval-only`` trains nothing: it re-evaluates the runs already in WORK (their checkpoints, metrics and
@@ -183,7 +184,7 @@ def spread(args, settings: PretrainSettings, run: Path | None, cache: Path) -> d
         return float(((z @ z.T).sum() - n) / (n * n - n))
 
     out = {"embedding": cosine(model.encoder(x)[1])}
-    ema = {"byol": ("target", "projector"), "moco": ("momentum", "projector"), "dino": ("teacher", "head")}
+    ema = {"byol": ("target", "projector"), "moco": ("target", "projector"), "dino": ("teacher", "head")}
     if settings.method in ema:
         name, head = ema[settings.method]
         side = getattr(model, name)
@@ -265,7 +266,9 @@ def dro_tables(args, results: dict) -> None:
             "mode": "untrained", "seed": seed, "per_site": per_site, "worst": max(per_site.values()),
             "worst_site": max(per_site, key=per_site.get), "mean": float(np.mean(list(per_site.values())))}
         for mode in modes:
-            settings = settings_from(args, args.dro_method, mode, seed, steps)
+            dro_mode, balanced = mode.removesuffix("-balanced"), mode.endswith("-balanced")
+            settings = settings_from(args, args.dro_method, dro_mode, seed, steps)
+            settings.group_balanced = balanced  # every site sampled equally often (with replacement)
             run = args.work / f"dro-{args.dro_method}-{mode}-seed{seed}"
             rows, seconds = train(args, train_manifest, settings, run, cache)
             per_site = evaluate(eval_manifest, settings, run, cache, args.eval_draws, eval_seed=10_000)
@@ -277,7 +280,7 @@ def dro_tables(args, results: dict) -> None:
                 "q_mean": {g: mean_of(rows, "q", g) for g in rows[0]["q"]},
                 "train_loss_first20": mean_of(rows[:20], "loss"), "train_loss_last20": mean_of(rows[-20:], "loss"),
                 "train_group_loss_mean": {g: mean_of(rows, "group_losses", g) for g in rows[0]["q"]},
-                "loss_share": loss_share(rows, mode),
+                "loss_share": loss_share(rows, dro_mode),
                 "seconds": seconds}
             r = table[f"{mode}/seed{seed}"]
             print(f"# {mode} seed {seed}: worst {r['worst']:.4f} ({r['worst_site']}), mean {r['mean']:.4f}, "
@@ -304,7 +307,7 @@ def dro_tables(args, results: dict) -> None:
     print("| training | seed | " + " | ".join(f"step {m}" for m in marks) + " | mean over steps |")
     print("|---|---|" + "---|" * len(marks) + "---|")
     for r in table.values():
-        if r["mode"] in ("erm", "untrained"):
+        if r["mode"] in ("erm", "erm-balanced", "untrained"):
             continue
         print(f"| {r['mode']} | {r['seed']} | " + " | ".join(", ".join(f"{v:.2f}" for v in r["q"][m].values())
                                                            for m in marks)
@@ -338,7 +341,9 @@ def main() -> None:
                         help="fraction of training of the teacher temperature warm-up from 0.04 (0: constant)")
     parser.add_argument("--dro-method", default="mae", help="method of the ERM/DRO comparison; none: skip it")
     parser.add_argument("--dro-steps", type=int, default=0, help="steps of the ERM/DRO comparison (0: --steps)")
-    parser.add_argument("--dro-modes", default="erm,exponentiated,worst-group")
+    parser.add_argument("--dro-modes", default="erm,exponentiated,worst-group",
+                        help="comma-separated DRO modes; a '-balanced' suffix (e.g. exponentiated-balanced) also "
+                             "samples every site equally often (--group-balanced), as Sagawa et al.'s DRO runs do")
     parser.add_argument("--dro-seeds", default="0")
     parser.add_argument("--dro-train-per-site", default="8,8,8,8", help="training cases per site (sorted sites)")
     parser.add_argument("--dro-heldout-per-site", type=int, default=4)

@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--native-fraction", type=float, default=0.0,
                    help="mix: this fraction (0..1) of the cases native, the others BraTS-style")
     p.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm of BraTS-style cases")
+    p.add_argument("--site-contrast", type=float, default=0.0,
+                   help="sites also differ in tissue contrast: each tissue's intensity per sequence and site x "
+                        "exp(S u), u ~ N(0, 1) fixed per site (0: off; 0.3: strong)")
     _progress_option(p)
 
     p = commands.add_parser("train-baseline",
@@ -220,7 +223,7 @@ def _phantom(args: argparse.Namespace) -> int:
     try:
         manifest = generate_cohort(args.out, n=args.n, sites=args.sites, seed=args.seed, native=args.native,
                                    native_fraction=args.native_fraction, spacing=args.spacing,
-                                   progress=make_progress(args.progress))
+                                   site_contrast=args.site_contrast, progress=make_progress(args.progress))
     except ValueError as error:  # bad numbers on the command line: a usage error, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from neuroradfm import SEQUENCES
 from neuroradfm.atomic import atomic_file
 from neuroradfm.phantom import render
 from neuroradfm.phantom.biology import sample_patient
-from neuroradfm.phantom.sites import Site, make_site
+from neuroradfm.phantom.sites import Site, contrast_factors, make_site
 from neuroradfm.progress import Progress, null_progress
 
 GENERATOR_VERSION = "1"
@@ -43,14 +43,17 @@ def _acquisition_grid(site: Site, centre: np.ndarray, slice_factor: float = 1.0)
     return grid
 
 
-def generate_case(index: int, seed: int, n_sites: int = 4, native: bool = False, spacing: float = 1.0
-                  ) -> tuple[dict[str, sitk.Image], sitk.Image, dict]:
+def generate_case(index: int, seed: int, n_sites: int = 4, native: bool = False, spacing: float = 1.0,
+                  site_contrast: float = 0.0) -> tuple[dict[str, sitk.Image], sitk.Image, dict]:
     """One phantom: four images, the tumour label map (on the T1ce grid) and the clinical row.
 
-    Deterministic in (index, seed, n_sites, native, spacing); independent of the cohort size.
+    Deterministic in (index, seed, n_sites, native, spacing, site_contrast); independent of the cohort size.
+    ``site_contrast`` > 0 gives each site tissue contrasts of its own (``sites.contrast_factors``).
     """
     if spacing <= 0:
         raise ValueError(f"spacing must be positive, got {spacing}")
+    if site_contrast < 0:
+        raise ValueError(f"site contrast must be >= 0, got {site_contrast}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     site = make_site(index % n_sites)
     row, traits = sample_patient(rng, site.index, n_sites)
@@ -59,7 +62,8 @@ def generate_case(index: int, seed: int, n_sites: int = 4, native: bool = False,
     tissues = render.anatomy(grid, with_head=native)
     centre = render.choose_centre(rng, traits, coords, tissues)
     parts = render.lesion(rng, traits, centre, grid, coords, tissues)
-    clean = render.render(traits, tissues, parts, grid, rng, centre)
+    contrast = contrast_factors(site.index, site_contrast, render.COMPARTMENTS) if site_contrast > 0 else None
+    clean = render.render(traits, tissues, parts, grid, rng, centre, contrast)
     seg = sitk.GetImageFromArray(render.labels(parts))
     seg.CopyInformation(grid)
     del coords
@@ -126,28 +130,30 @@ def is_native(index: int, seed: int, native_fraction: float) -> bool:
 
 
 def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, native: bool = False,
-                    spacing: float = 1.0, progress: Progress = null_progress, native_fraction: float | None = None
-                    ) -> Path:
+                    spacing: float = 1.0, progress: Progress = null_progress, native_fraction: float | None = None,
+                    site_contrast: float = 0.0) -> Path:
     """Write ``n`` phantom cases; returns the manifest. CSVs are written last, so an interrupted run
     leaves no manifest pointing at missing files.
 
     ``native_fraction`` (0..1) mixes native acquisitions into a BraTS-style cohort, so that a model
-    trained on it meets both kinds of input; ``native`` is the same as a fraction of 1.
+    trained on it meets both kinds of input; ``native`` is the same as a fraction of 1. ``site_contrast``
+    (e.g. 0.3) makes the sites differ in tissue contrast too, a site difference that z-scoring cannot remove.
     """
     fraction = 1.0 if native else (native_fraction or 0.0)
     if n < 1 or sites < 1:
         raise ValueError(f"need n >= 1 and sites >= 1, got n={n}, sites={sites}")
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"native fraction must lie in 0..1, got {fraction}")
-    if spacing <= 0:
-        raise ValueError(f"spacing must be positive, got {spacing}")
+    if spacing <= 0 or site_contrast < 0:
+        raise ValueError(f"spacing must be positive and the site contrast >= 0, got {spacing}, {site_contrast}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clinical, manifest = [], []
     for index in range(n):
         progress("phantom", index / n, case_id(index))
         native_case = is_native(index, seed, fraction)
-        images, seg, row = generate_case(index, seed, n_sites=sites, native=native_case, spacing=spacing)
+        images, seg, row = generate_case(index, seed, n_sites=sites, native=native_case, spacing=spacing,
+                                         site_contrast=site_contrast)
         row["acquisition"] = "native" if native_case else "brats-style"
         cid = case_id(index)
         folder = out / cid
@@ -162,7 +168,12 @@ def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, 
                          **{k: v for k, v in row.items() if k != "site"}})
     settings = {"generator_version": GENERATOR_VERSION, "seed": seed, "n": n, "sites": sites,
                 "native_fraction": fraction, "spacing_mm": spacing, "intensity_scale": INTENSITY_SCALE,
-                "site_profiles": [make_site(i).to_dict() for i in range(sites)]}
+                "site_profiles": [make_site(i).to_dict() for i in range(sites)], "site_contrast": site_contrast}
+    if site_contrast > 0:
+        settings["site_contrast_factors"] = {
+            make_site(i).name: {name: [round(float(f), 4) for f in factors] for name, factors in
+                                contrast_factors(i, site_contrast, render.COMPARTMENTS).items()}
+            for i in range(sites)}
     with atomic_file(out / "phantom.json") as tmp:
         tmp.write_text(json.dumps(settings, indent=1) + "\n")
     _write_csv(out / "clinical.csv", clinical)

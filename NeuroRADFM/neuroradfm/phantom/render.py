@@ -137,16 +137,20 @@ def lesion(rng: np.random.Generator, traits: Traits, centre: np.ndarray, grid: s
     return {"necrosis": necrosis * brain, "rim": rim * brain, "solid": solid * brain, "edema": edema * brain}
 
 
+COMPARTMENTS = [*CONTRASTS, "rim", "solid"]
+"""Every compartment with an intensity of its own (the order of a site's contrast factors)."""
+
+
 def render(traits: Traits, tissues: dict, parts: dict, grid: sitk.Image, rng: np.random.Generator,
-           centre: np.ndarray) -> dict[str, np.ndarray]:
-    """Clean images (no site effects) in the four contrasts."""
+           centre: np.ndarray, contrast: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Clean images in the four contrasts: no site effects but the site's tissue-contrast factors
+    (``contrast``: compartment -> one factor per sequence; None = the reference contrasts)."""
     e = traits.enhancement
-    lesion_values = {
-        "necrosis": CONTRASTS["necrosis"],
-        "edema": CONTRASTS["edema"],
-        "rim": (0.50, 0.55 + e, 0.78, 0.78),
-        "solid": (traits.t1_core, traits.t1_core + 0.1 * e, 0.88, 0.88 * traits.flair_mismatch),
-    }
+    values = {name: CONTRASTS[name] for name in CONTRASTS}
+    values["rim"] = (0.50, 0.55 + e, 0.78, 0.78)
+    values["solid"] = (traits.t1_core, traits.t1_core + 0.1 * e, 0.88, 0.88 * traits.flair_mismatch)
+    if contrast is not None:
+        values = {name: tuple(float(v * f) for v, f in zip(row, contrast[name])) for name, row in values.items()}
     lesion_total = np.clip(sum(parts.values()), 0, 1)
     texture = 1.0 + traits.texture * smooth_noise(grid, rng, 3.0) * (parts["solid"] + parts["rim"])
     spots = np.zeros_like(lesion_total)
@@ -158,8 +162,8 @@ def render(traits: Traits, tissues: dict, parts: dict, grid: sitk.Image, rng: np
             spots = np.clip(ndimage.gaussian_filter(spots, 1.5 / grid.GetSpacing()[0]) * 8, 0, 1)
     images = {}
     for channel, sequence in enumerate(SEQUENCES):
-        normal = sum(tissues[name] * CONTRASTS[name][channel] for name in tissues if name in CONTRASTS)
-        image = (1 - lesion_total) * normal + sum(parts[p] * lesion_values[p][channel] for p in parts)
+        normal = sum(tissues[name] * values[name][channel] for name in tissues if name in CONTRASTS)
+        image = (1 - lesion_total) * normal + sum(parts[p] * values[p][channel] for p in parts)
         images[sequence] = (image * texture * (1 - 0.7 * spots)).astype(np.float32)
     return images
 

@@ -2,7 +2,9 @@
 
 Effects, all applied after the anatomy is rendered: blur (resolution), through-plane slice
 thickness, a smooth multiplicative bias field, per-sequence intensity scale and offset, and
-Rician noise. Native acquisitions add an orientation and voxel spacing per site.
+Rician noise. Native acquisitions add an orientation and voxel spacing per site. Optionally
+(``site_contrast`` > 0) each site also changes the tissue contrast itself, as different sequence
+parameters or field strengths do; z-scoring removes a scale and offset, not this.
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ def site_name(index: int) -> str:
         index, rest = divmod(index - 1, 26)
         letters = chr(65 + rest) + letters
     return f"site-{letters}"
+
+
+def contrast_factors(index: int, strength: float, tissues: list[str]) -> dict[str, np.ndarray]:
+    """Site ``index``'s multiplicative factor on each tissue's intensity in each sequence: exp(strength * u),
+    u ~ N(0, 1) fixed per (site, tissue, sequence), from a stream of its own (the site profile and every case
+    draw the same numbers whatever the strength); strength 0 gives factors of exactly 1."""
+    rng = np.random.default_rng(np.random.SeedSequence([SITE_SEED, index, 1]))
+    u = rng.standard_normal((len(tissues), len(SEQUENCES)))
+    return {tissue: np.exp(strength * u[i]) for i, tissue in enumerate(tissues)}
 
 
 def make_site(index: int) -> Site:

@@ -10,7 +10,8 @@ import torch
 from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.ssl import MethodSettings, build_method
 from neuroradfm.ssl.augment import TwoViews
-from neuroradfm.ssl.mae import random_mask
+from neuroradfm.ssl.dino import sinkhorn_knopp
+from neuroradfm.ssl.mae import mask_spec, random_mask
 
 TINY = MethodSettings(hidden_dim=64, proj_dim=32, dino_out_dim=64, dino_bottleneck=32, mae_decoder_dim=32,
                       dino_teacher_temp_warmup=0.0, dino_teacher_temp=0.04, dino_center_momentum=1.0)
@@ -78,6 +79,26 @@ def test_dino_logs_its_loss_terms():
     assert terms[-1]["kl"] < terms[0]["kl"], terms
 
 
+def test_sinkhorn_centring_spreads_the_batch_over_the_prototypes_and_leaves_the_centre_alone():
+    torch.manual_seed(0)
+    scores = (torch.randn(12, 8) + torch.linspace(0, 6, 8)) / 0.5  # every sample prefers the last prototypes
+    targets = sinkhorn_knopp(scores)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(12), atol=1e-5)  # one distribution per sample
+    assert torch.allclose(sinkhorn_knopp(scores, 50).sum(dim=0), torch.full((8,), 12 / 8), rtol=0.02)  # equal shares
+    share, softmax_share = targets.sum(dim=0), torch.softmax(scores, dim=1).sum(dim=0)
+    assert share.max() < 0.5 * softmax_share.max() and share.min() > 20 * softmax_share.min()  # 3 steps: near
+    torch.manual_seed(0)
+    settings = MethodSettings(**{**TINY.to_dict(), "dino_centering": "sinkhorn", "dino_center_momentum": 0.9})
+    method = build_method("dino", Encoder(EncoderConfig("resnet10", widen_factor=0.125, no_max_pool=True)), settings)
+    losses = method(_batch(16))
+    losses.mean().backward()
+    method.after_step(0.1)
+    assert losses.shape == (2,) and torch.isfinite(losses).all() and not method.center.any()
+    with pytest.raises(ValueError, match="centring"):
+        build_method("dino", Encoder(EncoderConfig("resnet10", widen_factor=0.125)),
+                     MethodSettings(dino_centering="median"))
+
+
 def test_mae_reconstructs_only_masked_voxels():
     torch.manual_seed(0)
     method = build_method("mae", Encoder(EncoderConfig("resnet10", widen_factor=0.125, no_max_pool=True)), TINY, 32)
@@ -91,6 +112,33 @@ def test_mae_reconstructs_only_masked_voxels():
     assert after[0] > base[0] + 1 and torch.allclose(after[1], base[1])
     with pytest.raises(ValueError, match="divisible"):
         build_method("mae", Encoder(EncoderConfig("resnet10", widen_factor=0.125, no_max_pool=True)), TINY, 40)
+
+
+def test_mae_per_sequence_masks_hide_each_sequence_on_its_own():
+    encoder = Encoder(EncoderConfig("resnet10", widen_factor=0.125, no_max_pool=True))
+    settings = MethodSettings(**{**TINY.to_dict(), "mae_patch": 8, "mae_mask_per_sequence": True})
+    assert mask_spec("mae", encoder, settings) == {"mask_patch": 8, "mask_ratio": 0.6, "mask_channels": 4}
+    assert mask_spec("mae", encoder, TINY)["mask_channels"] == 1 and mask_spec("byol", encoder, settings) == {}
+    mask = random_mask((32,) * 3, 8, 0.6, np.random.default_rng(3), channels=4)
+    assert mask.shape == (4, 32, 32, 32)
+    assert torch.equal(mask[:1], random_mask((32,) * 3, 8, 0.6, np.random.default_rng(3)))  # drawn in turn
+    assert all(float(m.mean()) == pytest.approx(38 / 64) for m in mask)  # round(0.6 x 64) cubes each
+    assert not torch.equal(mask[0], mask[1])
+    # the loss is the mean squared error over the masked (sequence, voxel) entries, not over whole voxels
+    torch.manual_seed(0)
+    method = build_method("mae", encoder, settings, 32)
+    x = _batch()["view1"]
+    masks = torch.stack([mask, random_mask((32,) * 3, 8, 0.6, np.random.default_rng(4), channels=4)])
+    with torch.no_grad():
+        losses = method({"view1": x, "mask": masks})
+        expected = ((method.reconstruct(x, masks) - x) ** 2 * masks).sum(dim=(1, 2, 3, 4)) / masks.sum(dim=(1, 2, 3, 4))
+        assert torch.allclose(losses, expected)
+        # a sequence's value at a voxel hidden in that sequence only is a target, not an input
+        only_t2 = (masks[:, 2] == 1) & (masks[:, 0] == 0)
+        changed = x.clone()
+        changed[:, 2][only_t2] += 5.0
+        assert torch.allclose(method.reconstruct(changed, masks), method.reconstruct(x, masks))
+        assert (method({"view1": changed, "mask": masks}) > losses + 1).all()
 
 
 def test_two_views_are_reproducible_per_seed():

@@ -42,7 +42,7 @@ from neuroradfm.metrics import read_metrics
 from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.ssl import MethodSettings, build_method
-from neuroradfm.ssl.mae import encoder_stride
+from neuroradfm.ssl.mae import mask_spec
 from neuroradfm.train.cohort import cache_cohort, file_hash
 from neuroradfm.train.data import PretrainDataset, group_labels
 from neuroradfm.train.pretrain import PretrainSettings, pretrain
@@ -55,8 +55,10 @@ def settings_from(args: argparse.Namespace, method: str, dro: str = "erm", seed:
         preprocessing=PreprocessSettings(spacing_mm=4.0, size=(args.size,) * 3, n4=False), crop_size=args.crop,
         method_settings=MethodSettings(hidden_dim=128, proj_dim=64, dino_out_dim=256, dino_bottleneck=64,
                                        mae_decoder_dim=64, mae_patch=args.mae_patch, ema_momentum=args.ema,
+                                       mae_mask_ratio=args.mask_ratio, mae_mask_per_sequence=args.mask_per_sequence,
                                        dino_teacher_temp=args.dino_teacher_temp,
-                                       dino_teacher_temp_warmup=args.dino_temp_warmup),
+                                       dino_teacher_temp_warmup=args.dino_temp_warmup,
+                                       dino_centering=args.dino_centering),
         epochs=10_000, max_steps=steps or args.steps, batch_size=args.batch, learning_rate=args.lr,
         weight_decay=0.05, warmup_fraction=args.warmup, dro=dro, eta_q=args.eta_q, checkpoint_every=10_000,
         num_workers=0, seed=args.seed if seed is None else seed, device="cpu")
@@ -79,6 +81,8 @@ def check_run(settings: PretrainSettings, run: Path, manifest: Path) -> None:
     different ``--mae-patch`` would load fine but evaluate other masks) or whose training manifest changed."""
     card = json.loads((run / "bundle" / "card.json").read_text())
     recorded = card["training"]["settings"]
+    # method settings added since the run was trained had their defaults then
+    recorded["method_settings"] = {**MethodSettings().to_dict(), **recorded["method_settings"]}
     rebuilt = json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k in recorded}))
     ignored = {"device", "num_workers", "checkpoint_every"}
     differ = sorted(k for k in rebuilt if k not in ignored and rebuilt[k] != recorded[k])
@@ -106,9 +110,8 @@ def evaluate(manifest: Path, settings: PretrainSettings, run: Path | None, cache
         model.load_state_dict(torch.load(run / "ckpt.pt", weights_only=True)["model"])
     model.eval()
     ms = settings.method_settings
-    patch = (ms.mae_patch or encoder_stride(encoder)) if settings.method == "mae" else 0
-    dataset = PretrainDataset(cohort, ids, settings.crop_size, seed=eval_seed, mask_patch=patch,
-                              mask_ratio=ms.mae_mask_ratio)
+    dataset = PretrainDataset(cohort, ids, settings.crop_size, seed=eval_seed,
+                              **mask_spec(settings.method, encoder, ms))
     losses = {n: [] for n in names}
     for draw in range(draws):
         dataset.epoch = draw
@@ -334,9 +337,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the steps")
     parser.add_argument("--mae-patch", type=int, default=0, help="MAE masked cube side (0: the encoder's stride)")
+    parser.add_argument("--mask-ratio", type=float, default=0.6, help="MAE: fraction of masked cubes")
+    parser.add_argument("--mask-per-sequence", action="store_true", help="MAE: each sequence's cubes on their own")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", type=float, default=0.996, help="EMA teacher momentum at the start (cosine to 1)")
     parser.add_argument("--dino-teacher-temp", type=float, default=0.07, help="final teacher temperature")
+    parser.add_argument("--dino-centering", choices=("ema", "sinkhorn"), default="ema")
     parser.add_argument("--dino-temp-warmup", type=float, default=0.3,
                         help="fraction of training of the teacher temperature warm-up from 0.04 (0: constant)")
     parser.add_argument("--dro-method", default="mae", help="method of the ERM/DRO comparison; none: skip it")

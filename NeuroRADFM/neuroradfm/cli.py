@@ -131,7 +131,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden-dim", type=int, default=1024, help="hidden width of the projection MLPs")
     p.add_argument("--proj-dim", type=int, default=256)
     p.add_argument("--dino-out-dim", type=int, default=4096)
+    p.add_argument("--dino-centering", choices=("ema", "sinkhorn"), default="ema",
+                   help="DINO teacher centring: an EMA of its mean output (DINO) or Sinkhorn-Knopp (DINOv2)")
     p.add_argument("--mask-ratio", type=float, default=0.6, help="MAE: fraction of masked cubes")
+    p.add_argument("--mask-patch", type=int, default=0,
+                   help="MAE: side of the masked cubes in voxels (0: the encoder's total stride)")
+    p.add_argument("--mask-per-sequence", action="store_true",
+                   help="MAE: mask each sequence's cubes independently (also learn to predict one sequence "
+                        "from the others)")
     p.add_argument("--ema", type=float, default=0.996, help="initial EMA momentum of teachers")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--no-channels-last", action="store_true")
@@ -270,7 +277,9 @@ def _pretrain(args: argparse.Namespace) -> int:
             preprocessing=PreprocessSettings(spacing_mm=args.spacing, size=(args.size,) * 3, n4=not args.no_n4),
             crop_size=args.crop,
             method_settings=MethodSettings(hidden_dim=args.hidden_dim, proj_dim=args.proj_dim, ema_momentum=args.ema,
-                                           dino_out_dim=args.dino_out_dim, mae_mask_ratio=args.mask_ratio),
+                                           dino_out_dim=args.dino_out_dim, dino_centering=args.dino_centering,
+                                           mae_mask_ratio=args.mask_ratio,
+                                           mae_patch=args.mask_patch, mae_mask_per_sequence=args.mask_per_sequence),
             epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, accumulate=args.accumulate,
             learning_rate=args.lr, weight_decay=args.weight_decay, warmup_fraction=args.warmup,
             dro=args.dro_mode if args.dro else "erm", group_column=args.group_column,

@@ -35,10 +35,16 @@ class MethodSettings:
     dino_teacher_temp_warmup: float = 0.3
     """Fraction of training over which the teacher temperature rises linearly to its final value."""
     dino_center_momentum: float = 0.9
+    dino_centering: str = "ema"
+    """How DINO's teacher avoids collapse: "ema" (DINO: subtract an EMA of the batch-mean output) or "sinkhorn"
+    (DINOv2, SwAV: Sinkhorn-Knopp equipartition of the batch's teacher outputs over the prototypes)."""
     mae_mask_ratio: float = 0.6
     mae_patch: int = 0
     """Masked cube size in voxels; 0 = the encoder's total stride (one feature-map cell per patch)."""
     mae_decoder_dim: int = 128
+    mae_mask_per_sequence: bool = False
+    """Mask each sequence's cubes independently (a cube hidden in T2 may be visible in T1 and FLAIR), so the
+    encoder also learns to predict one sequence from the others; False: the same cubes in all four."""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,5 +1,11 @@
 """DINO (Caron et al. 2021): self-distillation; the student matches the EMA teacher's centred, sharpened
-distribution over prototypes of the other view. Two global views (no multi-crop local views)."""
+distribution over prototypes of the other view. Two global views (no multi-crop local views).
+
+Centring by an EMA of the teacher's mean output keeps one prototype from taking every sample; with few,
+similar samples (3D batches of a cohort that shares one anatomy) it can leave the teacher near uniform, and
+the student follows (the uniform collapse, docs/PRETRAINING.md). ``dino_centering="sinkhorn"`` uses
+DINOv2's Sinkhorn-Knopp centring instead: the batch's sharpened teacher outputs are rescaled so that every
+prototype receives an equal share of the batch, while each sample's distribution stays sharp."""
 
 from __future__ import annotations
 
@@ -11,6 +17,19 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from neuroradfm.ssl.base import MethodSettings, SSLMethod, ema_momentum, ema_update, frozen_copy, mlp
+
+
+def sinkhorn_knopp(scores: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+    """(N, K) teacher logits (already divided by the temperature) -> (N, K) targets whose rows sum to 1 and whose
+    columns each sum to N / K (DINOv2's teacher centring). Over this batch only: one process with k
+    micro-batches and k processes then compute the same targets."""
+    q = torch.exp(scores.float() - scores.max()).t()  # (K, N)
+    k, n = q.shape
+    q = q / q.sum()
+    for _ in range(iterations):
+        q = q / q.sum(dim=1, keepdim=True) / k
+        q = q / q.sum(dim=0, keepdim=True) / n
+    return (q * n).t()
 
 
 class DINOHead(nn.Module):
@@ -32,6 +51,8 @@ class DINO(SSLMethod):
 
     def __init__(self, encoder, settings: MethodSettings) -> None:
         super().__init__(encoder, settings)
+        if settings.dino_centering not in ("ema", "sinkhorn"):
+            raise ValueError(f"unknown DINO centring {settings.dino_centering!r}; choose ema or sinkhorn")
         self.head = DINOHead(encoder.embedding_dim, settings.hidden_dim, settings.dino_bottleneck,
                              settings.dino_out_dim)
         self.teacher = frozen_copy(nn.ModuleDict({"encoder": encoder, "head": self.head}))
@@ -54,8 +75,11 @@ class DINO(SSLMethod):
         student = F.log_softmax(self.head(self.encoder(x)[1]) / self.settings.dino_student_temp, dim=-1)
         with torch.no_grad():
             out = self.teacher["head"](self.teacher["encoder"](x)[1])
-            teacher = F.softmax((out - self.center) / self.teacher_temperature(), dim=-1)
-        if torch.is_grad_enabled():  # the centre follows the batches trained on (not DRO's no-grad first pass)
+            sinkhorn = self.settings.dino_centering == "sinkhorn"
+            teacher = sinkhorn_knopp(out / self.teacher_temperature()) if sinkhorn else \
+                F.softmax((out - self.center) / self.teacher_temperature(), dim=-1)
+        if torch.is_grad_enabled() and not sinkhorn:  # the centre follows the batches trained on (not DRO's
+            # no-grad first pass)
             batch_sum = out.sum(dim=0, keepdim=True).detach()
             self._sum = batch_sum if self._sum is None else self._sum + batch_sum
             self._count += out.shape[0]

@@ -5,17 +5,29 @@ z-scored intensity mean, which is also the value outside the brain) and the full
 through the encoder. A light decoder (two 1x1x1 convolutions and a 3D pixel shuffle) maps each cell of the
 last feature map back onto the voxels it covers; the loss is the mean squared error on the MASKED voxels
 only, per sample. The mask (from the data pipeline, so it is reproducible across ranks and resumes) is made
-of cubes of the encoder's total stride by default, one feature-map cell per cube. The decoder is discarded;
-only the encoder goes into the bundle.
+of cubes of the encoder's total stride by default, one feature-map cell per cube, the same cubes in every
+sequence unless ``mae_mask_per_sequence`` draws each sequence's cubes on their own (cross-sequence
+reconstruction, as multi-sequence MRI masked autoencoders do). The decoder is discarded; only the encoder
+goes into the bundle.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from neuroradfm.models.encoder import Encoder
 from neuroradfm.ssl.base import MethodSettings, SSLMethod
+
+
+def mask_spec(method: str, encoder: Encoder, settings: MethodSettings) -> dict[str, Any]:
+    """The masking arguments of ``PretrainDataset`` for ``method`` (none unless MAE)."""
+    if method != "mae":
+        return {}
+    return {"mask_patch": settings.mae_patch or encoder_stride(encoder), "mask_ratio": settings.mae_mask_ratio,
+            "mask_channels": encoder.config.in_channels if settings.mae_mask_per_sequence else 1}
 
 
 def encoder_stride(encoder: Encoder) -> int:
@@ -46,12 +58,16 @@ class MAE(SSLMethod):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x, mask = batch["view1"], batch["mask"].to(batch["view1"].dtype)
-        error = (self.reconstruct(x, mask) - x) ** 2 * mask
-        return error.sum(dim=(1, 2, 3, 4)) / (mask.sum(dim=(1, 2, 3, 4)) * x.shape[1]).clamp(min=1)
+        error = (self.reconstruct(x, mask) - x) ** 2 * mask  # a one-channel mask covers every sequence
+        masked_voxels = mask.sum(dim=(1, 2, 3, 4)) * (x.shape[1] // mask.shape[1])
+        return error.sum(dim=(1, 2, 3, 4)) / masked_voxels.clamp(min=1)
 
 
-def random_mask(shape: tuple[int, int, int], patch: int, ratio: float, rng) -> torch.Tensor:
-    """(1, D, H, W) float mask, 1 on a random ``ratio`` of the ``patch``-sized cubes (numpy Generator ``rng``)."""
+def random_mask(shape: tuple[int, int, int], patch: int, ratio: float, rng, channels: int = 1) -> torch.Tensor:
+    """(channels, D, H, W) float mask, 1 on a random ``ratio`` of the ``patch``-sized cubes, drawn for each
+    channel in turn (numpy Generator ``rng``)."""
+    if channels > 1:
+        return torch.cat([random_mask(shape, patch, ratio, rng) for _ in range(channels)])
     grid = [max(1, s // patch) for s in shape]
     n = grid[0] * grid[1] * grid[2]
     k = min(n, max(1, int(round(ratio * n))))

@@ -1,6 +1,6 @@
 """The pretraining data path: manifest -> groups -> cached, memory-mapped cases -> two-view samples.
 
-Each sample is a dict: ``view1``, ``view2`` (4, c, c, c) float32, ``mask`` (1, c, c, c) for MAE, ``group``
+Each sample is a dict: ``view1``, ``view2`` (4, c, c, c) float32, ``mask`` (1 or 4, c, c, c) for MAE, ``group``
 (the integer group id, carried with every sample for Group-DRO) and ``index`` (the case). Views and masks
 come from a seed of (run seed, epoch, case index), so they are the same whichever worker, rank or resumed
 process draws them.
@@ -59,7 +59,8 @@ class PretrainDataset(Dataset):
     """Cached cases (memory-mapped) -> augmented two-view samples with their group id."""
 
     def __init__(self, cohort: CachedCohort, group_ids: Sequence[int], crop_size: int, seed: int,
-                 mask_patch: int = 0, mask_ratio: float = 0.0, strength: float = 1.0) -> None:
+                 mask_patch: int = 0, mask_ratio: float = 0.0, strength: float = 1.0, mask_channels: int = 1
+                 ) -> None:
         if len(group_ids) != len(cohort.entries):
             raise ValueError("one group id per case")
         self.cohort = cohort
@@ -69,6 +70,7 @@ class PretrainDataset(Dataset):
         self.seed = seed
         self.mask_patch = mask_patch
         self.mask_ratio = mask_ratio
+        self.mask_channels = mask_channels
         self.epoch = 0
         """Set before each epoch's loader is created (workers copy the dataset when an iterator starts)."""
 
@@ -83,7 +85,8 @@ class PretrainDataset(Dataset):
                   "index": torch.tensor(index)}
         if self.mask_patch:
             rng = np.random.default_rng(sample_seed(seed, 2))
-            sample["mask"] = random_mask((self.crop_size,) * 3, self.mask_patch, self.mask_ratio, rng)
+            sample["mask"] = random_mask((self.crop_size,) * 3, self.mask_patch, self.mask_ratio, rng,
+                                         self.mask_channels)
         return sample
 
 

@@ -39,7 +39,7 @@ from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.progress import Progress, null_progress, sub_progress
 from neuroradfm.ssl import METHODS, MethodSettings, build_method
-from neuroradfm.ssl.mae import encoder_stride
+from neuroradfm.ssl.mae import mask_spec
 from neuroradfm.train import distributed
 from neuroradfm.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from neuroradfm.train.cohort import cache_cohort, file_hash
@@ -207,11 +207,8 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
     torch.manual_seed(settings.seed)
     encoder = Encoder(settings.encoder)
     ms = settings.method_settings
-    mask_patch = 0
-    if settings.method == "mae":
-        mask_patch = ms.mae_patch or encoder_stride(encoder)
-    dataset = PretrainDataset(cohort, group_ids, settings.crop_size, settings.seed, mask_patch, ms.mae_mask_ratio,
-                              settings.augment_strength)
+    dataset = PretrainDataset(cohort, group_ids, settings.crop_size, settings.seed,
+                              strength=settings.augment_strength, **mask_spec(settings.method, encoder, ms))
     sampler = make_sampler(dataset, ctx.world_size, ctx.rank, settings.seed, settings.group_balanced)
     per_epoch = steps_per_epoch(len(sampler), local_batch)
     if per_epoch < 1:

@@ -47,6 +47,21 @@ def test_encoder_rejects_unknown_architecture_and_settings():
     assert set(ARCHITECTURES) >= {"resnet10", "resnet18", "resnet34", "resnet50"}
 
 
+@pytest.mark.parametrize("norm, layer", [("batch", torch.nn.BatchNorm3d), ("group", torch.nn.GroupNorm)])
+def test_encoder_normalisation_and_whether_a_sample_depends_on_its_batch_mates(norm, layer):
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig("resnet10", widen_factor=0.25, no_max_pool=True, norm=norm)).train()
+    layers = [m for m in encoder.modules() if isinstance(m, (torch.nn.BatchNorm3d, torch.nn.GroupNorm))]
+    assert len(layers) == 12 and {type(m) for m in layers} == {layer}  # stem, 2 per block, 3 shortcuts
+    x = torch.randn(2, 4, 32, 32, 32)
+    together, alone = encoder(x)[1][:1], encoder(x[:1] * 1.0)[1]
+    per_sample = torch.allclose(together, alone, atol=1e-5)
+    assert per_sample == (norm != "batch")  # batch statistics mix the samples of a batch
+    assert EncoderConfig.from_dict({"arch": "resnet10"}).norm == "batch"  # cards written before the option
+    with pytest.raises(ValueError, match="normalisation"):
+        Encoder(EncoderConfig("resnet10", norm="layer"))
+
+
 def test_device_resolution_on_a_cpu_machine():
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():

@@ -109,6 +109,27 @@ def test_encoder_bundle_and_fit_heads(small, phantom_cohort, cache, tmp_path):
     assert complete.card["training"]["heads"]["encoder_bundle_hash"] == bundle.card["content_hash"]
 
 
+@pytest.mark.parametrize("method, options", [
+    ("mae", ["--mask-per-sequence", "--mask-patch", "8", "--norm", "group"]),
+    ("dino", ["--dino-centering", "sinkhorn", "--dino-out-dim", "32"]),
+])
+def test_cli_pretrain_options_reach_the_encoder_and_the_card(small, cache, tmp_path, method, options):
+    out = tmp_path / "encoder"
+    common = ["pretrain", "--manifest", str(small), "--method", method, "--out", str(out), "--arch", "resnet10",
+              "--widen", "0.125", "--no-max-pool", "--size", "48", "--spacing", "4", "--no-n4", "--crop", "32",
+              "--batch-size", "2", "--max-steps", "2", "--hidden-dim", "32", "--proj-dim", "16", "--cache", str(cache),
+              "--workers", "0", "--device", "cpu", "--progress", "none"]
+    assert main(common + options) == 0
+    bundle = load_bundle(out)
+    chosen = bundle.card["training"]["settings"]["method_settings"]
+    if method == "mae":
+        assert bundle.encoder.config.norm == "group" and chosen["mae_mask_per_sequence"] and chosen["mae_patch"] == 8
+        assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in bundle.encoder.modules())
+    else:
+        assert chosen["dino_centering"] == "sinkhorn" and bundle.encoder.config.norm == "batch"
+    assert len(bundle.card["training"]["loss_last_steps"]) == 2
+
+
 def _edit_manifest(source: Path, target: Path, edit) -> Path:
     rows = list(csv.DictReader(source.open()))
     rows = edit(rows)

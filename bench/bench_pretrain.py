@@ -51,7 +51,8 @@ from neuroradfm.train.pretrain import PretrainSettings, pretrain
 def settings_from(args: argparse.Namespace, method: str, dro: str = "erm", seed: int | None = None,
                   steps: int | None = None) -> PretrainSettings:
     return PretrainSettings(
-        method=method, encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=2, no_max_pool=True),
+        method=method, encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=2, no_max_pool=True,
+                                             norm=args.norm),
         preprocessing=PreprocessSettings(spacing_mm=4.0, size=(args.size,) * 3, n4=False), crop_size=args.crop,
         method_settings=MethodSettings(hidden_dim=128, proj_dim=64, dino_out_dim=256, dino_bottleneck=64,
                                        mae_decoder_dim=64, mae_patch=args.mae_patch, ema_momentum=args.ema,
@@ -86,7 +87,7 @@ def check_run(settings: PretrainSettings, run: Path, manifest: Path) -> None:
     rebuilt = json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k in recorded}))
     ignored = {"device", "num_workers", "checkpoint_every"}
     differ = sorted(k for k in rebuilt if k not in ignored and rebuilt[k] != recorded[k])
-    if card["architecture"] != settings.encoder.to_dict():
+    if {**EncoderConfig().to_dict(), **card["architecture"]} != settings.encoder.to_dict():
         differ.append("encoder")
     if card["preprocessing"] != json.loads(json.dumps(settings.preprocessing.to_dict())):
         differ.append("preprocessing")
@@ -332,6 +333,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--arch", default="resnet10")
     parser.add_argument("--widen", type=float, default=0.25)
+    parser.add_argument("--norm", choices=("batch", "group"), default="batch",
+                        help="encoder normalisation layers")
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--crop", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -31,6 +31,12 @@ def _cam_layer_option(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--cam-layer", choices=CAM_LAYERS, help=help)
 
 
+def _norm_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--norm", choices=("batch", "group"), default="batch",
+                        help="encoder normalisation: batch (statistics shared by a batch's sites) or group "
+                             "(8 groups, per sample)")
+
+
 def _device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (first CUDA GPU, else CPU), cpu, or cuda:N")
 
@@ -78,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--arch", default="resnet10")
     p.add_argument("--widen", type=float, default=0.5, help="channel width factor of the ResNet")
+    _norm_option(p)
     p.add_argument("--size", type=int, default=96, help="model grid voxels per side")
     p.add_argument("--spacing", type=float, default=2.0, help="model grid spacing in mm")
     p.add_argument("--epochs", type=int, default=12)
@@ -115,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--group-balanced", action="store_true", help="sample every group equally often")
     p.add_argument("--arch", default="resnet50", help="resnet10, resnet18, resnet34, resnet50 or resnet101")
     p.add_argument("--widen", type=float, default=1.0, help="channel width factor of the ResNet")
+    _norm_option(p)
     p.add_argument("--conv1-stride", type=int, default=2)
     p.add_argument("--no-max-pool", action="store_true")
     p.add_argument("--size", type=int, default=128, help="model grid voxels per side")
@@ -244,7 +252,7 @@ def _train_baseline(args: argparse.Namespace) -> int:
     from neuroradfm.train.baseline import BaselineSettings, train_baseline
 
     settings = BaselineSettings(
-        encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=2, no_max_pool=True),
+        encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=2, no_max_pool=True, norm=args.norm),
         preprocessing=PreprocessSettings(spacing_mm=args.spacing, size=(args.size,) * 3),
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
         tumour_weight=args.tumour_weight, lesion_pooling=args.lesion_pooling,
@@ -273,7 +281,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         settings = PretrainSettings(
             method=args.method,
             encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=args.conv1_stride,
-                                  no_max_pool=args.no_max_pool),
+                                  no_max_pool=args.no_max_pool, norm=args.norm),
             preprocessing=PreprocessSettings(spacing_mm=args.spacing, size=(args.size,) * 3, n4=not args.no_n4),
             crop_size=args.crop,
             method_settings=MethodSettings(hidden_dim=args.hidden_dim, proj_dim=args.proj_dim, ema_momentum=args.ema,

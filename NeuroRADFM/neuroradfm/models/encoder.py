@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import torch
+from monai.networks.layers.utils import get_norm_layer
 from monai.networks.nets import ResNet
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 from torch import nn
@@ -25,6 +26,10 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], list[int]]] = {
 }
 
 
+NORMS: dict[str, str | tuple] = {"batch": "batch", "group": ("group", {"num_groups": 8})}
+"""Encoder normalisation choices, as MONAI's ``norm`` argument."""
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Everything needed to rebuild the network; stored in the bundle card."""
@@ -34,6 +39,10 @@ class EncoderConfig:
     conv1_stride: int = 2
     widen_factor: float = 1.0
     no_max_pool: bool = False
+    norm: str = "batch"
+    """Normalisation layers: "batch" (MONAI's default) or "group" (8 groups). Batch statistics mix the sites
+    of a batch, so a site whose images differ is normalised with the others' statistics, and each sample's
+    output depends on its batch-mates; group norm is per sample."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +56,14 @@ class EncoderConfig:
         return cls(**data)
 
 
+def _replace_batch_norm(module: nn.Module, norm: str | tuple) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm3d):
+            setattr(module, name, get_norm_layer(name=norm, spatial_dims=3, channels=child.num_features))
+        else:
+            _replace_batch_norm(child, norm)
+
+
 class Encoder(nn.Module):
     """MONAI ResNet without its classifier: x (B, 4, D, H, W) -> (F (B, C, d, h, w), z (B, C))."""
 
@@ -55,6 +72,8 @@ class Encoder(nn.Module):
         if config.arch not in ARCHITECTURES:
             raise ValueError(f"unknown encoder {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         block, layers = ARCHITECTURES[config.arch]
+        if config.norm not in NORMS:
+            raise ValueError(f"unknown normalisation {config.norm!r}; choose one of {', '.join(NORMS)}")
         self.config = config
         self.net = ResNet(
             block=block,
@@ -66,7 +85,10 @@ class Encoder(nn.Module):
             no_max_pool=config.no_max_pool,
             widen_factor=config.widen_factor,
             feed_forward=False,
+            norm=NORMS[config.norm],
         )
+        if config.norm != "batch":  # MONAI 1.6's ResNet applies ``norm`` to its stem only: the blocks get it here
+            _replace_batch_norm(self.net, NORMS[config.norm])
 
     @property
     def embedding_dim(self) -> int:

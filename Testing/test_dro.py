@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,6 +68,25 @@ def test_worst_group_mode_and_erm():
     erm = GroupDRO(GROUPS, "erm")
     loss = erm.update(torch.tensor([1.0, 5.0, 2.0, 2.5]), torch.tensor([0, 0, 1, 2]))
     assert loss.item() == pytest.approx(2.625) and torch.allclose(erm.q, torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+def test_sampling_mode_draws_cases_from_q_and_weights_them_equally():
+    dro = GroupDRO(GROUPS, "exponentiated", eta_q=1.0, sampling=True)
+    assert dro.sampling and not dro.active
+    loss = dro.update(torch.tensor([1.0, 5.0, 2.0, 2.5]), torch.tensor([0, 0, 1, 2]))
+    assert loss.item() == pytest.approx(2.625)  # the plain mean: q already chose the cases
+    assert dro.q[0] > dro.q[2] > dro.q[1]  # q still follows the group losses (3.0, 2.0, 2.5)
+    dro.q = torch.tensor([0.7, 0.3, 0.0], dtype=torch.float64)
+    group_ids = [0, 0, 0, 1, 1, 2, 2, 2]
+    drawn = dro.q_sampled_cases(group_ids, 4000, seed=5)
+    assert drawn == dro.q_sampled_cases(group_ids, 4000, seed=5)  # a function of (q, seed): same on every rank
+    groups = np.bincount([group_ids[i] for i in drawn], minlength=3) / 4000
+    assert groups == pytest.approx([0.7, 0.3, 0.0], abs=0.03)
+    assert np.bincount(drawn, minlength=8)[:3] / drawn.count(0) == pytest.approx([1, 1, 1], abs=0.15)  # uniform
+    dro.q = torch.tensor([0.1, 0.1, 0.8], dtype=torch.float64)  # group 2 has no case: q renormalised over 0, 1
+    cases = np.bincount(dro.q_sampled_cases([0, 1, 1], 1000, seed=1), minlength=3) / 1000
+    assert cases == pytest.approx([0.5, 0.25, 0.25], abs=0.05)
+    assert not GroupDRO(GROUPS, "erm", sampling=True).sampling
 
 
 def test_single_group_degenerates_to_erm_with_a_warning():

@@ -58,9 +58,11 @@ def _run(manifest, tmp, cache, settings=TINY, **kw):
                     checkpoint_path=tmp / "ckpt.pt", **kw)
 
 
-def test_resume_ends_with_the_same_weights_and_q(small, cache, tmp_path):
+@pytest.mark.parametrize("sampling", [False, True], ids=["q-weighted", "q-sampled"])
+def test_resume_ends_with_the_same_weights_and_q(small, cache, tmp_path, sampling):
     a, b = tmp_path / "a", tmp_path / "b"
-    settings = replace(TINY, max_steps=4, accumulate=1)  # (accumulate 2 + DRO: see test_pretrain_ddp)
+    # (accumulate 2 + DRO: see test_pretrain_ddp); q-sampled: each step's cases are drawn from that step's q
+    settings = replace(TINY, max_steps=4, accumulate=1, dro_sampling=sampling)
     _run(small, a, cache, settings)  # 6 cases / batch 2 = 3 steps per epoch; 4 steps
     assert _run(small, b, cache, settings, stop_after=3) == b / "ckpt.pt"  # killed after step 3: checkpoint at 2
     assert not (b / "bundle").exists() and torch.load(b / "ckpt.pt", weights_only=True)["step"] == 2
@@ -84,6 +86,10 @@ def test_resume_ends_with_the_same_weights_and_q(small, cache, tmp_path):
     assert set(rows[0]["q"]) == {"site-A", "site-B"} and sum(rows[-1]["q"].values()) == pytest.approx(1.0)
     terms = rows[-1]["diagnostics"]  # DINO's loss terms, every step
     assert terms["cross_entropy"] == pytest.approx(terms["teacher_entropy"] + terms["kl"], rel=1e-5)
+    if sampling:  # equal weights: the robust loss is the batch mean
+        assert all(r["robust_loss"] == pytest.approx(r["loss"]) for r in rows)
+    with pytest.raises(ValueError, match="group-balanced"):
+        replace(TINY, dro_sampling=True, group_balanced=True)
 
 
 def test_encoder_bundle_and_fit_heads(small, phantom_cohort, cache, tmp_path):

@@ -15,8 +15,8 @@ Run (PYTHONPATH pointing at the core; see bench/RESULTS.md for the exact command
    can be compared between models; the other methods' losses are relative to each model's own teacher).
    The cohort is split per site, in sorted site order, into training cases (``--dro-train-per-site``, e.g.
    one site under-represented) and held-out cases (``--dro-heldout-per-site``, never trained on). Every mode
-   (``--dro-modes``; ``-balanced`` adds the group-balanced sampler) is trained from the same seed(s) (same
-   initialisation, data order and views), then
+   (``--dro-modes``; ``-balanced`` adds the group-balanced sampler, ``-sampled`` draws the cases from q) is
+   trained from the same seed(s) (same initialisation, data order and views), then
    evaluated on the held-out cases with fixed views and masks (``--eval-draws`` per case, seeds no training
    step used, eval-mode BatchNorm): per-site mean loss, the worst site, the mean, and q's trajectory.
    ``--eval-only`` trains nothing: it re-evaluates the runs already in WORK (their checkpoints, metrics and
@@ -270,9 +270,10 @@ def dro_tables(args, results: dict) -> None:
             "mode": "untrained", "seed": seed, "per_site": per_site, "worst": max(per_site.values()),
             "worst_site": max(per_site, key=per_site.get), "mean": float(np.mean(list(per_site.values())))}
         for mode in modes:
-            dro_mode, balanced = mode.removesuffix("-balanced"), mode.endswith("-balanced")
+            dro_mode = mode.removesuffix("-balanced").removesuffix("-sampled")
             settings = settings_from(args, args.dro_method, dro_mode, seed, steps)
-            settings.group_balanced = balanced  # every site sampled equally often (with replacement)
+            settings.group_balanced = mode.endswith("-balanced")  # every site sampled equally often
+            settings.dro_sampling = mode.endswith("-sampled")  # each step's cases drawn in proportion to q
             run = args.work / f"dro-{args.dro_method}-{mode}-seed{seed}"
             rows, seconds = train(args, train_manifest, settings, run, cache)
             per_site = evaluate(eval_manifest, settings, run, cache, args.eval_draws, eval_seed=10_000)
@@ -284,7 +285,7 @@ def dro_tables(args, results: dict) -> None:
                 "q_mean": {g: mean_of(rows, "q", g) for g in rows[0]["q"]},
                 "train_loss_first20": mean_of(rows[:20], "loss"), "train_loss_last20": mean_of(rows[-20:], "loss"),
                 "train_group_loss_mean": {g: mean_of(rows, "group_losses", g) for g in rows[0]["q"]},
-                "loss_share": loss_share(rows, dro_mode),
+                "loss_share": loss_share(rows, "erm" if settings.dro_sampling else dro_mode),  # equal weights
                 "seconds": seconds}
             r = table[f"{mode}/seed{seed}"]
             print(f"# {mode} seed {seed}: worst {r['worst']:.4f} ({r['worst_site']}), mean {r['mean']:.4f}, "
@@ -352,7 +353,8 @@ def main() -> None:
     parser.add_argument("--dro-steps", type=int, default=0, help="steps of the ERM/DRO comparison (0: --steps)")
     parser.add_argument("--dro-modes", default="erm,exponentiated,worst-group",
                         help="comma-separated DRO modes; a '-balanced' suffix (e.g. exponentiated-balanced) also "
-                             "samples every site equally often (--group-balanced), as Sagawa et al.'s DRO runs do")
+                             "samples every site equally often (--group-balanced), as Sagawa et al.'s DRO runs do; "
+                             "'-sampled' draws each step's cases in proportion to q (--dro-sampling)")
     parser.add_argument("--dro-seeds", default="0")
     parser.add_argument("--dro-train-per-site", default="8,8,8,8", help="training cases per site (sorted sites)")
     parser.add_argument("--dro-heldout-per-site", type=int, default=4)

@@ -120,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dro-adjustment", type=float, default=0.0,
                    help="generalisation adjustment C (adds C/sqrt(n_g) to group g's loss)")
     p.add_argument("--group-balanced", action="store_true", help="sample every group equally often")
+    p.add_argument("--dro-sampling", action="store_true",
+                   help="Group-DRO draws each step's cases in proportion to q instead of weighting them")
     p.add_argument("--arch", default="resnet50", help="resnet10, resnet18, resnet34, resnet50 or resnet101")
     p.add_argument("--widen", type=float, default=1.0, help="channel width factor of the ResNet")
     _norm_option(p)
@@ -293,6 +295,7 @@ def _pretrain(args: argparse.Namespace) -> int:
             dro=args.dro_mode if args.dro else "erm", group_column=args.group_column,
             groups=None if not args.groups else tuple(g.strip() for g in args.groups.split(",") if g.strip()),
             eta_q=args.eta_q, dro_adjustment=args.dro_adjustment, group_balanced=args.group_balanced,
+            dro_sampling=args.dro_sampling,
             amp=not args.no_amp, channels_last=not args.no_channels_last, checkpoint_every=args.checkpoint_every,
             num_workers=args.workers, seed=args.seed, device=args.device)
     except ValueError as error:

@@ -18,6 +18,12 @@ back-propagate. Each step:
    ``mode="erm"``: no reweighting, the plain mean over the batch;
 4. the robust loss is q . L (ERM: the batch mean), written as per-sample weights w_i so that a batch split
    over ranks or micro-batches back-propagates exactly the same gradient: loss_local = sum_i w_i l_i.
+
+``sampling=True`` is the other estimator of the same gradient: the trainer draws each step's cases group by
+group in proportion to q (``q_sampled_cases``) and the samples are weighted equally; q is updated as above.
+Weighting spends a step on the groups as they come and scales the few samples of a heavily weighted group
+up; sampling spends the step's samples where q is, which is what a short run needs when the worst group's
+loss is limited by how many of its samples the model sees (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 MODES = ("erm", "exponentiated", "worst-group")
@@ -54,7 +61,7 @@ class GroupDRO:
 
     def __init__(self, groups: Sequence[str], mode: str = "exponentiated", eta_q: float = 0.01,
                  adjustment: float = 0.0, group_sizes: Sequence[int] | None = None,
-                 all_reduce: AllReduce = _identity) -> None:
+                 all_reduce: AllReduce = _identity, sampling: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown DRO mode {mode!r}; choose one of {', '.join(MODES)}")
         if not groups:
@@ -79,10 +86,13 @@ class GroupDRO:
         self.recent = torch.full((len(groups),), math.nan, dtype=torch.float64)
         """Each group's most recent batch-mean loss (NaN until seen): the q update of absent groups."""
         self.all_reduce = all_reduce
+        self.sampling = sampling and mode != "erm"
+        """q decides which cases are drawn (the trainer's job), not how they are weighted."""
 
     @property
     def active(self) -> bool:
-        return self.mode != "erm"
+        """Whether the per-sample weights depend on q (not for ERM, nor when q chooses the samples)."""
+        return self.mode != "erm" and not self.sampling
 
     def group_totals(self, losses: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-group (sum, count) of detached per-sample losses, float64, on the CPU, NOT yet all-reduced."""
@@ -115,7 +125,7 @@ class GroupDRO:
             self.q = torch.zeros_like(self.q)
             self.q[int(torch.argmax(torch.nan_to_num(adjusted, nan=math.inf)))] = 1.0
         total = float(counts.sum())
-        if self.mode == "erm":
+        if not self.active:  # ERM, or cases drawn in proportion to q: every sample counts the same
             per_group_weight = torch.where(present, torch.full_like(counts, 1.0 / total), torch.zeros_like(counts))
             robust = float(sums.sum() / total)
         else:
@@ -142,6 +152,17 @@ class GroupDRO:
                  scale: float = 1.0) -> torch.Tensor:
         w = weights.to(per_sample_loss.device, per_sample_loss.dtype)[group_ids.to(per_sample_loss.device).long()]
         return (w * per_sample_loss).sum() * scale
+
+    def q_sampled_cases(self, group_ids: Sequence[int], count: int, seed: int) -> list[int]:
+        """``count`` case indices for one step: each a group drawn with probability q (over the groups that have
+        cases), then one of that group's cases, uniformly; a function of (q, seed) only, so every rank draws
+        the same global batch and a resumed run the same cases."""
+        ids = np.asarray(group_ids)
+        members = [np.flatnonzero(ids == g) for g in range(len(self.groups))]
+        p = np.array([float(q) if len(m) else 0.0 for q, m in zip(self.q, members)])
+        rng = np.random.default_rng(seed)
+        drawn = rng.choice(len(p), size=count, p=p / p.sum())
+        return [int(members[g][rng.integers(len(members[g]))]) for g in drawn]
 
     def state_dict(self) -> dict:
         return {"groups": list(self.groups), "mode": self.mode, "q": self.q.clone(), "recent": self.recent.clone()}

@@ -39,6 +39,7 @@ from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.progress import Progress, null_progress, sub_progress
 from neuroradfm.ssl import METHODS, MethodSettings, build_method
+from neuroradfm.ssl.augment import sample_seed
 from neuroradfm.ssl.mae import mask_spec
 from neuroradfm.train import distributed
 from neuroradfm.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -81,6 +82,9 @@ class PretrainSettings:
     dro_adjustment: float = 0.0
     """Generalisation adjustment C (added to group g's loss as C / sqrt(n_g)); 0 = off."""
     group_balanced: bool = False
+    dro_sampling: bool = False
+    """Group-DRO draws each step's cases group by group in proportion to q (weighting them equally) instead of
+    weighting the cases the sampler gives (neuroradfm.dro)."""
     amp: bool = True
     """Mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU."""
     channels_last: bool = True
@@ -97,6 +101,8 @@ class PretrainSettings:
             raise ValueError(f"unknown DRO mode {self.dro!r}; choose one of {', '.join(MODES)}")
         if self.batch_size < 1 or self.accumulate < 1 or self.epochs < 1 or self.crop_size < 8:
             raise ValueError("batch size, accumulate and epochs must be >= 1 and the crop size >= 8")
+        if self.dro_sampling and self.group_balanced:
+            raise ValueError("--dro-sampling draws the cases from q: it cannot be combined with --group-balanced")
         if self.crop_size > min(self.preprocessing.size):
             raise ValueError(f"crop size {self.crop_size} exceeds the model grid {self.preprocessing.size}")
 
@@ -228,7 +234,8 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total, warmup))
-    dro = GroupDRO(names, dro_mode, settings.eta_q, settings.dro_adjustment, sizes, ctx.all_reduce)
+    dro = GroupDRO(names, dro_mode, settings.eta_q, settings.dro_adjustment, sizes, ctx.all_reduce,
+                   sampling=settings.dro_sampling)
     amp = cuda and settings.amp
     step = 0
     if state is not None:
@@ -258,10 +265,15 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
     last_good = step if state is not None else None
     while step < total:
         epoch, skip = divmod(step, per_epoch)
-        dataset.epoch = epoch
-        order = epoch_order(sampler, epoch, skip * local_batch)
+        if dro.sampling:  # one step at a time: its cases depend on the q of this step (same on every rank)
+            dataset.epoch = step  # (views are seeded per step, so a case drawn again gets new views)
+            drawn = dro.q_sampled_cases(group_ids, settings.batch_size, sample_seed(settings.seed, step, 3))
+            order = drawn[ctx.rank::ctx.world_size]
+        else:
+            dataset.epoch = epoch
+            order = epoch_order(sampler, epoch, skip * local_batch)
         loader = DataLoader(dataset, batch_size=local_batch, sampler=order, drop_last=True,
-                            num_workers=settings.num_workers, pin_memory=cuda,
+                            num_workers=0 if dro.sampling else settings.num_workers, pin_memory=cuda,
                             persistent_workers=False)
         for batch in loader:
             if step >= total:

@@ -88,8 +88,10 @@ def test_resume_ends_with_the_same_weights_and_q(small, cache, tmp_path, samplin
     assert terms["cross_entropy"] == pytest.approx(terms["teacher_entropy"] + terms["kl"], rel=1e-5)
     if sampling:  # equal weights: the robust loss is the batch mean
         assert all(r["robust_loss"] == pytest.approx(r["loss"]) for r in rows)
-    with pytest.raises(ValueError, match="group-balanced"):
+    with pytest.raises(ValueError, match="needs --dro and cannot be combined with --group-balanced"):
         replace(TINY, dro_sampling=True, group_balanced=True)
+    with pytest.raises(ValueError, match="needs --dro"):
+        replace(TINY, dro_sampling=True, dro="erm")
 
 
 def test_encoder_bundle_and_fit_heads(small, phantom_cohort, cache, tmp_path):

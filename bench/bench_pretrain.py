@@ -54,7 +54,7 @@ def settings_from(args: argparse.Namespace, method: str, dro: str = "erm", seed:
         method=method, encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=2, no_max_pool=True,
                                              norm=args.norm),
         preprocessing=PreprocessSettings(spacing_mm=4.0, size=(args.size,) * 3, n4=False), crop_size=args.crop,
-        method_settings=MethodSettings(hidden_dim=128, proj_dim=64, dino_out_dim=256, dino_bottleneck=64,
+        method_settings=MethodSettings(hidden_dim=128, proj_dim=64, dino_out_dim=args.dino_out_dim, dino_bottleneck=64,
                                        mae_decoder_dim=64, mae_patch=args.mae_patch, ema_momentum=args.ema,
                                        mae_mask_ratio=args.mask_ratio, mae_mask_per_sequence=args.mask_per_sequence,
                                        dino_teacher_temp=args.dino_teacher_temp,
@@ -347,6 +347,7 @@ def main() -> None:
     parser.add_argument("--ema", type=float, default=0.996, help="EMA teacher momentum at the start (cosine to 1)")
     parser.add_argument("--dino-teacher-temp", type=float, default=0.07, help="final teacher temperature")
     parser.add_argument("--dino-centering", choices=("ema", "sinkhorn"), default="ema")
+    parser.add_argument("--dino-out-dim", type=int, default=256, help="DINO prototypes K")
     parser.add_argument("--dino-temp-warmup", type=float, default=0.3,
                         help="fraction of training of the teacher temperature warm-up from 0.04 (0: constant)")
     parser.add_argument("--dro-method", default="mae", help="method of the ERM/DRO comparison; none: skip it")

@@ -5,7 +5,8 @@ Centring by an EMA of the teacher's mean output keeps one prototype from taking 
 similar samples (3D batches of a cohort that shares one anatomy) it can leave the teacher near uniform, and
 the student follows (the uniform collapse, docs/PRETRAINING.md). ``dino_centering="sinkhorn"`` uses
 DINOv2's Sinkhorn-Knopp centring instead: the batch's sharpened teacher outputs are rescaled so that every
-prototype receives an equal share of the batch, while each sample's distribution stays sharp."""
+prototype receives an equal share of the batch (which keeps the targets sharp only where the teacher tells
+the samples apart: measured, it does not stop the collapse on the phantom cohort, bench/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -78,8 +79,8 @@ class DINO(SSLMethod):
             sinkhorn = self.settings.dino_centering == "sinkhorn"
             teacher = sinkhorn_knopp(out / self.teacher_temperature()) if sinkhorn else \
                 F.softmax((out - self.center) / self.teacher_temperature(), dim=-1)
-        if torch.is_grad_enabled() and not sinkhorn:  # the centre follows the batches trained on (not DRO's
-            # no-grad first pass)
+        # the EMA centre follows the batches trained on (not DRO's no-grad first pass)
+        if torch.is_grad_enabled() and not sinkhorn:
             batch_sum = out.sum(dim=0, keepdim=True).detach()
             self._sum = batch_sum if self._sum is None else self._sum + batch_sum
             self._count += out.shape[0]

@@ -101,8 +101,9 @@ class PretrainSettings:
             raise ValueError(f"unknown DRO mode {self.dro!r}; choose one of {', '.join(MODES)}")
         if self.batch_size < 1 or self.accumulate < 1 or self.epochs < 1 or self.crop_size < 8:
             raise ValueError("batch size, accumulate and epochs must be >= 1 and the crop size >= 8")
-        if self.dro_sampling and self.group_balanced:
-            raise ValueError("--dro-sampling draws the cases from q: it cannot be combined with --group-balanced")
+        if self.dro_sampling and (self.group_balanced or self.dro == "erm"):
+            raise ValueError("--dro-sampling draws the cases from Group-DRO's q: it needs --dro and cannot be "
+                             "combined with --group-balanced")
         if self.crop_size > min(self.preprocessing.size):
             raise ValueError(f"crop size {self.crop_size} exceeds the model grid {self.preprocessing.size}")
 

@@ -146,7 +146,7 @@ def render(traits: Traits, tissues: dict, parts: dict, grid: sitk.Image, rng: np
     """Clean images in the four contrasts: no site effects but the site's tissue-contrast factors
     (``contrast``: compartment -> one factor per sequence; None = the reference contrasts)."""
     e = traits.enhancement
-    values = {name: CONTRASTS[name] for name in CONTRASTS}
+    values = dict(CONTRASTS)
     values["rim"] = (0.50, 0.55 + e, 0.78, 0.78)
     values["solid"] = (traits.t1_core, traits.t1_core + 0.1 * e, 0.88, 0.88 * traits.flair_mismatch)
     if contrast is not None:

@@ -102,7 +102,8 @@ def test_training_steps_for_the_supervised_stand_in(phantom_cohort, tmp_path):
 
 
 def test_training_steps_for_self_supervised_pretraining(phantom_cohort, tmp_path):
-    assert set(SSL_METHODS) == set(core_ssl_methods) and set(DRO_MODES) == set(core_dro_modes) - {"erm"}
+    assert set(SSL_METHODS) == set(core_ssl_methods)
+    assert {m.removesuffix("-sampled") for m in DRO_MODES} == set(core_dro_modes) - {"erm"}
     commands = core_commands()
     assert {"predict", "train-baseline", "phantom", "pretrain", "fit-heads"} <= commands
     assert pretrain_available(commands) and not pretrain_available({"train-baseline", "pretrain"})
@@ -129,6 +130,9 @@ def test_training_steps_for_self_supervised_pretraining(phantom_cohort, tmp_path
 
     exponentiated = training_steps(replace(settings, dro_mode="exponentiated", cache=tmp_path / "c"))[0].arguments
     assert exponentiated[exponentiated.index("--dro-mode") + 1] == "exponentiated"
+    assert "--dro-sampling" not in exponentiated
+    sampled = training_steps(replace(settings, dro_mode="exponentiated-sampled", cache=tmp_path / "c"))[0].arguments
+    assert sampled[sampled.index("--dro-mode") + 1] == "exponentiated" and "--dro-sampling" in sampled
     assert exponentiated[exponentiated.index("--cache") + 1] == str(tmp_path / "c")
     erm = training_steps(replace(settings, dro=False))[0].arguments
     assert not {"--dro", "--dro-mode", "--group-column"} & set(erm)

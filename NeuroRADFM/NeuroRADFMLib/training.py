@@ -20,8 +20,11 @@ from pathlib import Path
 from NeuroRADFMLib.process import CoreProcess, ProgressEvent
 
 SSL_METHODS = ("byol", "dino", "mae", "moco")
-DRO_MODES = {"exponentiated": "exponentiated weights (Sagawa et al.)", "worst-group": "worst group only"}
-"""Group-DRO modes of ``neuroradfm pretrain --dro-mode`` and their labels."""
+DRO_MODES = {"exponentiated": "exponentiated weights (Sagawa et al.)",
+             "exponentiated-sampled": "exponentiated, cases drawn from q",
+             "worst-group": "worst group only"}
+"""Group-DRO choices and their labels: a mode of ``neuroradfm pretrain --dro-mode``; ``-sampled`` adds
+``--dro-sampling`` (each step's cases drawn in proportion to q instead of weighted by it)."""
 BASELINE_LABEL = "supervised stand-in encoder + probes + Cox (not the self-supervised foundation model)"
 SSL_LABEL = "self-supervised pretraining of the encoder, then probes + Cox + OOD fitted on its frozen embeddings"
 PRETRAIN_MISSING = "arrives with self-supervised pretraining"
@@ -36,7 +39,7 @@ PRETRAIN_SHARE = 0.85
 """Fraction of the progress bar the pretraining takes; fitting the heads takes the rest."""
 CONTROLLED_OPTIONS = frozenset({"--manifest", "--method", "--out", "--metrics", "--checkpoint", "--resume",
                                 "--cache", "--progress", "--device", "--epochs", "--dro", "--dro-mode",
-                                "--group-column", "--name", "--size", "--spacing", "--widen"})
+                                "--group-column", "--dro-sampling", "--name", "--size", "--spacing", "--widen"})
 """Options the job sets itself; ``pretrain_options`` may not repeat them."""
 
 
@@ -176,7 +179,10 @@ def training_steps(settings: TrainingSettings, commands: set[str] | None = None)
                 "--epochs", settings.epochs, "--device", settings.device, *_grid_options(settings),
                 "--name", f"{name}-encoder"]
     if settings.dro:
-        pretrain += ["--dro", "--dro-mode", settings.dro_mode, "--group-column", settings.group_column.strip()]
+        mode = settings.dro_mode.removesuffix("-sampled")
+        pretrain += ["--dro", "--dro-mode", mode, "--group-column", settings.group_column.strip()]
+        if mode != settings.dro_mode:
+            pretrain.append("--dro-sampling")
     if settings.resume:
         pretrain.append("--resume")
     pretrain += [*settings.pretrain_options, "--progress", "json"]

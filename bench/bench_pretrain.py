@@ -39,9 +39,10 @@ import torch
 
 from neuroradfm.io import read_manifest
 from neuroradfm.metrics import read_metrics
-from neuroradfm.models.encoder import Encoder, EncoderConfig
+from neuroradfm.models.encoder import NORMS, Encoder, EncoderConfig
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.ssl import MethodSettings, build_method
+from neuroradfm.ssl.dino import DINO_CENTERINGS
 from neuroradfm.ssl.mae import mask_spec
 from neuroradfm.train.cohort import cache_cohort, file_hash
 from neuroradfm.train.data import PretrainDataset, group_labels
@@ -123,15 +124,16 @@ def evaluate(manifest: Path, settings: PretrainSettings, run: Path | None, cache
     return {n: float(np.mean(v)) for n, v in losses.items()}
 
 
-def loss_share(rows: list[dict], mode: str) -> dict[str, float]:
+def loss_share(rows: list[dict], q_weighted: bool) -> dict[str, float]:
     """Each group's share of the back-propagated loss, mean over steps: what the weighting actually did. ERM
-    weights samples equally (share = the group's fraction of the batch); DRO gives a present group q_g,
-    renormalised over the groups present (an absent group gets nothing that step)."""
+    and DRO drawing its cases from q weight samples equally (share = the group's fraction of the batch); DRO
+    weighting by q gives a present group q_g, renormalised over the groups present (an absent group gets
+    nothing that step)."""
     groups = list(rows[0]["q"])
     shares = []
     for row in rows:
         counts = np.array([row["group_counts"][g] for g in groups], float)
-        weight = counts if mode == "erm" else np.where(counts > 0, [row["q"][g] for g in groups], 0.0)
+        weight = np.where(counts > 0, [row["q"][g] for g in groups], 0.0) if q_weighted else counts
         shares.append(weight / weight.sum())
     return dict(zip(groups, np.mean(shares, axis=0).tolist()))
 
@@ -285,7 +287,7 @@ def dro_tables(args, results: dict) -> None:
                 "q_mean": {g: mean_of(rows, "q", g) for g in rows[0]["q"]},
                 "train_loss_first20": mean_of(rows[:20], "loss"), "train_loss_last20": mean_of(rows[-20:], "loss"),
                 "train_group_loss_mean": {g: mean_of(rows, "group_losses", g) for g in rows[0]["q"]},
-                "loss_share": loss_share(rows, "erm" if settings.dro_sampling else dro_mode),  # equal weights
+                "loss_share": loss_share(rows, q_weighted=dro_mode != "erm" and not settings.dro_sampling),
                 "seconds": seconds}
             r = table[f"{mode}/seed{seed}"]
             print(f"# {mode} seed {seed}: worst {r['worst']:.4f} ({r['worst_site']}), mean {r['mean']:.4f}, "
@@ -334,7 +336,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--arch", default="resnet10")
     parser.add_argument("--widen", type=float, default=0.25)
-    parser.add_argument("--norm", choices=("batch", "group"), default="batch",
+    parser.add_argument("--norm", choices=tuple(NORMS), default="batch",
                         help="encoder normalisation layers")
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--crop", type=int, default=32)
@@ -346,7 +348,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", type=float, default=0.996, help="EMA teacher momentum at the start (cosine to 1)")
     parser.add_argument("--dino-teacher-temp", type=float, default=0.07, help="final teacher temperature")
-    parser.add_argument("--dino-centering", choices=("ema", "sinkhorn"), default="ema")
+    parser.add_argument("--dino-centering", choices=DINO_CENTERINGS, default="ema")
     parser.add_argument("--dino-out-dim", type=int, default=256, help="DINO prototypes K")
     parser.add_argument("--dino-temp-warmup", type=float, default=0.3,
                         help="fraction of training of the teacher temperature warm-up from 0.04 (0: constant)")

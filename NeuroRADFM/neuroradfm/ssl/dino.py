@@ -19,6 +19,9 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from neuroradfm.ssl.base import MethodSettings, SSLMethod, ema_momentum, ema_update, frozen_copy, mlp
 
+DINO_CENTERINGS = ("ema", "sinkhorn")
+"""How the teacher's output is centred (``MethodSettings.dino_centering``)."""
+
 
 def sinkhorn_knopp(scores: torch.Tensor, iterations: int = 3) -> torch.Tensor:
     """(N, K) teacher logits (already divided by the temperature) -> (N, K) targets whose rows sum to 1 and whose
@@ -52,8 +55,9 @@ class DINO(SSLMethod):
 
     def __init__(self, encoder, settings: MethodSettings) -> None:
         super().__init__(encoder, settings)
-        if settings.dino_centering not in ("ema", "sinkhorn"):
-            raise ValueError(f"unknown DINO centring {settings.dino_centering!r}; choose ema or sinkhorn")
+        if settings.dino_centering not in DINO_CENTERINGS:
+            raise ValueError(f"unknown DINO centring {settings.dino_centering!r}; choose one of "
+                             f"{', '.join(DINO_CENTERINGS)}")
         self.head = DINOHead(encoder.embedding_dim, settings.hidden_dim, settings.dino_bottleneck,
                              settings.dino_out_dim)
         self.teacher = frozen_copy(nn.ModuleDict({"encoder": encoder, "head": self.head}))

@@ -1,4 +1,5 @@
-"""The shipped demo bundle: honest card, size limit, CAM localisation on held-out phantoms, the demo command."""
+"""The shipped demo bundle: honest card (SSL + Group-DRO pretraining, then fine-tuning), size limit, CAM
+localisation on held-out phantoms, the demo command."""
 
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ def demo_bundle():
 def test_demo_bundle_card_is_honest_and_small(demo_bundle):
     card = demo_bundle.card
     assert "NOT FOR CLINICAL USE" in card["intended_use"]
-    assert "neuroradfm train-baseline" in card["rebuild_command"]
-    assert "stand-in" in card["training"]["method"]
+    # built by the project's own trainers: self-supervised pretraining with Group-DRO, then fine-tuning
+    assert card["rebuild_command"].startswith("neuroradfm train-baseline") and "--init" in card["rebuild_command"]
+    pretraining = card["training"]["pretraining"]
+    command = pretraining["rebuild_command"]
+    assert command.startswith("neuroradfm pretrain") and "--dro" in command
+    assert pretraining["method"].startswith("self-supervised") and pretraining["dro"] != "erm"
+    assert pretraining["steps"] > 0 and len(pretraining["q_final"]) == len(card["training"]["sites"])
+    assert "stand-in" not in card["training"]["method"] and "fine-tuned" in card["training"]["method"]
     assert (demo_bundle.path / WEIGHTS).stat().st_size <= 25 * 2**20
     assert len(demo_bundle.heads.markers) == 10 and demo_bundle.heads.cox is not None
 

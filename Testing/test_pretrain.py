@@ -94,7 +94,7 @@ def test_resume_ends_with_the_same_weights_and_q(small, cache, tmp_path, samplin
         replace(TINY, dro_sampling=True, dro="erm")
 
 
-def test_encoder_bundle_and_fit_heads(small, phantom_cohort, cache, tmp_path):
+def test_encoder_bundle_fit_heads_and_fine_tuning(small, phantom_cohort, cache, tmp_path):
     settings = replace(TINY, method="mae", max_steps=2, dro="erm", accumulate=1)
     path = _run(small, tmp_path, cache, settings)
     bundle = load_bundle(path)
@@ -115,6 +115,31 @@ def test_encoder_bundle_and_fit_heads(small, phantom_cohort, cache, tmp_path):
     for key, value in bundle.encoder.state_dict().items():
         assert torch.equal(value, complete.encoder.state_dict()[key])
     assert complete.card["training"]["heads"]["encoder_bundle_hash"] == bundle.card["content_hash"]
+
+    # train-baseline --init fine-tunes this encoder: its architecture and grid win over --arch/--size, the
+    # training starts from its weights (a vanishing learning rate leaves the convolutions where they were, far
+    # from a fresh encoder's), and the card records the pretraining instead of calling itself a stand-in
+    tuned = tmp_path / "tuned"
+    assert main(["train-baseline", "--manifest", str(phantom_cohort), "--out", str(tuned), "--init", str(path),
+                 "--arch", "resnet18", "--size", "64", "--epochs", "1", "--lr", "1e-12", "--cache", str(cache),
+                 "--device", "cpu", "--progress", "none"]) == 0
+    fine = load_bundle(tuned)
+    assert fine.encoder.config == settings.encoder and fine.preprocessing == settings.preprocessing
+    fresh = torch.nn.Module.state_dict(type(bundle.encoder)(settings.encoder))
+    convs = [k for k, v in bundle.encoder.state_dict().items() if k.endswith("conv1.weight")]
+    assert convs
+    for key in convs:
+        torch.testing.assert_close(fine.encoder.state_dict()[key], bundle.encoder.state_dict()[key],
+                                   atol=1e-6, rtol=0)
+        assert not torch.allclose(fresh[key], bundle.encoder.state_dict()[key], atol=1e-3)
+    training = fine.card["training"]
+    assert "stand-in" not in training["method"] and "fine-tuned" in training["method"]
+    assert "self-supervised mae" in training["method"]
+    assert training["pretraining"]["encoder_bundle_hash"] == bundle.card["content_hash"]
+    assert training["pretraining"]["steps"] == 2 and fine.heads is not None and fine.heads.markers
+    assert main(["train-baseline", "--manifest", str(phantom_cohort), "--out", str(tmp_path / "bad"),
+                 "--init", str(tmp_path / "p"), "--progress", "none"]) == 2  # not a bundle: a clear error
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("method, options", [

@@ -10,19 +10,19 @@ import torch
 from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.ssl import MethodSettings, build_method
 from neuroradfm.ssl.augment import TwoViews
-from neuroradfm.ssl.dino import sinkhorn_knopp
+from neuroradfm.ssl.dino import koleo, sinkhorn_knopp
 from neuroradfm.ssl.mae import mask_spec, random_mask
 
 TINY = MethodSettings(hidden_dim=64, proj_dim=32, dino_out_dim=64, dino_bottleneck=32, mae_decoder_dim=32,
                       dino_teacher_temp_warmup=0.0, dino_teacher_temp=0.04, dino_center_momentum=1.0)
 
 
-def _batch(size: int = 32):
+def _batch(size: int = 32, n: int = 2):
     torch.manual_seed(0)
-    x = torch.nn.functional.avg_pool3d(torch.randn(2, 4, size, size, size), 5, 1, 2) * 3
+    x = torch.nn.functional.avg_pool3d(torch.randn(n, 4, size, size, size), 5, 1, 2) * 3
     rng = np.random.default_rng(0)
     return {"view1": x, "view2": x.flip(4) + 0.1 * torch.randn_like(x),
-            "mask": torch.stack([random_mask((size,) * 3, 16, 0.6, rng) for _ in range(2)])}
+            "mask": torch.stack([random_mask((size,) * 3, 16, 0.6, rng) for _ in range(n)])}
 
 
 @pytest.mark.parametrize("name", ["byol", "dino", "moco", "mae"])
@@ -97,6 +97,25 @@ def test_sinkhorn_centring_spreads_the_batch_over_the_prototypes_and_leaves_the_
     with pytest.raises(ValueError, match="centring"):
         build_method("dino", Encoder(EncoderConfig("resnet10", widen_factor=0.125)),
                      MethodSettings(dino_centering="median"))
+
+
+def test_koleo_pushes_the_nearest_neighbours_apart():
+    z = torch.tensor([[1.0, 0.0], [0.99, 0.14], [-1.0, 0.0]], requires_grad=True)
+    terms = koleo(z)
+    x = torch.nn.functional.normalize(z.detach(), dim=-1)
+    nearest = torch.tensor([(x[0] - x[1]).norm(), (x[0] - x[1]).norm(), (x[2] - x[1]).norm()])
+    torch.testing.assert_close(terms.detach(), -torch.log(nearest), atol=1e-5, rtol=0)
+    terms.sum().backward()  # descending it spreads the two close rows apart
+    step = torch.nn.functional.normalize(z.detach() - 0.1 * z.grad, dim=-1)
+    assert (step[0] - step[1]).norm() > (x[0] - x[1]).norm()
+    assert koleo(torch.ones(1, 4)).tolist() == [0.0]  # no neighbour, no term
+    torch.manual_seed(0)
+    settings = MethodSettings(**{**TINY.to_dict(), "dino_koleo": 0.5})
+    method = build_method("dino", Encoder(EncoderConfig("resnet10", widen_factor=0.125, no_max_pool=True)), settings)
+    losses = method(_batch(16, n=4))
+    d = method.pop_diagnostics()
+    assert losses.shape == (4,) and np.isfinite(d["koleo"]) and d["koleo"] != 0
+    assert losses.mean().item() == pytest.approx(d["cross_entropy"] + 0.5 * d["koleo"], rel=1e-5)
 
 
 def test_mae_reconstructs_only_masked_voxels():

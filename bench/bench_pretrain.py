@@ -55,12 +55,13 @@ def settings_from(args: argparse.Namespace, method: str, dro: str = "erm", seed:
         method=method, encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=2, no_max_pool=True,
                                              norm=args.norm),
         preprocessing=PreprocessSettings(spacing_mm=4.0, size=(args.size,) * 3, n4=False), crop_size=args.crop,
+        augment_strength=args.augment_strength,
         method_settings=MethodSettings(hidden_dim=128, proj_dim=64, dino_out_dim=args.dino_out_dim, dino_bottleneck=64,
                                        mae_decoder_dim=64, mae_patch=args.mae_patch, ema_momentum=args.ema,
                                        mae_mask_ratio=args.mask_ratio, mae_mask_per_sequence=args.mask_per_sequence,
                                        dino_teacher_temp=args.dino_teacher_temp,
                                        dino_teacher_temp_warmup=args.dino_temp_warmup,
-                                       dino_centering=args.dino_centering),
+                                       dino_centering=args.dino_centering, dino_koleo=args.dino_koleo),
         epochs=10_000, max_steps=steps or args.steps, batch_size=args.batch, learning_rate=args.lr,
         weight_decay=0.05, warmup_fraction=args.warmup, dro=dro, eta_q=args.eta_q, checkpoint_every=10_000,
         num_workers=0, seed=args.seed if seed is None else seed, device="cpu")
@@ -340,6 +341,8 @@ def main() -> None:
                         help="encoder normalisation layers")
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--crop", type=int, default=32)
+    parser.add_argument("--augment-strength", type=float, default=1.0,
+                        help="scale of the views' affine and intensity augmentation (0: crops and flips only)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the steps")
     parser.add_argument("--mae-patch", type=int, default=0, help="MAE masked cube side (0: the encoder's stride)")
@@ -350,6 +353,7 @@ def main() -> None:
     parser.add_argument("--dino-teacher-temp", type=float, default=0.07, help="final teacher temperature")
     parser.add_argument("--dino-centering", choices=DINO_CENTERINGS, default="ema")
     parser.add_argument("--dino-out-dim", type=int, default=256, help="DINO prototypes K")
+    parser.add_argument("--dino-koleo", type=float, default=0.0, help="DINO: weight of the KoLeo term (0: off)")
     parser.add_argument("--dino-temp-warmup", type=float, default=0.3,
                         help="fraction of training of the teacher temperature warm-up from 0.04 (0: constant)")
     parser.add_argument("--dro-method", default="mae", help="method of the ERM/DRO comparison; none: skip it")

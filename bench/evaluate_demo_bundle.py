@@ -1,6 +1,6 @@
 """Held-out evaluation of the demo bundle on fresh phantom cases (a seed it never saw).
 
-Run: .venv/bin/python bench/evaluate_demo_bundle.py [--n 40] [--native-fraction 0.25]
+Run: .venv/bin/python bench/evaluate_demo_bundle.py [--n 40] [--native-fraction 0.25] [--model BUNDLE]
 Prints marker AUCs, the survival c-index, the Grad-CAM localisation (fraction of maps whose peak lies
 inside the planted tumour) per head, and how often the OOD score flags these in-distribution cases
 (BraTS-style and native apart); the figures go into bench/RESULTS.md.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 from lifelines.utils import concordance_index
@@ -29,8 +30,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--seed", type=int, default=424242)
     parser.add_argument("--native-fraction", type=float, default=0.0)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a candidate bundle trained on the demo cohort (default: the demo bundle)")
     args = parser.parse_args()
-    bundle = load_bundle(demo_bundle_path())
+    bundle = load_bundle(args.model or demo_bundle_path())
     truth, probability, risk, days, events, hits = {}, {}, [], [], [], []
     flags: dict[str, list[bool]] = {"native": [], "brats-style": []}
     start = time.perf_counter()

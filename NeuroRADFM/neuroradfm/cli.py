@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
                             help="supervised baseline encoder + probes + Cox into a bundle (until SSL lands)")
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--init", type=Path,
+                   help="fine-tune the encoder of this bundle (from neuroradfm pretrain) instead of a new one; its "
+                        "architecture and model grid replace --arch, --widen, --norm, --size and --spacing")
     p.add_argument("--arch", default="resnet10")
     p.add_argument("--widen", type=float, default=0.5, help="channel width factor of the ResNet")
     _norm_option(p)
@@ -143,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dino-out-dim", type=int, default=4096)
     p.add_argument("--dino-centering", choices=("ema", "sinkhorn"), default="ema",
                    help="DINO teacher centring: an EMA of its mean output (DINO) or Sinkhorn-Knopp (DINOv2)")
+    p.add_argument("--dino-koleo", type=float, default=0.0,
+                   help="DINO: weight of DINOv2's KoLeo term, which spreads a batch's embeddings apart (0: off)")
     p.add_argument("--mask-ratio", type=float, default=0.6, help="MAE: fraction of masked cubes")
     p.add_argument("--mask-patch", type=int, default=0,
                    help="MAE: side of the masked cubes in voxels (0: the encoder's total stride)")
@@ -268,7 +273,7 @@ def _train_baseline(args: argparse.Namespace) -> int:
                             "phantoms; its outputs say nothing about real patients.",
         })
     path = train_baseline(args.manifest, args.out, settings, card=card, progress=make_progress(args.progress),
-                          cache_dir=args.cache, metrics_path=args.metrics)
+                          cache_dir=args.cache, metrics_path=args.metrics, init=args.init)
     print(f"bundle: {path}")
     return 0
 
@@ -288,7 +293,7 @@ def _pretrain(args: argparse.Namespace) -> int:
             crop_size=args.crop,
             method_settings=MethodSettings(hidden_dim=args.hidden_dim, proj_dim=args.proj_dim, ema_momentum=args.ema,
                                            dino_out_dim=args.dino_out_dim, dino_centering=args.dino_centering,
-                                           mae_mask_ratio=args.mask_ratio,
+                                           dino_koleo=args.dino_koleo, mae_mask_ratio=args.mask_ratio,
                                            mae_patch=args.mask_patch, mae_mask_per_sequence=args.mask_per_sequence),
             epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, accumulate=args.accumulate,
             learning_rate=args.lr, weight_decay=args.weight_decay, warmup_fraction=args.warmup,

@@ -38,6 +38,8 @@ class MethodSettings:
     dino_centering: str = "ema"
     """How DINO's teacher avoids collapse: "ema" (DINO: subtract an EMA of the batch-mean output) or "sinkhorn"
     (DINOv2, SwAV: Sinkhorn-Knopp equipartition of the batch's teacher outputs over the prototypes)."""
+    dino_koleo: float = 0.0
+    """Weight of DINOv2's KoLeo term on the student's embeddings (each view's local batch; 0: off)."""
     mae_mask_ratio: float = 0.6
     mae_patch: int = 0
     """Masked cube size in voxels; 0 = the encoder's total stride (one feature-map cell per patch)."""

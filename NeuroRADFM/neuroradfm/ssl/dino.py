@@ -6,7 +6,9 @@ similar samples (3D batches of a cohort that shares one anatomy) it can leave th
 the student follows (the uniform collapse, docs/PRETRAINING.md). ``dino_centering="sinkhorn"`` uses
 DINOv2's Sinkhorn-Knopp centring instead: the batch's sharpened teacher outputs are rescaled so that every
 prototype receives an equal share of the batch (which keeps the targets sharp only where the teacher tells
-the samples apart: measured, it does not stop the collapse on the phantom cohort, bench/RESULTS.md)."""
+the samples apart: measured, it does not stop the collapse on the phantom cohort, bench/RESULTS.md).
+``dino_koleo`` > 0 adds DINOv2's KoLeo term (Sablayrolles et al. 2019) on the student's embeddings: it spreads
+the cases of a batch apart, which gives the teacher, its EMA, the between-case differences that centring needs."""
 
 from __future__ import annotations
 
@@ -34,6 +36,19 @@ def sinkhorn_knopp(scores: torch.Tensor, iterations: int = 3) -> torch.Tensor:
         q = q / q.sum(dim=1, keepdim=True) / k
         q = q / q.sum(dim=0, keepdim=True) / n
     return (q * n).t()
+
+
+def koleo(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(N, D) embeddings -> (N,) KoLeo terms -log(distance to the nearest other row), rows L2-normalised
+    (DINOv2's ``KoLeoLoss``, per sample so that Group-DRO can weight it). Zeros for a batch of one."""
+    if z.shape[0] < 2:
+        return z.new_zeros(z.shape[0])
+    x = F.normalize(z.float(), dim=-1, eps=eps)
+    with torch.no_grad():
+        similarity = x @ x.t()
+        similarity.fill_diagonal_(-2.0)
+        nearest = similarity.argmax(dim=1)
+    return -torch.log(F.pairwise_distance(x, x[nearest], eps=eps) + eps)
 
 
 class DINOHead(nn.Module):
@@ -77,7 +92,8 @@ class DINO(SSLMethod):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         n = batch["view1"].shape[0]
         x = torch.cat([batch["view1"], batch["view2"]])
-        student = F.log_softmax(self.head(self.encoder(x)[1]) / self.settings.dino_student_temp, dim=-1)
+        z = self.encoder(x)[1]
+        student = F.log_softmax(self.head(z) / self.settings.dino_student_temp, dim=-1)
         with torch.no_grad():
             out = self.teacher["head"](self.teacher["encoder"](x)[1])
             sinkhorn = self.settings.dino_centering == "sinkhorn"
@@ -91,12 +107,14 @@ class DINO(SSLMethod):
         loss12 = -(teacher[:n] * student[n:]).sum(dim=-1)
         loss21 = -(teacher[n:] * student[:n]).sum(dim=-1)
         loss = (loss12 + loss21) / 2
+        spread = (koleo(z[:n]) + koleo(z[n:])) / 2 if self.settings.dino_koleo > 0 else torch.zeros_like(loss)
         if torch.is_grad_enabled():
-            self._log_terms(loss.detach(), teacher, student.detach(), out.shape[-1])
-        return loss
+            self._log_terms(loss.detach(), teacher, student.detach(), out.shape[-1], spread.detach())
+        return loss + self.settings.dino_koleo * spread
 
     @torch.no_grad()
-    def _log_terms(self, loss: torch.Tensor, teacher: torch.Tensor, log_student: torch.Tensor, k: int) -> None:
+    def _log_terms(self, loss: torch.Tensor, teacher: torch.Tensor, log_student: torch.Tensor, k: int,
+                   spread: torch.Tensor) -> None:
         # cross-entropy = H(teacher) + KL(teacher || student) (Caron et al., fig. 7). The centre and the
         # temperature warm-up move H(teacher), so the raw loss need not fall. Collapse shows as H(teacher) ->
         # log K with a uniform student (cross-entropy = log K whatever the teacher), or H(teacher) -> 0 with
@@ -108,7 +126,7 @@ class DINO(SSLMethod):
         mean_teacher = teacher.mean(dim=0)
         terms = torch.stack([loss.sum(), h.sum(), (loss - h).sum(),
                              -(mean_teacher * mean_teacher.clamp(min=1e-30).log()).sum() * n,
-                             (student_entropy[:n] + student_entropy[n:]).sum() / 2])
+                             (student_entropy[:n] + student_entropy[n:]).sum() / 2, spread.sum()])
         self._terms = terms if self._terms is None else self._terms + terms
         self._terms_count += n
         self._temperature = self.teacher_temperature()
@@ -117,10 +135,11 @@ class DINO(SSLMethod):
     def pop_diagnostics(self) -> dict[str, float]:
         if self._terms is None:
             return {}
-        ce, h, kl, h_mean, h_student = (self._terms / self._terms_count).tolist()
+        ce, h, kl, h_mean, h_student, spread = (self._terms / self._terms_count).tolist()
         self._terms, self._terms_count = None, 0
         return {"cross_entropy": ce, "teacher_entropy": h, "kl": kl, "batch_teacher_entropy": h_mean,
-                "student_entropy": h_student, "log_k": self._log_k, "teacher_temperature": self._temperature}
+                "student_entropy": h_student, "log_k": self._log_k, "teacher_temperature": self._temperature,
+                **({"koleo": spread} if self.settings.dino_koleo > 0 else {})}
 
     def after_step(self, fraction: float) -> None:
         student = nn.ModuleDict({"encoder": self.encoder, "head": self.head})

@@ -1,11 +1,12 @@
-"""A minimal, honest training path for a complete bundle (until SSL + Group-DRO pretraining lands).
+"""Supervised training of a complete bundle: the supervised stand-in, or the fine-tuning of a pretrained encoder.
 
-1. The encoder is trained SUPERVISED on split A of the cohort: multi-label cross-entropy on the
+1. The encoder (freshly initialised, or an encoder bundle from ``neuroradfm pretrain`` given as ``init``) is
+   trained SUPERVISED on split A of the cohort: multi-label cross-entropy on the
    markers through a temporary linear layer (unknown labels masked out) plus, optionally
    (``tumour_weight`` > 0, cohort with tumour masks), an auxiliary target: the tumour fraction of
    each cell of the last feature map, predicted by a 1x1x1 convolution, meant to keep the feature
-   map spatially tied to the lesion, which is what Grad-CAM reads. This is a stand-in for
-   self-supervised pretraining and the card says so.
+   map spatially tied to the lesion, which is what Grad-CAM reads. Without ``init`` this is a stand-in
+   for self-supervised pretraining and the card says so; with it, the card records the pretraining.
 2. The encoder is frozen; embeddings of split B (cases the encoder never saw) are used to fit
    the bundle's heads: feature scaling, one logistic probe per marker, a Cox model, OOD stats.
    Their metrics are cross-validated on split B.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import neuroradfm
 from neuroradfm.io import read_manifest
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.metrics import MetricsLog
-from neuroradfm.models.bundle import save_bundle
+from neuroradfm.models.bundle import Bundle, load_bundle, save_bundle
 from neuroradfm.models.encoder import Encoder, EncoderConfig, resolve_device
 from neuroradfm.models.heads import Heads
 from neuroradfm.preprocess import PreprocessSettings
@@ -100,12 +101,14 @@ def background_spread(features: torch.Tensor, occupancy: torch.Tensor) -> torch.
 
 
 def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: torch.device,
-                  progress: Progress = null_progress, metrics: MetricsLog | None = None) -> tuple[Encoder, list[float]]:
-    """Supervised multi-marker training; returns the encoder and the per-epoch mean loss."""
+                  progress: Progress = null_progress, metrics: MetricsLog | None = None,
+                  encoder: Encoder | None = None) -> tuple[Encoder, list[float]]:
+    """Supervised multi-marker training of ``encoder`` (default: a new one); returns it and the per-epoch mean
+    loss."""
     metrics = metrics or MetricsLog(None)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    encoder = Encoder(settings.encoder).to(device)
+    encoder = (encoder or Encoder(settings.encoder)).to(device)
     head = nn.Linear(encoder.embedding_dim, len(MARKER_KEYS)).to(device)
     occupancy = nn.Conv3d(encoder.embedding_dim, 1, kernel_size=1).to(device)
     use_tumour = cohort.tumour is not None and (settings.tumour_weight > 0 or settings.lesion_pooling
@@ -196,22 +199,50 @@ def _lesion_terms(settings: BaselineSettings, have_masks: bool) -> str:
 
 
 
+def _pretraining(init: Bundle) -> dict[str, Any]:
+    """What the card keeps of the encoder bundle the training started from."""
+    training = init.card.get("training", {})
+    keep = ("method", "dro", "group_column", "groups", "q_final", "manifest", "manifest_hash", "cases", "steps",
+            "settings", "loss_first_steps", "loss_last_steps", "created")
+    return {"encoder_bundle": init.name, "encoder_bundle_hash": init.card.get("content_hash"),
+            "rebuild_command": init.card.get("rebuild_command"), **{k: training[k] for k in keep if k in training}}
+
+
+def _method(settings: BaselineSettings, have_masks: bool, init: Bundle | None) -> str:
+    lesion = _lesion_terms(settings, have_masks)
+    if init is None:
+        return (f"supervised multi-marker encoder (split A){lesion} + frozen-embedding heads (split B); "
+                "stand-in for SSL + Group-DRO pretraining")
+    pretraining = init.card.get("training", {})
+    dro = pretraining.get("dro", "erm")
+    sampled = " drawing the cases from q" if pretraining.get("settings", {}).get("dro_sampling") else ""
+    how = f"{pretraining.get('method', 'unknown method')}, " + ("ERM" if dro == "erm" else f"Group-DRO {dro}{sampled}")
+    return (f"encoder pretrained ({how}; see pretraining), fine-tuned supervised on the markers of split A{lesion}"
+            " + frozen-embedding heads (split B)")
+
+
 def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSettings | None = None,
                    card: dict[str, Any] | None = None, progress: Progress = null_progress,
-                   cache_dir: str | Path | None = None, metrics_path: str | Path | None = None) -> Path:
+                   cache_dir: str | Path | None = None, metrics_path: str | Path | None = None,
+                   init: str | Path | None = None) -> Path:
     """Build a complete bundle from a manifest; returns the bundle folder.
 
-    ``cache_dir`` keeps the preprocessed cases for the next run (see neuroradfm.train.cohort);
-    ``metrics_path`` receives one JSON line per training step (neuroradfm.metrics).
+    ``init``: an encoder bundle (``neuroradfm pretrain``) to fine-tune instead of a new encoder; its
+    architecture and preprocessing replace those of ``settings``. ``cache_dir`` keeps the preprocessed cases
+    for the next run (see neuroradfm.train.cohort); ``metrics_path`` receives one JSON line per training step
+    (neuroradfm.metrics).
     """
     settings = settings or BaselineSettings()
     manifest = Path(manifest)
+    start = None if init is None else load_bundle(init)
+    if start is not None:
+        settings = replace(settings, encoder=start.encoder.config, preprocessing=start.preprocessing)
     device = resolve_device(settings.device)
     cohort = prepare_cohort(read_manifest(manifest), settings.preprocessing, sub_progress(progress, 0.0, 0.25),
                             cache_dir)
     split_a, split_b = _split(cohort, settings.probe_fraction, settings.seed)
     encoder, history = train_encoder(cohort.subset(split_a), settings, device, sub_progress(progress, 0.25, 0.9),
-                                     MetricsLog(metrics_path))
+                                     MetricsLog(metrics_path), None if start is None else start.encoder)
     progress("heads", 0.9, "fitting probes, Cox and OOD on held-out embeddings")
     probe_cohort = cohort.subset(split_b)
     embeddings, reference = embed(encoder, probe_cohort.inputs, device, cam_layer=settings.cam_layer)
@@ -225,8 +256,7 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
     }
     full_card.update(card or {})
     full_card["training"] = {
-        "method": "supervised multi-marker encoder (split A)" + _lesion_terms(settings, cohort.tumour is not None)
-                  + " + frozen-embedding heads (split B); stand-in for SSL + Group-DRO pretraining",
+        "method": _method(settings, cohort.tumour is not None, start),
         "manifest": manifest.name, "manifest_hash": file_hash(manifest),
         "cases_encoder": len(split_a), "cases_heads": len(split_b), "failed_cases": cohort.failures,
         "sites": sorted(set(cohort.sites)), "skipped_heads": skipped,
@@ -236,6 +266,8 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
         "software": {"neuroradfm": neuroradfm.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }
+    if start is not None:
+        full_card["training"]["pretraining"] = _pretraining(start)
     path = save_bundle(out, encoder.cpu(), heads, settings.preprocessing, full_card)
     progress("done", 1.0, str(path))
     return path

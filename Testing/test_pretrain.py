@@ -17,7 +17,7 @@ from neuroradfm.cli import main
 from neuroradfm.errors import BundleError, InputError
 from neuroradfm.metrics import read_metrics
 from neuroradfm.models.bundle import load_bundle
-from neuroradfm.models.encoder import EncoderConfig
+from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.ssl import MethodSettings
 from neuroradfm.train import data as data_module
@@ -125,8 +125,8 @@ def test_encoder_bundle_fit_heads_and_fine_tuning(small, phantom_cohort, cache, 
                  "--device", "cpu", "--progress", "none"]) == 0
     fine = load_bundle(tuned)
     assert fine.encoder.config == settings.encoder and fine.preprocessing == settings.preprocessing
-    fresh = torch.nn.Module.state_dict(type(bundle.encoder)(settings.encoder))
-    convs = [k for k, v in bundle.encoder.state_dict().items() if k.endswith("conv1.weight")]
+    fresh = Encoder(settings.encoder).state_dict()
+    convs = [k for k in bundle.encoder.state_dict() if k.endswith("conv1.weight")]
     assert convs
     for key in convs:
         torch.testing.assert_close(fine.encoder.state_dict()[key], bundle.encoder.state_dict()[key],

@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     _progress_option(p)
 
     p = commands.add_parser("train-baseline",
-                            help="supervised baseline encoder + probes + Cox into a bundle (until SSL lands)")
+                            help="supervised encoder training (new, or --init a pretrained one) + probes + Cox "
+                                 "into a bundle")
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--init", type=Path,

@@ -8,7 +8,8 @@ DINOv2's Sinkhorn-Knopp centring instead: the batch's sharpened teacher outputs 
 prototype receives an equal share of the batch (which keeps the targets sharp only where the teacher tells
 the samples apart: measured, it does not stop the collapse on the phantom cohort, bench/RESULTS.md).
 ``dino_koleo`` > 0 adds DINOv2's KoLeo term (Sablayrolles et al. 2019) on the student's embeddings: it spreads
-the cases of a batch apart, which gives the teacher, its EMA, the between-case differences that centring needs."""
+the cases of a batch apart, meant to give the teacher (their EMA) between-case differences that centring keeps
+(measured: the embeddings spread, the head's output still goes uniform, bench/RESULTS.md)."""
 
 from __future__ import annotations
 

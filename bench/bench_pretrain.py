@@ -61,7 +61,8 @@ def settings_from(args: argparse.Namespace, method: str, dro: str = "erm", seed:
                                        mae_mask_ratio=args.mask_ratio, mae_mask_per_sequence=args.mask_per_sequence,
                                        dino_teacher_temp=args.dino_teacher_temp,
                                        dino_teacher_temp_warmup=args.dino_temp_warmup,
-                                       dino_centering=args.dino_centering, dino_koleo=args.dino_koleo),
+                                       dino_centering=args.dino_centering, dino_koleo=args.dino_koleo,
+                                       dino_center_momentum=args.dino_center_momentum),
         epochs=10_000, max_steps=steps or args.steps, batch_size=args.batch, learning_rate=args.lr,
         weight_decay=0.05, warmup_fraction=args.warmup, dro=dro, eta_q=args.eta_q, checkpoint_every=10_000,
         num_workers=0, seed=args.seed if seed is None else seed, device="cpu")
@@ -354,6 +355,7 @@ def main() -> None:
     parser.add_argument("--dino-centering", choices=DINO_CENTERINGS, default="ema")
     parser.add_argument("--dino-out-dim", type=int, default=256, help="DINO prototypes K")
     parser.add_argument("--dino-koleo", type=float, default=0.0, help="DINO: weight of the KoLeo term (0: off)")
+    parser.add_argument("--dino-center-momentum", type=float, default=0.9, help="DINO: EMA momentum of the centre")
     parser.add_argument("--dino-temp-warmup", type=float, default=0.3,
                         help="fraction of training of the teacher temperature warm-up from 0.04 (0: constant)")
     parser.add_argument("--dro-method", default="mae", help="method of the ERM/DRO comparison; none: skip it")

@@ -92,6 +92,8 @@ def test_resume_ends_with_the_same_weights_and_q(small, cache, tmp_path, samplin
         replace(TINY, dro_sampling=True, group_balanced=True)
     with pytest.raises(ValueError, match="needs --dro"):
         replace(TINY, dro_sampling=True, dro="erm")
+    with pytest.raises(ValueError, match="unknown flips"):
+        replace(TINY, flips="diagonal")
 
 
 def test_encoder_bundle_fit_heads_and_fine_tuning(small, phantom_cohort, cache, tmp_path):
@@ -144,7 +146,8 @@ def test_encoder_bundle_fit_heads_and_fine_tuning(small, phantom_cohort, cache, 
 
 @pytest.mark.parametrize("method, options", [
     ("mae", ["--mask-per-sequence", "--mask-patch", "8", "--norm", "group"]),
-    ("dino", ["--dino-centering", "sinkhorn", "--dino-out-dim", "32"]),
+    ("dino", ["--dino-centering", "sinkhorn", "--dino-out-dim", "32", "--dino-head-norm", "layer",
+              "--flips", "lr", "--augment-strength", "0.5"]),
 ])
 def test_cli_pretrain_options_reach_the_encoder_and_the_card(small, cache, tmp_path, method, options):
     out = tmp_path / "encoder"
@@ -160,6 +163,9 @@ def test_cli_pretrain_options_reach_the_encoder_and_the_card(small, cache, tmp_p
         assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in bundle.encoder.modules())
     else:
         assert chosen["dino_centering"] == "sinkhorn" and bundle.encoder.config.norm == "batch"
+        assert chosen["dino_head_norm"] == "layer"
+        views = bundle.card["training"]["settings"]
+        assert views["flips"] == "lr" and views["augment_strength"] == 0.5
     assert len(bundle.card["training"]["loss_last_steps"]) == 2
 
 

@@ -99,6 +99,34 @@ def test_sinkhorn_centring_spreads_the_batch_over_the_prototypes_and_leaves_the_
                      MethodSettings(dino_centering="median"))
 
 
+def test_batch_norm_head_keeps_what_tells_near_identical_cases_apart():
+    """Cases that share almost everything (one anatomy): after the centre removes the shared output, a
+    LayerNorm head leaves the cases' logits ~1e-3 apart (the teacher goes uniform at temperature 0.04); the
+    BatchNorm head (the DINO default) standardises their differences to unit scale."""
+    from neuroradfm.ssl.base import mlp
+    from neuroradfm.ssl.dino import DINOHead
+
+    torch.manual_seed(0)
+    z = torch.rand(1, 64) * 5 + 0.01 * torch.randn(16, 64)  # shared embedding + small per-case parts
+    spread = {}
+    for norm in ("layer", "batch"):
+        torch.manual_seed(1)
+        head = DINOHead(64, 64, 32, 128, norm).train()
+        with torch.no_grad():
+            out = head(z)
+        centred = out - out.mean(dim=0, keepdim=True)
+        spread[norm] = centred.std().item()
+        teacher = torch.softmax(centred / 0.04, dim=-1)
+        entropy = -(teacher * teacher.log()).sum(dim=-1).mean().item()
+        spread[norm + " entropy"] = entropy
+    assert spread["batch"] > 20 * spread["layer"], spread
+    assert spread["layer entropy"] > np.log(128) - 0.01 > spread["batch entropy"] + 1.0, spread
+    assert isinstance(build_method("dino", Encoder(EncoderConfig("resnet10", widen_factor=0.125)),
+                                   TINY).head.mlp[1], torch.nn.BatchNorm1d)
+    with pytest.raises(ValueError, match="head normalisation"):
+        mlp(8, 8, 8, norm="instance")
+
+
 def test_koleo_pushes_the_nearest_neighbours_apart():
     z = torch.tensor([[1.0, 0.0], [0.99, 0.14], [-1.0, 0.0]], requires_grad=True)
     terms = koleo(z)
@@ -171,3 +199,24 @@ def test_two_views_are_reproducible_per_seed():
     assert not torch.equal(a1, a2) and not torch.equal(a1, c1)
     with pytest.raises(ValueError, match="exceeds"):
         TwoViews(48)(image, 0)
+
+
+def test_views_flip_along_the_chosen_axes_only():
+    """Whole-grid views without affine or intensity changes: "lr" gives the image or its mirror along the
+    last (left-right) axis, "none" the image itself, "all" also the other axes' mirrors."""
+    image = np.random.default_rng(1).normal(size=(4, 12, 12, 12)).astype(np.float32)
+    x = torch.from_numpy(image)
+    mirrors = {"none": [x], "lr": [x, x.flip(3)]}
+    for flips, allowed in mirrors.items():
+        views = TwoViews(12, strength=0.0, flips=flips)
+        seen = set()
+        for seed in range(12):
+            for view in views(image, seed):
+                matches = [i for i, m in enumerate(allowed) if torch.equal(view, m)]
+                assert matches, (flips, seed)
+                seen.update(matches)
+        assert seen == set(range(len(allowed)))  # "lr" does flip, about half the time
+    others = [v for seed in range(12) for v in TwoViews(12, 0.0, "all")(image, seed)]
+    assert any(not torch.equal(v, x) and not torch.equal(v, x.flip(3)) for v in others)
+    with pytest.raises(ValueError, match="flips"):
+        TwoViews(12, flips="diagonal")

@@ -42,6 +42,8 @@ from neuroradfm.metrics import read_metrics
 from neuroradfm.models.encoder import NORMS, Encoder, EncoderConfig
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.ssl import MethodSettings, build_method
+from neuroradfm.ssl.augment import FLIPS
+from neuroradfm.ssl.base import HEAD_NORMS
 from neuroradfm.ssl.dino import DINO_CENTERINGS
 from neuroradfm.ssl.mae import mask_spec
 from neuroradfm.train.cohort import cache_cohort, file_hash
@@ -55,14 +57,15 @@ def settings_from(args: argparse.Namespace, method: str, dro: str = "erm", seed:
         method=method, encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=2, no_max_pool=True,
                                              norm=args.norm),
         preprocessing=PreprocessSettings(spacing_mm=4.0, size=(args.size,) * 3, n4=False), crop_size=args.crop,
-        augment_strength=args.augment_strength,
+        augment_strength=args.augment_strength, flips=args.flips,
         method_settings=MethodSettings(hidden_dim=128, proj_dim=64, dino_out_dim=args.dino_out_dim, dino_bottleneck=64,
                                        mae_decoder_dim=64, mae_patch=args.mae_patch, ema_momentum=args.ema,
                                        mae_mask_ratio=args.mask_ratio, mae_mask_per_sequence=args.mask_per_sequence,
                                        dino_teacher_temp=args.dino_teacher_temp,
                                        dino_teacher_temp_warmup=args.dino_temp_warmup,
                                        dino_centering=args.dino_centering, dino_koleo=args.dino_koleo,
-                                       dino_center_momentum=args.dino_center_momentum),
+                                       dino_center_momentum=args.dino_center_momentum,
+                                       dino_head_norm=args.dino_head_norm),
         epochs=10_000, max_steps=steps or args.steps, batch_size=args.batch, learning_rate=args.lr,
         weight_decay=0.05, warmup_fraction=args.warmup, dro=dro, eta_q=args.eta_q, checkpoint_every=10_000,
         num_workers=0, seed=args.seed if seed is None else seed, device="cpu")
@@ -174,12 +177,18 @@ def split_manifest(manifest: Path, work: Path, train_per_site: list[int], heldou
 @torch.no_grad()
 def spread(args, settings: PretrainSettings, run: Path | None, cache: Path) -> dict[str, float]:
     """Mean pairwise cosine over 16 cases (one fixed view each, eval mode) of the encoder's embedding and of
-    the EMA side's head output (BYOL target / MoCo keys / DINO teacher): near 1 = every case looks the same."""
+    the EMA side's head output (BYOL target / MoCo keys / DINO teacher): near 1 = every case looks the same.
+    Also the EMA head's view agreement (train mode, as the loss sees it): with each output minus the mean over
+    the 32 outputs of two fixed views of the 16 cases, the mean dot product of a case's two views over the mean
+    squared norm. 1: the views of a case agree exactly; 0: no more than two cases do (what the untrained
+    teacher gives when crop offsets and flips matter more than the case: nothing for DINO to learn from)."""
     entries = read_manifest(args.manifest)
     cohort = cache_cohort(entries, settings.preprocessing, cache)
     _, ids = group_labels(cohort.entries, "site", args.manifest)
-    dataset = PretrainDataset(cohort, ids, settings.crop_size, seed=10_000)
-    x = torch.stack([dataset[i]["view1"] for i in range(0, len(dataset), max(1, len(dataset) // 16))][:16])
+    dataset = PretrainDataset(cohort, ids, settings.crop_size, seed=10_000, strength=settings.augment_strength,
+                              flips=settings.flips)
+    samples = [dataset[i] for i in range(0, len(dataset), max(1, len(dataset) // 16))][:16]
+    x = torch.stack([sample["view1"] for sample in samples])
     torch.manual_seed(settings.seed)
     model = build_method(settings.method, Encoder(settings.encoder), settings.method_settings, settings.crop_size)
     if run is not None:
@@ -197,6 +206,12 @@ def spread(args, settings: PretrainSettings, run: Path | None, cache: Path) -> d
         name, head = ema[settings.method]
         side = getattr(model, name)
         out["ema_head"] = cosine(side[head](side["encoder"](x)[1]))
+        model.train()
+        both = torch.cat([x, torch.stack([sample["view2"] for sample in samples])])
+        d = side[head](side["encoder"](both)[1]).float()
+        d = d - d.mean(dim=0, keepdim=True)
+        n = len(samples)
+        out["view_agreement"] = float((d[:n] * d[n:]).sum(dim=1).mean() / (d * d).sum(dim=1).mean())
     return out
 
 
@@ -224,12 +239,13 @@ def methods_table(args, results: dict) -> None:
         results["methods"][method]["cosine_trained"] = spread(args, settings, args.work / f"{method}-erm", cache)
     print("\nMean pairwise cosine over 16 cases of the embedding and of the EMA side's head output "
           "(untrained -> trained):\n")
-    print("| method | embedding | EMA head output |")
-    print("|---|---|---|")
+    print("| method | embedding | EMA head output | EMA head's view agreement |")
+    print("|---|---|---|---|")
     for method, r in results["methods"].items():
         a, b = r["cosine_untrained"], r["cosine_trained"]
         ema = f"{a['ema_head']:.3f} -> {b['ema_head']:.3f}" if "ema_head" in a else "-"
-        print(f"| {method} | {a['embedding']:.3f} -> {b['embedding']:.3f} | {ema} |")
+        agree = f"{a['view_agreement']:.3f} -> {b['view_agreement']:.3f}" if "view_agreement" in a else "-"
+        print(f"| {method} | {a['embedding']:.3f} -> {b['embedding']:.3f} | {ema} | {agree} |")
     if dino_rows is None:
         return
     # DINO's terms: cross-entropy = H(teacher) + KL(teacher || student); batch entropy = H(mean teacher)
@@ -329,7 +345,7 @@ def dro_tables(args, results: dict) -> None:
             print(f"| {r['mode']} | {r['seed']} | " + ", ".join(f"{v:.3f}" for v in r["loss_share"].values()) + " |")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ssl-bench"))
@@ -344,6 +360,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=32)
     parser.add_argument("--augment-strength", type=float, default=1.0,
                         help="scale of the views' affine and intensity augmentation (0: crops and flips only)")
+    parser.add_argument("--flips", choices=tuple(FLIPS), default="all", help="axes the views are flipped along")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the steps")
     parser.add_argument("--mae-patch", type=int, default=0, help="MAE masked cube side (0: the encoder's stride)")
@@ -355,6 +372,8 @@ def main() -> None:
     parser.add_argument("--dino-centering", choices=DINO_CENTERINGS, default="ema")
     parser.add_argument("--dino-out-dim", type=int, default=256, help="DINO prototypes K")
     parser.add_argument("--dino-koleo", type=float, default=0.0, help="DINO: weight of the KoLeo term (0: off)")
+    parser.add_argument("--dino-head-norm", choices=HEAD_NORMS, default="batch",
+                        help="DINO: normalisation of the head's hidden layer")
     parser.add_argument("--dino-center-momentum", type=float, default=0.9, help="DINO: EMA momentum of the centre")
     parser.add_argument("--dino-temp-warmup", type=float, default=0.3,
                         help="fraction of training of the teacher temperature warm-up from 0.04 (0: constant)")
@@ -374,7 +393,11 @@ def main() -> None:
     parser.add_argument("--eval-split", choices=("heldout", "train"), default="heldout",
                         help="cases the ERM/DRO runs are evaluated on (train: their own training cases)")
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     if args.eval_only and args.methods:
         raise SystemExit("--eval-only re-evaluates the ERM/DRO comparison only; pass --methods \"\"")
     torch.set_num_threads(args.threads)

@@ -89,7 +89,8 @@ def main() -> None:
     device = torch.device("cpu")
     encoders = {f"untrained (seed {s})": untrained_encoder(first.card["architecture"], s)
                 for s in sorted(seeds_of_runs)}
-    encoders.update({f"{name} (300 steps)": bundle.encoder for name, bundle in bundles.items()})
+    encoders.update({f"{name} ({bundle.card['training']['steps']} steps)": bundle.encoder
+                     for name, bundle in bundles.items()})
     results: dict = {}
     for name, encoder in encoders.items():
         features, _ = embed(encoder, cohort.inputs, device)

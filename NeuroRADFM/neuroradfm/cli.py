@@ -135,6 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, default=2.0, help="model grid spacing in mm")
     p.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction in preprocessing")
     p.add_argument("--crop", type=int, default=96, help="side of the random crops the views are made of")
+    p.add_argument("--augment-strength", type=float, default=1.0,
+                   help="scale of the views' affine and intensity augmentation (0: crops and flips only)")
+    p.add_argument("--flips", choices=("all", "lr", "none"), default="all",
+                   help="axes the views are flipped along: all three, left-right only, or none")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--max-steps", type=int, default=0, help="stop (and end the schedule) after this many steps")
     p.add_argument("--batch-size", type=int, default=8, help="global batch per optimizer step")
@@ -149,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="DINO teacher centring: an EMA of its mean output (DINO) or Sinkhorn-Knopp (DINOv2)")
     p.add_argument("--dino-koleo", type=float, default=0.0,
                    help="DINO: weight of DINOv2's KoLeo term, which spreads a batch's embeddings apart (0: off)")
+    p.add_argument("--dino-head-norm", choices=("batch", "layer"), default="batch",
+                   help="DINO: normalisation of the head's hidden layer; batch (DINO's use_bn_in_head) keeps the "
+                        "cases' targets apart where layer lets the teacher go uniform (docs/PRETRAINING.md)")
     p.add_argument("--mask-ratio", type=float, default=0.6, help="MAE: fraction of masked cubes")
     p.add_argument("--mask-patch", type=int, default=0,
                    help="MAE: side of the masked cubes in voxels (0: the encoder's total stride)")
@@ -291,10 +298,11 @@ def _pretrain(args: argparse.Namespace) -> int:
             encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=args.conv1_stride,
                                   no_max_pool=args.no_max_pool, norm=args.norm),
             preprocessing=PreprocessSettings(spacing_mm=args.spacing, size=(args.size,) * 3, n4=not args.no_n4),
-            crop_size=args.crop,
+            crop_size=args.crop, augment_strength=args.augment_strength, flips=args.flips,
             method_settings=MethodSettings(hidden_dim=args.hidden_dim, proj_dim=args.proj_dim, ema_momentum=args.ema,
                                            dino_out_dim=args.dino_out_dim, dino_centering=args.dino_centering,
-                                           dino_koleo=args.dino_koleo, mae_mask_ratio=args.mask_ratio,
+                                           dino_koleo=args.dino_koleo, dino_head_norm=args.dino_head_norm,
+                                           mae_mask_ratio=args.mask_ratio,
                                            mae_patch=args.mask_patch, mae_mask_per_sequence=args.mask_per_sequence),
             epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, accumulate=args.accumulate,
             learning_rate=args.lr, weight_decay=args.weight_decay, warmup_fraction=args.warmup,

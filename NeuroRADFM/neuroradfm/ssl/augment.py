@@ -1,9 +1,10 @@
 """Two-view 3D augmentation from MONAI transforms, reproducible per sample.
 
-Every view is a random crop, flips along the three axes, a small affine (rotation, scaling), intensity
-scale and shift, gamma, Gaussian noise and a smooth bias field. The random state of the whole chain is set
-from a seed derived from (run seed, epoch, case index), so a sample's views do not depend on which worker,
-rank or resumed process draws them: this is what makes resume exact and DDP equal to one process.
+Every view is a random crop, flips (along the three axes, left-right only, or none), a small affine
+(rotation, scaling), intensity scale and shift, gamma, Gaussian noise and a smooth bias field. The random
+state of the whole chain is set from a seed derived from (run seed, epoch, case index), so a sample's views do
+not depend on which worker, rank or resumed process draws them: this is what makes resume exact and DDP equal
+to one process.
 """
 
 from __future__ import annotations
@@ -22,13 +23,19 @@ from monai.transforms import (
     RandSpatialCrop,
 )
 
+FLIPS: dict[str, tuple[int, ...]] = {"all": (0, 1, 2), "lr": (2,), "none": ()}
+"""Spatial axes each view may be flipped along. Cached cases are (4, K, J, I) arrays on the model grid, whose
+I axis runs left-right: "lr" flips only that one, the only flip a registered brain can show."""
 
-def view_transform(crop_size: int, strength: float = 1.0) -> Compose:
+
+def view_transform(crop_size: int, strength: float = 1.0, flips: str = "all") -> Compose:
     """One view's chain; ``strength`` 0 leaves only the crop (and flips)."""
+    if flips not in FLIPS:
+        raise ValueError(f"unknown flips {flips!r}; choose one of {', '.join(FLIPS)}")
     s = float(strength)
     return Compose([
         RandSpatialCrop(roi_size=(crop_size,) * 3, random_size=False),
-        RandFlip(prob=0.5, spatial_axis=0), RandFlip(prob=0.5, spatial_axis=1), RandFlip(prob=0.5, spatial_axis=2),
+        *(RandFlip(prob=0.5, spatial_axis=axis) for axis in FLIPS[flips]),
         RandAffine(prob=0.5 * s, rotate_range=(0.2 * s,) * 3, scale_range=(0.1 * s,) * 3, padding_mode="zeros",
                    mode="bilinear"),
         RandScaleIntensity(factors=0.2 * s, prob=0.8 * s),
@@ -47,9 +54,9 @@ def sample_seed(*parts: int) -> int:
 class TwoViews:
     """``(image (4, K, J, I) float32, seed) -> (view1, view2)`` as float32 tensors of the crop size."""
 
-    def __init__(self, crop_size: int, strength: float = 1.0) -> None:
+    def __init__(self, crop_size: int, strength: float = 1.0, flips: str = "all") -> None:
         self.crop_size = crop_size
-        self.transform = view_transform(crop_size, strength)
+        self.transform = view_transform(crop_size, strength, flips)
 
     def __call__(self, image: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         if min(image.shape[1:]) < self.crop_size:

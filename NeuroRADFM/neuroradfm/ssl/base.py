@@ -40,6 +40,10 @@ class MethodSettings:
     (DINOv2, SwAV: Sinkhorn-Knopp equipartition of the batch's teacher outputs over the prototypes)."""
     dino_koleo: float = 0.0
     """Weight of DINOv2's KoLeo term on the student's embeddings (each view's local batch; 0: off)."""
+    dino_head_norm: str = "batch"
+    """Normalisation of the DINO head's hidden layer: "batch" (DINO's ``use_bn_in_head``) or "layer". With
+    LayerNorm the head passes on what every case of a cohort shares, the centre removes it, and what is left
+    between cases is too small against the teacher's temperature: the uniform collapse (docs/PRETRAINING.md)."""
     mae_mask_ratio: float = 0.6
     mae_patch: int = 0
     """Masked cube size in voxels; 0 = the encoder's total stride (one feature-map cell per patch)."""
@@ -52,10 +56,19 @@ class MethodSettings:
         return asdict(self)
 
 
-def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    """Linear - LayerNorm - GELU - Linear. LayerNorm, not BatchNorm: 3D batches are small (1-4 per GPU) and a
-    per-sample head keeps each sample's loss independent of its batch-mates (exact DDP / accumulation)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+HEAD_NORMS = ("layer", "batch")
+"""Normalisation of an MLP head's hidden layer (``mlp``)."""
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, norm: str = "layer") -> nn.Sequential:
+    """Linear - norm - GELU - Linear. LayerNorm by default: 3D batches are small (1-4 per GPU) and a per-sample
+    head keeps each sample's loss independent of its batch-mates. BatchNorm (DINO's ``use_bn_in_head``)
+    standardises each hidden unit over the batch, which removes what every sample shares and leaves their
+    differences at unit scale (per process and micro-batch, like the encoder's BatchNorm)."""
+    if norm not in HEAD_NORMS:
+        raise ValueError(f"unknown head normalisation {norm!r}; choose one of {', '.join(HEAD_NORMS)}")
+    layer = nn.LayerNorm(hidden) if norm == "layer" else nn.BatchNorm1d(hidden)
+    return nn.Sequential(nn.Linear(in_dim, hidden), layer, nn.GELU(), nn.Linear(hidden, out_dim))
 
 
 def ema_momentum(base: float, fraction: float) -> float:

@@ -1,15 +1,17 @@
 """DINO (Caron et al. 2021): self-distillation; the student matches the EMA teacher's centred, sharpened
 distribution over prototypes of the other view. Two global views (no multi-crop local views).
 
-Centring by an EMA of the teacher's mean output keeps one prototype from taking every sample; with few,
-similar samples (3D batches of a cohort that shares one anatomy) it can leave the teacher near uniform, and
-the student follows (the uniform collapse, docs/PRETRAINING.md). ``dino_centering="sinkhorn"`` uses
-DINOv2's Sinkhorn-Knopp centring instead: the batch's sharpened teacher outputs are rescaled so that every
-prototype receives an equal share of the batch (which keeps the targets sharp only where the teacher tells
-the samples apart: measured, it does not stop the collapse on the phantom cohort, bench/RESULTS.md).
-``dino_koleo`` > 0 adds DINOv2's KoLeo term (Sablayrolles et al. 2019) on the student's embeddings: it spreads
-the cases of a batch apart, meant to give the teacher (their EMA) between-case differences that centring keeps
-(measured: the embeddings spread, the head's output still goes uniform, bench/RESULTS.md)."""
+Centring subtracts an EMA of the teacher's mean output so that no prototype takes every sample; what is left
+is what tells the samples apart. In a cohort that shares one anatomy, a LayerNorm head passes on mostly what
+every case shares, the centre removes it, and the rest is too small against the teacher's temperature: the
+teacher goes uniform and the student follows (the uniform collapse). The head's hidden layer therefore uses
+BatchNorm by default (DINO's ``use_bn_in_head``), which keeps the cases' differences at unit scale. DINO also
+needs views on which the untrained teacher's outputs for one case agree more than for two cases; with small
+feature maps, crop offsets and flips along every axis break that (measured: docs/PRETRAINING.md).
+``dino_centering="sinkhorn"`` uses DINOv2's Sinkhorn-Knopp centring instead: the batch's sharpened teacher
+outputs are rescaled so that every prototype receives an equal share of the batch. ``dino_koleo`` > 0 adds
+DINOv2's KoLeo term (Sablayrolles et al. 2019) on the student's embeddings, which spreads a batch's cases
+apart."""
 
 from __future__ import annotations
 
@@ -55,9 +57,9 @@ def koleo(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 class DINOHead(nn.Module):
     """MLP -> L2-normalised bottleneck -> weight-normalised linear layer onto ``out_dim`` prototypes."""
 
-    def __init__(self, in_dim: int, hidden: int, bottleneck: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, hidden: int, bottleneck: int, out_dim: int, norm: str = "layer") -> None:
         super().__init__()
-        self.mlp = mlp(in_dim, hidden, bottleneck)
+        self.mlp = mlp(in_dim, hidden, bottleneck, norm)
         self.last = weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
         self.last.parametrizations.weight.original0.data.fill_(1.0)
         self.last.parametrizations.weight.original0.requires_grad_(False)
@@ -75,7 +77,7 @@ class DINO(SSLMethod):
             raise ValueError(f"unknown DINO centring {settings.dino_centering!r}; choose one of "
                              f"{', '.join(DINO_CENTERINGS)}")
         self.head = DINOHead(encoder.embedding_dim, settings.hidden_dim, settings.dino_bottleneck,
-                             settings.dino_out_dim)
+                             settings.dino_out_dim, settings.dino_head_norm)
         self.teacher = frozen_copy(nn.ModuleDict({"encoder": encoder, "head": self.head}))
         self.register_buffer("center", torch.zeros(1, settings.dino_out_dim))
         self._sum: torch.Tensor | None = None

@@ -59,13 +59,13 @@ class PretrainDataset(Dataset):
     """Cached cases (memory-mapped) -> augmented two-view samples with their group id."""
 
     def __init__(self, cohort: CachedCohort, group_ids: Sequence[int], crop_size: int, seed: int,
-                 mask_patch: int = 0, mask_ratio: float = 0.0, strength: float = 1.0, mask_channels: int = 1
-                 ) -> None:
+                 mask_patch: int = 0, mask_ratio: float = 0.0, strength: float = 1.0, mask_channels: int = 1,
+                 flips: str = "all") -> None:
         if len(group_ids) != len(cohort.entries):
             raise ValueError("one group id per case")
         self.cohort = cohort
         self.group_ids = list(group_ids)
-        self.views = TwoViews(crop_size, strength)
+        self.views = TwoViews(crop_size, strength, flips)
         self.crop_size = crop_size
         self.seed = seed
         self.mask_patch = mask_patch

@@ -20,7 +20,7 @@ import math
 import platform
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.progress import Progress, null_progress, sub_progress
 from neuroradfm.ssl import METHODS, MethodSettings, build_method
-from neuroradfm.ssl.augment import sample_seed
+from neuroradfm.ssl.augment import FLIPS, sample_seed
 from neuroradfm.ssl.mae import mask_spec
 from neuroradfm.train import distributed
 from neuroradfm.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -63,6 +63,9 @@ class PretrainSettings:
     """Side of the random crops the views are made of (voxels of the model grid)."""
     method_settings: MethodSettings = field(default_factory=MethodSettings)
     augment_strength: float = 1.0
+    """Scale of the views' affine and intensity augmentation (0: crops and flips only)."""
+    flips: str = "all"
+    """Axes the views are flipped along: "all", "lr" (left-right only) or "none" (neuroradfm.ssl.augment)."""
     epochs: int = 100
     max_steps: int = 0
     """If > 0, training (and its schedule) ends after this many optimizer steps."""
@@ -104,6 +107,8 @@ class PretrainSettings:
         if self.dro_sampling and (self.group_balanced or self.dro == "erm"):
             raise ValueError("--dro-sampling draws the cases from Group-DRO's q: it needs --dro and cannot be "
                              "combined with --group-balanced")
+        if self.flips not in FLIPS:
+            raise ValueError(f"unknown flips {self.flips!r}; choose one of {', '.join(FLIPS)}")
         if self.crop_size > min(self.preprocessing.size):
             raise ValueError(f"crop size {self.crop_size} exceeds the model grid {self.preprocessing.size}")
 
@@ -121,17 +126,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def settings_from_dict(data: dict[str, Any]) -> PretrainSettings:
-    data = dict(data)
-    data["encoder"] = EncoderConfig.from_dict(data["encoder"])
-    data["preprocessing"] = PreprocessSettings.from_dict(data["preprocessing"])
-    data["method_settings"] = MethodSettings(**data["method_settings"])
-    if data.get("groups") is not None:
-        data["groups"] = tuple(data["groups"])
-    known = {f.name for f in fields(PretrainSettings)}
-    return PretrainSettings(**{k: v for k, v in data.items() if k in known})
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -215,7 +209,8 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
     encoder = Encoder(settings.encoder)
     ms = settings.method_settings
     dataset = PretrainDataset(cohort, group_ids, settings.crop_size, settings.seed,
-                              strength=settings.augment_strength, **mask_spec(settings.method, encoder, ms))
+                              strength=settings.augment_strength, flips=settings.flips,
+                              **mask_spec(settings.method, encoder, ms))
     sampler = make_sampler(dataset, ctx.world_size, ctx.rank, settings.seed, settings.group_balanced)
     per_epoch = steps_per_epoch(len(sampler), local_batch)
     if per_epoch < 1:

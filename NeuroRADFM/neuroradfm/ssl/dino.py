@@ -57,7 +57,7 @@ def koleo(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 class DINOHead(nn.Module):
     """MLP -> L2-normalised bottleneck -> weight-normalised linear layer onto ``out_dim`` prototypes."""
 
-    def __init__(self, in_dim: int, hidden: int, bottleneck: int, out_dim: int, norm: str = "layer") -> None:
+    def __init__(self, in_dim: int, hidden: int, bottleneck: int, out_dim: int, norm: str) -> None:
         super().__init__()
         self.mlp = mlp(in_dim, hidden, bottleneck, norm)
         self.last = weight_norm(nn.Linear(bottleneck, out_dim, bias=False))

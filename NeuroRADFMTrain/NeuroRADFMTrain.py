@@ -87,10 +87,11 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         self.controls = {"ssl": self.ui.sslCheckBox, "method": self.ui.sslMethodComboBox, "dro": self.ui.droCheckBox,
                          "dro_mode": self.ui.droModeComboBox, "group_column": self.ui.groupColumnLineEdit,
                          "resume": self.ui.resumeCheckBox, "tumour_weight": self.ui.tumourWeightSpinBox,
-                         "report": self.ui.openReportButton}
+                         "fine_tune": self.ui.fineTuneEpochsSpinBox, "report": self.ui.openReportButton}
         self.defaultTips = {key: widget.toolTip for key, widget in self.controls.items()}
         self.ui.sslCheckBox.connect("toggled(bool)", self.updateControls)
         self.ui.droCheckBox.connect("toggled(bool)", self.updateControls)
+        self.ui.fineTuneEpochsSpinBox.connect("valueChanged(int)", self.updateControls)
         self.ui.startButton.connect("clicked(bool)", self.onStart)
         self.ui.progressBar.hide()
         self.updateControls()
@@ -100,11 +101,12 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         from NeuroRADFMLib.training import control_states, method_description
 
         ssl = self.pretrain and self.ui.sslCheckBox.checked
-        states = control_states(self.pretrain, self.ui.sslCheckBox.checked, self.ui.droCheckBox.checked)
+        fine_tune = self.ui.fineTuneEpochsSpinBox.value > 0
+        states = control_states(self.pretrain, self.ui.sslCheckBox.checked, self.ui.droCheckBox.checked, fine_tune)
         for key, (enabled, tip) in states.items():
             self.controls[key].enabled = enabled
             self.controls[key].toolTip = tip or self.defaultTips[key]
-        self.ui.encoderMethodLabel.text = method_description(ssl)
+        self.ui.encoderMethodLabel.text = method_description(ssl, fine_tune)
 
     def cleanup(self):
         self.timer.stop()
@@ -120,15 +122,18 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
             raise ValueError("choose a cohort (manifest CSV or folder) and an output folder for the bundle")
         ssl = self.ui.sslCheckBox.enabled and self.ui.sslCheckBox.checked
         dro = ssl and self.ui.droCheckBox.checked
+        fine_tune = self.ui.fineTuneEpochsSpinBox.value if ssl else 0
         out = Path(self.ui.outputPathLineEdit.currentPath) / (self.ui.bundleNameLineEdit.text or "neuroradfm-bundle")
         return TrainingSettings(
             cohort=Path(self.ui.cohortPathLineEdit.currentPath), out=out, epochs=self.ui.epochsSpinBox.value,
-            device=self.ui.deviceSelector.currentData, tumour_weight=0.0 if ssl else self.ui.tumourWeightSpinBox.value,
+            device=self.ui.deviceSelector.currentData,
+            tumour_weight=self.ui.tumourWeightSpinBox.value if not ssl or fine_tune else 0.0,
             cache=out.parent / "preprocessed-cache" if self.ui.cacheCheckBox.checked else None,
             name=self.ui.bundleNameLineEdit.text or None,
             ssl_method=self.ui.sslMethodComboBox.currentData if ssl else None,
             dro=dro, dro_mode=self.ui.droModeComboBox.currentData if dro else "exponentiated",
-            group_column=self.ui.groupColumnLineEdit.text or "site", resume=ssl and self.ui.resumeCheckBox.checked)
+            group_column=self.ui.groupColumnLineEdit.text or "site", resume=ssl and self.ui.resumeCheckBox.checked,
+            fine_tune_epochs=fine_tune)
 
     def onStart(self):
         if self.job is not None:

@@ -31,12 +31,14 @@ from NeuroRADFMLib.training import (  # noqa: E402
     REPORT_MISSING,
     RESUME_BASELINE,
     SSL_METHODS,
+    SSL_ONLY,
     TrainingError,
     TrainingJob,
     TrainingSettings,
     control_states,
     core_commands,
     loss_chart,
+    method_description,
     pretrain_available,
     resolve_manifest,
     training_steps,
@@ -76,6 +78,21 @@ def test_loss_table_and_chart_follow_a_growing_metrics_file(scene, tmp_path):
     assert update_loss_table(table, path) == 4 and column(table, "loss")[-1] == pytest.approx(0.5)
 
 
+def test_loss_table_runs_on_through_a_second_stage(scene, tmp_path):
+    """Pretraining then fine-tuning: two stages whose steps each start at 1 make one curve, left to right."""
+    path = tmp_path / "run.metrics.jsonl"
+    log = MetricsLog(path)
+    for step, loss in enumerate([0.66, 0.6, 0.55], 1):
+        log(step, stage="pretrain", epoch=1, loss=loss)
+    for step, loss in enumerate([0.7, 0.5], 1):
+        log(step, stage="train", epoch=1, loss=loss)
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", "loss")
+    assert update_loss_table(table, path) == 5
+    assert column(table, "step") == [1, 2, 3, 4, 5] and column(table, "loss") == pytest.approx([0.66, 0.6, 0.55,
+                                                                                                 0.7, 0.5])
+    assert column(table, "stage") == ["pretrain"] * 3 + ["train"] * 2
+
+
 def test_training_steps_for_the_supervised_stand_in(phantom_cohort, tmp_path):
     assert resolve_manifest(phantom_cohort.parent) == phantom_cohort
     with pytest.raises(TrainingError, match="has no manifest.csv"):
@@ -96,7 +113,8 @@ def test_training_steps_for_the_supervised_stand_in(phantom_cohort, tmp_path):
     cli._parser().parse_args(arguments)  # the core's own parser accepts it
     for wrong, message in [(dict(resume=True), "supervised stand-in .* cannot resume"),
                            (dict(dro=True), "Group-DRO applies to self-supervised"),
-                           (dict(pretrain_options=("--arch", "resnet18")), "--arch resnet18: applies to self")]:
+                           (dict(pretrain_options=("--arch", "resnet18")), "--arch resnet18: applies to self"),
+                           (dict(fine_tune_epochs=3), "fine-tuning a pretrained encoder applies to self")]:
         with pytest.raises(TrainingError, match=message):
             training_steps(replace(settings, **wrong))
 
@@ -144,12 +162,27 @@ def test_training_steps_for_self_supervised_pretraining(phantom_cohort, tmp_path
     for wrong, message in [(dict(ssl_method="simclr"), "SSL method 'simclr'"),
                            (dict(dro_mode="soft"), "Group-DRO mode 'soft'"),
                            (dict(group_column=" "), "needs a group column"),
-                           (dict(tumour_weight=1.0), "supervised stand-in only"),
+                           (dict(tumour_weight=1.0), "supervised training only"),
                            (dict(pretrain_options=("--out", "x", "--resume")), "--out, --resume are set by")]:
         with pytest.raises(TrainingError, match=message):
             training_steps(replace(settings, **wrong))
     with pytest.raises(TrainingError, match=PRETRAIN_MISSING):
         training_steps(settings, commands={"train-baseline"})
+
+    # fine-tuning instead of heads on the frozen encoder: train-baseline --init, the tumour weight allowed
+    first, tune = training_steps(replace(settings, fine_tune_epochs=4, tumour_weight=0.5))
+    assert first.arguments == a and tune.label == "fine-tuning"
+    t = tune.arguments
+    assert t[:5] == ["train-baseline", "--manifest", str(phantom_cohort), "--out", str(out)]
+    option = {key: t[t.index(key) + 1] for key in ("--init", "--epochs", "--metrics", "--cache", "--tumour-weight",
+                                                    "--name")}
+    assert option == {"--init": f"{out}.encoder", "--epochs": "4", "--metrics": f"{out}.metrics.jsonl",
+                      "--cache": f"{out}.encoder.cache", "--tumour-weight": "0.5", "--name": "My model"}
+    assert "--size" not in t and "--arch" not in t  # the encoder bundle sets the architecture and the grid
+    assert (tune.start, tune.end) == (PRETRAIN_SHARE, 1.0)
+    cli._parser().parse_args(t)
+    with pytest.raises(TrainingError, match="fine-tune epochs: -1"):
+        training_steps(replace(settings, fine_tune_epochs=-1))
 
 
 def test_control_states_follow_the_core_and_the_choices():
@@ -160,11 +193,16 @@ def test_control_states_follow_the_core_and_the_choices():
     assert {k for k, (enabled, _) in baseline.items() if enabled} == {"ssl", "tumour_weight"}
     assert baseline["resume"] == (False, RESUME_BASELINE)
     ssl = control_states(pretrain=True, ssl=True, dro=False)
-    assert {k for k, (enabled, _) in ssl.items() if enabled} == {"ssl", "method", "dro", "resume"}
+    assert {k for k, (enabled, _) in ssl.items() if enabled} == {"ssl", "method", "dro", "resume", "fine_tune"}
     assert "checkpoint" in ssl["resume"][1] and ssl["tumour_weight"][1]
     dro = control_states(pretrain=True, ssl=True, dro=True)
     assert {k for k, (enabled, _) in dro.items() if enabled} == {"ssl", "method", "dro", "dro_mode",
-                                                                 "group_column", "resume"}
+                                                                 "group_column", "resume", "fine_tune"}
+    tuned = control_states(pretrain=True, ssl=True, dro=False, fine_tune=True)
+    assert tuned["tumour_weight"] == (True, "") and tuned["fine_tune"][0]
+    assert baseline["fine_tune"] == (False, SSL_ONLY)
+    assert "fine-tuning" in method_description(True, True) and "frozen" in method_description(True, False)
+    assert "stand-in" in method_description(False, True)
 
 
 def small_settings(manifest: Path, out: Path) -> TrainingSettings:
@@ -282,6 +320,28 @@ def test_self_supervised_job_cancel_keeps_the_checkpoint_and_resume_completes_a_
         BundleRegistry(tmp_path / "settings").register(job.paths.encoder)
     assert not job.paths.cache.exists()  # no cache was asked for: the job's own one is removed at the end
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_self_supervised_job_with_fine_tuning_completes_a_predicting_bundle(scene, phantom_cohort, tmp_path):
+    out = tmp_path / "bundles" / "tuned"
+    settings = TrainingSettings(phantom_cohort, out, epochs=1, device="cpu", ssl_method="byol", size=32,
+                                spacing=4.0, widen=0.125, name="tuned-in-test", pretrain_options=TINY_PRETRAIN,
+                                fine_tune_epochs=1, tumour_weight=0.5)
+    job = TrainingJob(settings, python=sys.executable).start()
+    events = job.wait(timeout=300)
+    bundle = load_bundle(job.bundle())
+    stages = [e.stage for e in events]
+    assert {"pretrain", "pretrained", "fine-tune", "train", "done"} <= set(stages)
+    assert stages.index("fine-tune") > stages.index("pretrained")
+    assert bundle.heads is not None and bundle.heads.markers and bundle.name == "tuned-in-test"
+    pretraining = bundle.card["training"]["pretraining"]  # the fine-tuned bundle names the encoder it began from
+    assert pretraining["method"] == "self-supervised byol" and pretraining["steps"] == 3
+    assert bundle.encoder.config.widen_factor == 0.125
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", "loss")
+    rows = update_loss_table(table, job.metrics_path)
+    stage_column = column(table, "stage")
+    assert rows > 3 and stage_column[:3] == ["pretrain"] * 3 and set(stage_column[3:]) == {"train"}
+    assert column(table, "step") == list(range(1, rows + 1))
 
 
 def test_bundle_registry(tiny_bundle, tmp_path):

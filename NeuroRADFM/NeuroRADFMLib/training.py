@@ -5,8 +5,10 @@ Two ways to a bundle the NeuroRADFM module can select:
 - self-supervised (the foundation-model path): ``neuroradfm pretrain`` (BYOL / DINO / MAE / MoCo, optional
   Group-DRO over a group column) writes an encoder-only bundle to ``<out>.encoder`` and a checkpoint
   ``<out>.encoder.checkpoint.pt``; then ``neuroradfm fit-heads`` fits probes, Cox and OOD on its frozen
-  embeddings into ``<out>``. One ``TrainingJob`` runs both processes; only the complete bundle counts, and
-  ``resume`` continues the pretraining from the checkpoint a cancelled or interrupted run kept.
+  embeddings into ``<out>``, or, with ``fine_tune_epochs``, ``neuroradfm train-baseline --init`` fine-tunes
+  the pretrained encoder with the markers (what gave the better probes in bench/RESULTS.md). One
+  ``TrainingJob`` runs both processes; only the complete bundle counts, and ``resume`` continues the
+  pretraining from the checkpoint a cancelled or interrupted run kept.
 - the supervised stand-in: ``neuroradfm train-baseline`` (encoder + probes + Cox in one process, no resume).
 """
 
@@ -27,16 +29,18 @@ DRO_MODES = {"exponentiated": "exponentiated weights (Sagawa et al.)",
 ``--dro-sampling`` (each step's cases drawn in proportion to q instead of weighted by it)."""
 BASELINE_LABEL = "supervised stand-in encoder + probes + Cox (not the self-supervised foundation model)"
 SSL_LABEL = "self-supervised pretraining of the encoder, then probes + Cox + OOD fitted on its frozen embeddings"
+FINE_TUNE_LABEL = ("self-supervised pretraining of the encoder, then fine-tuning it with the markers "
+                   "(probes + Cox + OOD on the fine-tuned encoder)")
 PRETRAIN_MISSING = "arrives with self-supervised pretraining"
 RESUME_BASELINE = ("the supervised stand-in (train-baseline) cannot resume; "
                    "only self-supervised pretraining continues from a checkpoint")
 RESUME_TIP = "continue the cancelled or interrupted pretraining of this bundle from its checkpoint ({})"
 SSL_ONLY = "applies to self-supervised pretraining (tick Self-supervised)"
-BASELINE_ONLY = "applies to the supervised stand-in only"
+BASELINE_ONLY = "applies to supervised training only (the stand-in, or fine-tuning after pretraining)"
 REPORT_MISSING = "needs an HTML evaluation report from the core (none is written yet)"
 LOSS_CHART_NAME = "NeuroRADFM training loss"
 PRETRAIN_SHARE = 0.85
-"""Fraction of the progress bar the pretraining takes; fitting the heads takes the rest."""
+"""Fraction of the progress bar the pretraining takes; fitting the heads (or fine-tuning) takes the rest."""
 CONTROLLED_OPTIONS = frozenset({"--manifest", "--method", "--out", "--metrics", "--checkpoint", "--resume",
                                 "--cache", "--progress", "--device", "--epochs", "--dro", "--dro-mode",
                                 "--group-column", "--dro-sampling", "--name", "--size", "--spacing", "--widen"})
@@ -81,7 +85,7 @@ class TrainingSettings:
     tumour_weight: float = 0.0
     name: str | None = None
     ssl_method: str | None = None
-    """None: the supervised stand-in; else one of SSL_METHODS (pretrain + fit-heads)."""
+    """None: the supervised stand-in; else one of SSL_METHODS (pretrain, then fit-heads or fine-tuning)."""
     dro: bool = False
     dro_mode: str = "exponentiated"
     group_column: str = "site"
@@ -93,6 +97,9 @@ class TrainingSettings:
     widen: float | None = None
     pretrain_options: tuple[str, ...] = ()
     """Further ``neuroradfm pretrain`` options passed as given (e.g. ``--arch resnet18 --crop 64 --max-steps 500``)."""
+    fine_tune_epochs: int = 0
+    """Self-supervised only: 0 fits the heads on the frozen encoder (``fit-heads``); N > 0 fine-tunes the
+    pretrained encoder with the markers for N epochs (``train-baseline --init``; ``tumour_weight`` applies)."""
 
 
 @dataclass(frozen=True)
@@ -148,20 +155,19 @@ def training_steps(settings: TrainingSettings, commands: set[str] | None = None)
             raise TrainingError(f"resume: {RESUME_BASELINE}")
         if settings.pretrain_options:
             raise TrainingError(f"pretrain options {' '.join(settings.pretrain_options)}: {SSL_ONLY}")
-        arguments = ["train-baseline", "--manifest", manifest, "--out", paths.out, "--epochs", settings.epochs,
-                     "--device", settings.device, "--metrics", paths.metrics, "--progress", "json"]
-        if paths.cache is not None:
-            arguments += ["--cache", paths.cache]
-        if settings.tumour_weight:
-            arguments += ["--tumour-weight", settings.tumour_weight]
-        arguments += [*_grid_options(settings), "--name", settings.name or paths.out.name]
+        if settings.fine_tune_epochs:
+            raise TrainingError(f"fine-tuning a pretrained encoder {SSL_ONLY}")
+        arguments = [*_supervised(settings, manifest, paths, settings.epochs), *_grid_options(settings),
+                     "--name", settings.name or paths.out.name]
         return [TrainingStep("supervised training", [str(a) for a in arguments], 0.0, 1.0)]
 
     if not pretrain_available(commands):
         raise TrainingError(f"self-supervised pretraining / Group-DRO: {PRETRAIN_MISSING} (not in this core yet)")
     if settings.ssl_method not in SSL_METHODS:
         raise TrainingError(f"SSL method {settings.ssl_method!r}: use one of {', '.join(SSL_METHODS)}")
-    if settings.tumour_weight:
+    if settings.fine_tune_epochs < 0:
+        raise TrainingError(f"fine-tune epochs: {settings.fine_tune_epochs} (0: heads on the frozen encoder)")
+    if settings.tumour_weight and not settings.fine_tune_epochs:
         raise TrainingError(f"tumour weight {settings.tumour_weight}: {BASELINE_ONLY}")
     if settings.dro and settings.dro_mode not in DRO_MODES:
         raise TrainingError(f"Group-DRO mode {settings.dro_mode!r}: use one of {', '.join(DRO_MODES)}")
@@ -186,19 +192,38 @@ def training_steps(settings: TrainingSettings, commands: set[str] | None = None)
     if settings.resume:
         pretrain.append("--resume")
     pretrain += [*settings.pretrain_options, "--progress", "json"]
-    heads = ["fit-heads", "--model", paths.encoder, "--manifest", manifest, "--out", paths.out,
-             "--cache", paths.cache, "--device", settings.device, "--name", name, "--progress", "json"]
+    if settings.fine_tune_epochs:  # the encoder bundle sets the architecture and the grid
+        label = "fine-tuning"
+        second = [*_supervised(settings, manifest, paths, settings.fine_tune_epochs), "--init", paths.encoder,
+                  "--name", name]
+    else:
+        label = "fitting heads"
+        second = ["fit-heads", "--model", paths.encoder, "--manifest", manifest, "--out", paths.out,
+                  "--cache", paths.cache, "--device", settings.device, "--name", name, "--progress", "json"]
     return [TrainingStep("self-supervised pretraining", [str(a) for a in pretrain], 0.0, PRETRAIN_SHARE),
-            TrainingStep("fitting heads", [str(a) for a in heads], PRETRAIN_SHARE, 1.0)]
+            TrainingStep(label, [str(a) for a in second], PRETRAIN_SHARE, 1.0)]
 
 
-def control_states(pretrain: bool, ssl: bool, dro: bool) -> dict[str, tuple[bool, str]]:
+def _supervised(settings: TrainingSettings, manifest: Path, paths: TrainingPaths, epochs: int) -> list:
+    """``train-baseline`` with the options the stand-in and the fine-tuning share."""
+    arguments = ["train-baseline", "--manifest", manifest, "--out", paths.out, "--epochs", epochs,
+                 "--device", settings.device, "--metrics", paths.metrics, "--progress", "json"]
+    if paths.cache is not None:
+        arguments += ["--cache", paths.cache]
+    if settings.tumour_weight:
+        arguments += ["--tumour-weight", settings.tumour_weight]
+    return arguments
+
+
+def control_states(pretrain: bool, ssl: bool, dro: bool, fine_tune: bool = False) -> dict[str, tuple[bool, str]]:
     """(enabled, tooltip) of each training control, so that the widget only applies them.
 
-    ``pretrain``: the core can pretrain; ``ssl`` / ``dro``: the Self-supervised / Group-DRO boxes are ticked.
+    ``pretrain``: the core can pretrain; ``ssl`` / ``dro``: the Self-supervised / Group-DRO boxes are ticked;
+    ``fine_tune``: fine-tune epochs > 0.
     """
     on = pretrain and ssl
     ssl_tip = PRETRAIN_MISSING if not pretrain else "" if ssl else SSL_ONLY
+    supervised = not on or fine_tune
     return {
         "ssl": (pretrain, "" if pretrain else PRETRAIN_MISSING),
         "method": (on, ssl_tip),
@@ -207,18 +232,21 @@ def control_states(pretrain: bool, ssl: bool, dro: bool) -> dict[str, tuple[bool
         "group_column": (on and dro, ssl_tip or ("" if dro else "tick Group-DRO")),
         "resume": (on, RESUME_TIP.format("<output folder>/<bundle name>.encoder.checkpoint.pt") if on
                    else PRETRAIN_MISSING if not pretrain else RESUME_BASELINE),
-        "tumour_weight": (not on, "" if not on else BASELINE_ONLY),
+        "fine_tune": (on, ssl_tip),
+        "tumour_weight": (supervised, "" if supervised else BASELINE_ONLY),
         "report": (False, REPORT_MISSING),
     }
 
 
-def method_description(ssl: bool) -> str:
+def method_description(ssl: bool, fine_tune: bool = False) -> str:
     """What Start training will train, said plainly (the stand-in is not the foundation model)."""
-    return f"Trains: {SSL_LABEL}." if ssl else f"Trains: {BASELINE_LABEL}."
+    if not ssl:
+        return f"Trains: {BASELINE_LABEL}."
+    return f"Trains: {FINE_TUNE_LABEL if fine_tune else SSL_LABEL}."
 
 
 class TrainingJob:
-    """One training run of one or two core processes (pretrain, then fit-heads), polled like one process.
+    """One training run of one or two core processes (pretrain, then fit-heads or fine-tuning), polled like one.
 
     ``poll()`` drives it: it returns progress events on the job's 0..1 scale and starts the next process
     when one ends well, so call it until ``finished``. ``metrics_path`` grows one JSON line per step.
@@ -274,7 +302,8 @@ class TrainingJob:
         return self.steps[self.step_index]
 
     def poll(self) -> list[ProgressEvent]:
-        """Progress since the last call (never blocks); starts fit-heads once the pretraining ended well."""
+        """Progress since the last call (never blocks); starts the second process once the pretraining ended
+        well."""
         if self.process is None:
             return []
         step, last = self.step, self.step_index == len(self.steps) - 1
@@ -289,7 +318,9 @@ class TrainingJob:
                 self._failure = problem
             else:
                 self._launch(self.step_index + 1)
-                events.append(ProgressEvent("fit-heads", self.step.start,
+                tuning = self.settings.fine_tune_epochs > 0
+                events.append(ProgressEvent("fine-tune" if tuning else "fit-heads", self.step.start,
+                                            "fine-tuning the pretrained encoder with the markers" if tuning else
                                             "fitting probes, Cox and OOD on the frozen encoder"))
         return events
 
@@ -371,16 +402,27 @@ class TrainingJob:
 
 
 def update_loss_table(table, metrics_path: str | Path) -> int:
-    """Fill ``table`` (step, epoch, loss) from a metrics JSON-lines file; returns the number of rows."""
+    """Fill ``table`` (step, stage, epoch, loss) from a metrics JSON-lines file; returns the number of rows.
+
+    A job of two training processes (pretraining, then fine-tuning) writes two stages whose steps each start at
+    1: the table's steps run on through the second stage, so that the curve is one line from left to right."""
     from neuroradfm.metrics import read_metrics
     from NeuroRADFMLib.results import fill_table
 
     path = Path(metrics_path)
     rows = read_metrics(path) if path.is_file() else []
-    rows = [r for r in rows if isinstance(r.get("loss"), (int, float))]
-    fill_table(table, [{"step": r["step"], "epoch": r.get("epoch", float("nan")), "loss": r["loss"]} for r in rows],
-               ("step", "epoch", "loss"), {"step", "epoch", "loss"})
-    return len(rows)
+    table_rows, offset, last = [], 0, None
+    for r in rows:
+        if not isinstance(r.get("loss"), (int, float)):
+            continue
+        stage = r.get("stage", "")
+        if last is not None and stage != last["stage"]:
+            offset = last["step"]
+        table_rows.append({"step": offset + r["step"], "stage": stage,
+                           "epoch": r.get("epoch", float("nan")), "loss": r["loss"]})
+        last = table_rows[-1]
+    fill_table(table, table_rows, ("step", "stage", "epoch", "loss"), {"step", "epoch", "loss"})
+    return len(table_rows)
 
 
 def loss_chart(scene, table, name: str = LOSS_CHART_NAME):

@@ -242,7 +242,9 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
         set_rng_state(state["rng"])
         step = int(state["step"])
         if ctx.is_main and metrics.path is not None and metrics.path.is_file():
-            kept = [row for row in read_metrics(metrics.path) if row.get("step", 0) <= step]
+            # this run's steps up to the checkpoint; not a later stage's rows (a fine-tuning that followed)
+            kept = [row for row in read_metrics(metrics.path)
+                    if row.get("stage") == "pretrain" and row.get("step", 0) <= step]
             with atomic_file(metrics.path) as tmp:
                 tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
         progress("resume", 0.1, f"resumed at step {step}/{total} from {checkpoint_path}")

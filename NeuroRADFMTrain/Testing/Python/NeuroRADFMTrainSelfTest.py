@@ -45,5 +45,12 @@ class NeuroRADFMTrainSelfTest(ScriptedLoadableModuleTest):
             self.assertEqual(widget.ui.droModeComboBox.enabled, on)
             self.assertEqual(widget.ui.resumeCheckBox.enabled, on)
             self.assertEqual(widget.ui.tumourWeightSpinBox.enabled, not on)
+            self.assertEqual(widget.ui.fineTuneEpochsSpinBox.enabled, on)
+        if available:  # fine-tuning after pretraining is supervised: the tumour weight applies to it
+            widget.ui.sslCheckBox.checked = True
+            widget.ui.fineTuneEpochsSpinBox.value = 2
+            self.assertTrue(widget.ui.tumourWeightSpinBox.enabled)
+            self.assertIn("fine-tuning", widget.ui.encoderMethodLabel.text)
+            widget.ui.fineTuneEpochsSpinBox.value = 0
         self.assertFalse(widget.ui.openReportButton.enabled)
         self.assertEqual(widget.ui.openReportButton.toolTip, REPORT_MISSING)

@@ -90,3 +90,19 @@ def test_lesion_pooling_and_background_spread():
     assert float(background_spread(features, occupancy)) == 0.0  # the tumour cells may differ, nothing else
     features[1, :, 1, 1, 1] = 9.0  # one background cell differs between the two cases
     assert float(background_spread(features, occupancy)) > 0.0
+
+
+def test_split_seed_keeps_the_heads_cases_while_the_training_seed_changes(phantom_cohort, tiny_bundle, tmp_path):
+    """train-baseline --split-seed: another training seed, the same held-out cases (split B) as seed 0."""
+    from neuroradfm.models.bundle import load_bundle
+    from neuroradfm.train.baseline import train_baseline
+
+    base = load_bundle(tiny_bundle)
+    other = load_bundle(train_baseline(phantom_cohort, tmp_path / "seed1", replace(TINY_SETTINGS, seed=1, split_seed=0),
+                                       cache_dir=tmp_path / "cache"))
+    ids = base.card["training"]["heads_case_ids"]
+    assert len(ids) == base.card["training"]["cases_heads"] == 12  # 0.75 of 16, stratified by site
+    assert other.card["training"]["heads_case_ids"] == ids
+    assert other.card["training"]["settings"]["split_seed"] == 0 and base.card["training"]["settings"]["seed"] == 0
+    first = next(iter(base.encoder.state_dict()))  # the seed still changes the training (the initialisation)
+    assert not torch.equal(base.encoder.state_dict()[first], other.encoder.state_dict()[first])

@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int,
+                   help="seed of the split into the encoder's cases and the heads' held-out cases (default: "
+                        "--seed); fix it to compare training seeds on the same held-out cases")
     p.add_argument("--tumour-weight", type=float, default=0.0,
                    help="weight of the auxiliary tumour-occupancy target (needs seg in the manifest; 0 = off)")
     p.add_argument("--lesion-pooling", action="store_true",
@@ -270,6 +273,7 @@ def _train_baseline(args: argparse.Namespace) -> int:
         encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=2, no_max_pool=True, norm=args.norm),
         preprocessing=PreprocessSettings(spacing_mm=args.spacing, size=(args.size,) * 3),
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+        split_seed=args.split_seed,
         tumour_weight=args.tumour_weight, lesion_pooling=args.lesion_pooling,
         background_weight=args.background_weight, device=args.device,
         **({"cam_layer": args.cam_layer} if args.cam_layer else {}))

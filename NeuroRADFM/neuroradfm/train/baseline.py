@@ -62,6 +62,9 @@ class BaselineSettings:
     """Encoder stage the bundle's Grad-CAM maps are taken at (neuroradfm.cam)."""
     probe_fraction: float = 0.4
     seed: int = 0
+    split_seed: int | None = None
+    """Seed of the split into A (encoder) and B (heads); None: ``seed``. Fix it to compare training seeds on the
+    same held-out cases."""
     device: str = "auto"
 
 
@@ -240,7 +243,8 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
     device = resolve_device(settings.device)
     cohort = prepare_cohort(read_manifest(manifest), settings.preprocessing, sub_progress(progress, 0.0, 0.25),
                             cache_dir)
-    split_a, split_b = _split(cohort, settings.probe_fraction, settings.seed)
+    split_a, split_b = _split(cohort, settings.probe_fraction,
+                              settings.seed if settings.split_seed is None else settings.split_seed)
     encoder, history = train_encoder(cohort.subset(split_a), settings, device, sub_progress(progress, 0.25, 0.9),
                                      MetricsLog(metrics_path), None if start is None else start.encoder)
     progress("heads", 0.9, "fitting probes, Cox and OOD on held-out embeddings")
@@ -259,6 +263,7 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
         "method": _method(settings, cohort.tumour is not None, start),
         "manifest": manifest.name, "manifest_hash": file_hash(manifest),
         "cases_encoder": len(split_a), "cases_heads": len(split_b), "failed_cases": cohort.failures,
+        "heads_case_ids": [cohort.case_ids[i] for i in split_b],
         "sites": sorted(set(cohort.sites)), "skipped_heads": skipped,
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("encoder", "preprocessing")},
         "loss_per_epoch": history,

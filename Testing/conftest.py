@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,6 +19,16 @@ TINY_SETTINGS = BaselineSettings(
     preprocessing=PreprocessSettings(spacing_mm=4.0, size=(48, 48, 48), n4=False),
     epochs=1, batch_size=4, probe_fraction=0.75, seed=0, device="cpu", tumour_weight=1.0,
 )
+
+
+def write_manifest(target: Path, rows: list[dict[str, str]]) -> Path:
+    """A manifest CSV of ``rows`` (dicts with the same keys), its folder created."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -410,7 +410,7 @@ def test_manifest_errors(tmp_path):
         read_manifest(bad)
     dup = tmp_path / "dup.csv"
     dup.write_text("case_id,site,t1,t1ce,t2,flair\nA,s,a,b,c,d\nB,s,a,b,c,d\nA,s,a,b,c,d\n")
-    with pytest.raises(InputError, match="dup.csv: duplicated case_id\\(s\\): A$"):
+    with pytest.raises(InputError, match="dup.csv: duplicated case_id\\(s\\): A \\(lines 2, 4\\)$"):
         read_manifest(dup)
     with pytest.raises(InputError, match="one.csv: 4 image file\\(s\\) not found: A t1: .*a.nii; .*; A flair: .*d.nii"):
         read_manifest(_single(tmp_path), check_files=True)
@@ -426,7 +426,7 @@ def test_manifest_errors(tmp_path):
         read_manifest(tmp_path / "zero.csv")
     gap = tmp_path / "gap.csv"
     gap.write_text("case_id,site,t1,t1ce,t2,flair\nA,s,a,b,c,d\nB,s,a,,c,d\n")
-    with pytest.raises(InputError, match="gap.csv: row 3: empty t1ce"):
+    with pytest.raises(InputError, match="gap.csv: line 3: empty t1ce"):
         read_manifest(gap)
 
 

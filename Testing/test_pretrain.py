@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import write_manifest
 from neuroradfm.batch import predict_cases
 from neuroradfm.cli import main
 from neuroradfm.errors import BundleError, InputError
@@ -21,7 +22,7 @@ from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.ssl import MethodSettings
 from neuroradfm.train import data as data_module
-from neuroradfm.train.checkpoint import CheckpointError
+from neuroradfm.train.checkpoint import CheckpointError, write_checksum
 from neuroradfm.train.pretrain import PretrainSettings, TrainingError, pretrain
 
 TINY = PretrainSettings(
@@ -170,14 +171,8 @@ def test_cli_pretrain_options_reach_the_encoder_and_the_card(small, cache, tmp_p
 
 
 def _edit_manifest(source: Path, target: Path, edit) -> Path:
-    rows = list(csv.DictReader(source.open()))
-    rows = edit(rows)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return target
+    with source.open(newline="", encoding="utf-8") as handle:
+        return write_manifest(target, edit(list(csv.DictReader(handle))))
 
 
 def _absolute(manifest: Path):
@@ -236,6 +231,7 @@ def test_corrupt_foreign_or_other_run_checkpoint_is_refused_untouched(small, cac
     for content, message in [(b"garbage", "corrupt"), (None, "not a neuroradfm-pretrain-checkpoint")]:
         if content is None:
             torch.save({"weights": torch.zeros(2)}, checkpoint)
+            write_checksum(checkpoint)  # intact and checksummed: refused for what it holds
         else:
             checkpoint.write_bytes(content)
         before = checkpoint.read_bytes()

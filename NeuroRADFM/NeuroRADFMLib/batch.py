@@ -76,7 +76,7 @@ def process_cohort(source: str | Path, bundle: str | Path | None = None, out_dir
                            overview=overview)
     rows = []
     for case_id, folder in result.outputs.items():
-        summary = json.loads((Path(folder) / PREDICTIONS_FILE).read_text())
+        summary = json.loads((Path(folder) / PREDICTIONS_FILE).read_text(encoding="utf-8"))
         rows += [{"case_id": case_id, **row, "Error": ""} for row in table_rows(summary)]
     rows += [{"case_id": case_id, "Error": error} for case_id, error in result.failures.items()]
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(table_name))

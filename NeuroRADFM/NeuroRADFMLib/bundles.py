@@ -26,7 +26,7 @@ def bundle_entry(path: str | Path) -> BundleEntry:
     path = Path(path)
     card_path = path / "card.json"
     try:
-        card = json.loads(card_path.read_text())
+        card = json.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: not a NeuroRADFM model bundle (card.json: {error})") from error
     if card.get("format") != "neuroradfm-bundle":
@@ -52,7 +52,7 @@ class BundleRegistry:
 
     def _read(self) -> list[str]:
         try:
-            data = json.loads(self.file.read_text())
+            data = json.loads(self.file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return []
         return [str(p) for p in data.get("bundles", [])] if isinstance(data, dict) else []
@@ -60,7 +60,7 @@ class BundleRegistry:
     def _write(self, paths: list[str]) -> None:
         self.file.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.file.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"bundles": paths}, indent=1) + "\n")
+        temporary.write_text(json.dumps({"bundles": paths}, indent=1) + "\n", encoding="utf-8")
         temporary.replace(self.file)
 
     def register(self, path: str | Path) -> BundleEntry:

@@ -48,7 +48,7 @@ _LINE = re.compile(r"^([A-Za-z0-9_.\-]+)\s*((?:[<>=!~]=?\s*[^,\s]+\s*,?\s*)+)$")
 
 def read_requirements(path: str | Path = REQUIREMENTS_FILE) -> list[Requirement]:
     requirements = []
-    for number, text in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, text in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         text = text.split("#", 1)[0].strip()
         if not text:
             continue

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from neuroradfm import SEQUENCES
+from neuroradfm.output_paths import safe_folder_name
 from NeuroRADFMLib.process import CoreProcess, ProgressEvent
 from NeuroRADFMLib.results import CaseResults, load_results
 from NeuroRADFMLib.scene_io import SceneIOError, write_volume
@@ -95,7 +96,7 @@ class PredictionJob:
             if self.returncode != 0:
                 raise PredictionError(f"prediction failed (exit status {self.returncode}): "
                                       f"{self.process.error_message() or 'no message'}")
-            return load_results(scene, self.out_dir / self.case_id, self.reference,
+            return load_results(scene, self.out_dir / safe_folder_name(self.case_id), self.reference,
                                 name=name or self.reference.GetName())
         finally:
             self._remove_temp()

@@ -162,7 +162,7 @@ def load_results(scene, folder: str | Path, reference, name: str | None = None) 
     """Add one case's outputs to ``scene`` on ``reference``'s exact grid; on any error nothing stays added."""
     folder = Path(folder)
     try:
-        summary = json.loads((folder / PREDICTIONS_FILE).read_text())
+        summary = json.loads((folder / PREDICTIONS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise SceneIOError(f"{folder / PREDICTIONS_FILE}: {error}") from error
     case_id = str(summary.get("case_id", folder.name))

@@ -326,7 +326,7 @@ class TrainingJob:
 
     def _encoder_problem(self) -> str | None:
         try:
-            card = json.loads((self.paths.encoder / "card.json").read_text())
+            card = json.loads((self.paths.encoder / "card.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             return f"{self.paths.encoder}: pretraining ended but wrote no encoder bundle ({error})"
         return None if isinstance(card, dict) else f"{self.paths.encoder}: card.json is not a bundle card"
@@ -391,7 +391,7 @@ class TrainingJob:
             raise TrainingError(f"{self.step.label} failed (exit status {self.returncode}): "
                                 f"{self.process.error_message() or 'no message'}")
         try:
-            card = json.loads((self.out / "card.json").read_text())
+            card = json.loads((self.out / "card.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise TrainingError(f"{self.out}: training ended but wrote no bundle") from None
         if card.get("heads") is None:

@@ -1,71 +1,152 @@
 """Predict one case or a whole cohort into an output folder.
 
-Each case goes to OUT/<case_id>/ (written whole or not at all). For several cases, a failing
-case is recorded and the others go on; OUT/predictions.csv gathers every case's rows and
-OUT/failures.csv every failure.
+Before any case is read: the bundle can predict, the device exists, every case id gives its own safe folder
+name (neuroradfm.output_paths) and the output folder takes files. Each case then goes to OUT/<folder>/,
+written whole or not at all, replacing only an earlier result (neuroradfm.atomic). Any exception in one case
+is recorded and the others go on. For several cases OUT/predictions.csv gathers every case's rows,
+OUT/failures.csv every failure (kind and message), and OUT/run.json says which run, bundle and device made
+them; tables an earlier run left that this run does not write are removed, so the folder describes one run.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
+import hashlib
+import io
+import json
+import traceback
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from neuroradfm.atomic import atomic_file
-from neuroradfm.errors import NeuroRADFMError
+import neuroradfm
+from neuroradfm.atomic import atomic_file, clean_stale
+from neuroradfm.errors import describe_failure
 from neuroradfm.io.case import Case
 from neuroradfm.models.bundle import Bundle
+from neuroradfm.models.encoder import resolve_device
+from neuroradfm.output_paths import case_folders, inside, prepare_output_folder, remove_created, safe_folder_name
 from neuroradfm.outputs import write_outputs
 from neuroradfm.predict import Prediction, predict_case
 from neuroradfm.progress import Progress, null_progress, sub_progress
+
+PREDICTIONS_TABLE = "predictions.csv"
+FAILURES_TABLE = "failures.csv"
+RUN_FILE = "run.json"
+ERRORS_LOG = "neuroradfm-errors.log"
+"""Tracebacks of cases that failed with an internal error (a bug), for the report."""
 
 
 @dataclass
 class BatchResult:
     outputs: dict[str, Path] = field(default_factory=dict)
+    """case id -> its result folder."""
     predictions: dict[str, Prediction] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    """case id -> message."""
+    failure_kinds: dict[str, str] = field(default_factory=dict)
+    """case id -> one of neuroradfm.errors.FAILURE_KINDS."""
+    run: dict[str, Any] = field(default_factory=dict)
+    """What OUT/run.json says of this run (written for several cases)."""
+    log: Path | None = None
+    """OUT/neuroradfm-errors.log when a case failed with an internal error."""
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _log_internal(out_dir: Path, case_id: str, error: BaseException) -> Path:
+    log = out_dir / ERRORS_LOG
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"--- {_now()} case {case_id!r}, neuroradfm {neuroradfm.__version__}\n")
+        handle.write("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    return log
 
 
 def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundle, out_dir: str | Path,
                   device: str = "auto", progress: Progress = null_progress, overview: bool = True,
-                  keep_predictions: bool = False, cam_layer: str | None = None) -> BatchResult:
-    """``cases`` are (case_id, loader) pairs, so that loading errors are isolated per case too;
-    ``cam_layer`` as in ``predict_case``."""
-    bundle.require_heads()  # a bundle that cannot predict fails once, before any case
+                  keep_predictions: bool = False, cam_layer: str | None = None,
+                  command: Sequence[str] | None = None) -> BatchResult:
+    """``cases`` are (case_id, loader) pairs, so that loading errors are isolated per case too; the case id
+    names the result folder. ``cam_layer`` as in ``predict_case``; ``command`` is recorded in run.json.
+
+    Problems that would fail every case (an encoder-only bundle, a device that is not there, unusable or
+    colliding case ids, an output folder that is a file or not writable) raise before anything is written."""
+    bundle.require_heads()
+    resolved = resolve_device(device)
+    folders = case_folders([case_id for case_id, _ in cases])
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = BatchResult()
+    created = prepare_output_folder(out_dir)
+    clean_stale(out_dir)
+    result = BatchResult(run={"run_id": uuid.uuid4().hex, "started": _now(), "neuroradfm": neuroradfm.__version__,
+                              "command": None if command is None else list(command),
+                              "bundle": {"name": bundle.name, "path": str(bundle.path),
+                                         "content_hash": bundle.card.get("content_hash")},
+                              "device": str(resolved), "cam_layer": cam_layer})
     for index, (case_id, load) in enumerate(cases):
         part = sub_progress(progress, index / len(cases), (index + 1) / len(cases))
         try:
+            folder = inside(out_dir, out_dir / folders[case_id])
             case = load()
-            prediction = predict_case(case, bundle, device=device, progress=part, cam_layer=cam_layer)
-            result.outputs[case.case_id] = write_outputs(prediction, out_dir / case.case_id, overview=overview)
-        except NeuroRADFMError as error:
-            result.failures[case_id] = str(error)
-            part("failed", 1.0, f"{case_id}: {error}")
+            prediction = predict_case(case, bundle, device=str(resolved), progress=part, cam_layer=cam_layer)
+            result.outputs[case_id] = write_outputs(prediction, folder, overview=overview,
+                                                    inputs=case.input_paths())
+        except Exception as error:  # noqa: BLE001 - one case's failure of any kind must not stop the others
+            kind, message = describe_failure(error)
+            if kind == "internal":
+                result.log = _log_internal(out_dir, case_id, error)
+                message += f" (traceback in {result.log})"
+            result.failures[case_id], result.failure_kinds[case_id] = message, kind
+            part("failed", 1.0, f"{case_id}: {message}")
             continue
         if keep_predictions:
-            result.predictions[case.case_id] = prediction
+            result.predictions[case_id] = prediction
+    result.run.update(finished=_now(), cases=len(cases), succeeded=len(result.outputs), failed=len(result.failures),
+                      folders={case_id: folders[case_id] for case_id, _ in cases})
     if len(cases) > 1:
-        _gather_tables(out_dir, result)
+        _write_tables(out_dir, result)
+    elif not result.outputs and result.log is None:
+        remove_created(created)  # a failed single case leaves no empty folder behind
     return result
 
 
-def _atomic_csv(path: Path, rows: list[list[str]]) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as handle:
-        csv.writer(handle).writerows(rows)
+def _csv_text(rows: list[list[str]]) -> str:
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    return text.getvalue()
 
 
-def _gather_tables(out_dir: Path, result: BatchResult) -> None:
+def _write_text(path: Path, text: str) -> str:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="")
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _write_tables(out_dir: Path, result: BatchResult) -> None:
+    """The run's tables; run.json goes first (removed) and last (written), naming the tables and their hashes."""
+    (out_dir / RUN_FILE).unlink(missing_ok=True)
+    tables: dict[str, str | None] = {}
     rows: list[list[str]] = []
     for case_dir in result.outputs.values():
-        with open(case_dir / "predictions.csv", newline="") as handle:
+        with open(case_dir / PREDICTIONS_TABLE, newline="", encoding="utf-8") as handle:
             case_rows = list(csv.reader(handle))
         rows.extend(case_rows if not rows else case_rows[1:])
-    if rows:
-        _atomic_csv(out_dir / "predictions.csv", rows)
-    if result.failures:
-        _atomic_csv(out_dir / "failures.csv", [["case_id", "error"], *map(list, result.failures.items())])
+    failures = [["case_id", "kind", "error"],
+                *([case_id, result.failure_kinds[case_id], error] for case_id, error in result.failures.items())]
+    for name, table in ((PREDICTIONS_TABLE, rows), (FAILURES_TABLE, failures if result.failures else [])):
+        if table:
+            tables[name] = _write_text(out_dir / name, _csv_text(table))
+        else:
+            (out_dir / name).unlink(missing_ok=True)
+            tables[name] = None
+    result.run["tables"] = tables
+    _write_text(out_dir / RUN_FILE, json.dumps(result.run, indent=1) + "\n")
+
+
+def result_folder(out_dir: str | Path, case_id: str) -> Path:
+    """Where ``predict_cases`` puts the result of ``case_id`` (for readers such as the Slicer module)."""
+    return Path(out_dir) / safe_folder_name(case_id)

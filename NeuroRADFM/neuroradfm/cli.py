@@ -1,21 +1,28 @@
 """The ``neuroradfm`` command line (also ``python -m neuroradfm``).
 
-Exit status: 0 success, 1 some cases of a batch failed, 2 bad input or usage.
+Exit status: 0 done, 1 some cases of a batch failed, 2 bad input or settings, 3 an internal error (a bug: the
+message says where the log is), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+import tempfile
 import threading
+import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from neuroradfm import CAM_LAYERS, SEQUENCES, __version__
-from neuroradfm.errors import NeuroRADFMError
+from neuroradfm.errors import NeuroRADFMError, describe_failure
 from neuroradfm.progress import make_progress
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _progress_option(parser: argparse.ArgumentParser) -> None:
@@ -214,21 +221,29 @@ def _series_overrides(items: list[str]) -> dict[str, str]:
 
 
 def _case_loaders(args: argparse.Namespace) -> list:
+    """(case_id, loader) pairs; the case id (which names the result folder) is known before any case is read."""
     from neuroradfm.io import load_case, read_manifest
+    from neuroradfm.io.loader import explicit_case_id
 
     explicit = {s: getattr(args, s) for s in SEQUENCES if getattr(args, s) is not None}
     series = _series_overrides(args.series)
     if explicit:
         if args.cases:
             raise NeuroRADFMError("give either case folders / a manifest or --t1 ... --flair files, not both")
-        return [(args.case_id or "case", lambda: load_case(explicit, case_id=args.case_id, sequences=series))]
+        case_id = args.case_id if args.case_id is not None else (
+            explicit_case_id(explicit) if "t1ce" in explicit else "case")
+        return [(case_id, lambda: load_case(explicit, case_id=case_id, sequences=series))]
+    if args.case_id is not None:
+        raise NeuroRADFMError("--case-id names a case given with --t1 ... --flair; a folder's case id is its name "
+                              "and a manifest's is its case_id column")
     if not args.cases:
         raise NeuroRADFMError("nothing to predict: give a case folder, a manifest .csv or --t1 ... --flair")
     if len(args.cases) == 1 and args.cases[0].suffix.lower() == ".csv":
         if series:
             raise NeuroRADFMError("--series applies to DICOM study folders, not to a manifest")
         return [(entry.case_id, entry.load) for entry in read_manifest(args.cases[0])]
-    return [(str(path), lambda path=path: load_case(path, sequences=series)) for path in args.cases]
+    return [(Path(os.path.abspath(path)).name, lambda path=path: load_case(
+        path, case_id=Path(os.path.abspath(path)).name, sequences=series)) for path in args.cases]
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -240,14 +255,21 @@ def _predict(args: argparse.Namespace) -> int:
     bundle.require_heads()
     loaders = _case_loaders(args)
     result = predict_cases(loaders, bundle, args.out, device=args.device, progress=make_progress(args.progress),
-                           overview=not args.no_overview, cam_layer=args.cam_layer)
+                           overview=not args.no_overview, cam_layer=args.cam_layer,
+                           command=["neuroradfm", *sys.argv[1:]])
     for case_id, folder in result.outputs.items():
         print(f"{case_id}: {folder}")
+    if len(loaders) == 1 and result.failures:  # one case: its failure is the command's
+        kind = next(iter(result.failure_kinds.values()))
+        print(f"error: {next(iter(result.failures.values()))}", file=sys.stderr)
+        return EXIT_INTERNAL if kind == "internal" else EXIT_BAD_INPUT
     for case_id, error in result.failures.items():
         print(f"FAILED {case_id}: {error}", file=sys.stderr)
-    if result.failures and not result.outputs:
-        return 2
-    return 1 if result.failures else 0
+    if result.failures:
+        print(f"{len(result.failures)} of {len(loaders)} cases failed: {Path(args.out) / 'failures.csv'}",
+              file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 def _phantom(args: argparse.Namespace) -> int:
@@ -381,6 +403,25 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+def _crash_log(args: argparse.Namespace, error: BaseException) -> Path | None:
+    """The traceback of an internal error: in predict's output folder when it exists, else the temp folder."""
+    from neuroradfm.batch import ERRORS_LOG
+
+    out = getattr(args, "out", None) if args.command == "predict" else None
+    if out is not None and Path(out).is_dir():
+        log = Path(out) / ERRORS_LOG
+    else:
+        log = Path(tempfile.gettempdir()) / f"neuroradfm-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} neuroradfm {__version__}: "
+                         f"{' '.join(sys.argv)}\n")
+            handle.write("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    except OSError:
+        return None
+    return log
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _exit_on_sigterm()
@@ -388,10 +429,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                "pretrain": _pretrain, "fit-heads": _fit_heads,
                "info": _info}[args.command]
     try:
+        if getattr(args, "device", None) is not None:  # a device that is not there fails once, before any work
+            from neuroradfm.models.encoder import resolve_device
+
+            resolve_device(args.device)
         return handler(args)
     except NeuroRADFMError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): nothing half-written was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - anything else is a bug: say so, keep the traceback for the report
+        kind, message = describe_failure(error)
+        if kind != "internal":  # memory, or a file the operating system refused
+            print(f"error: {message}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        log = _crash_log(args, error)
+        print(f"error: {message} (traceback in {log or 'no log: it could not be written'})", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Errors a user can act on: each message names the file and the problem."""
+"""Errors a user can act on: each message names the file (or setting) and the problem.
+
+The command line maps them to exit status 2 (bad input or settings); any other exception is a bug
+(exit status 3, with a log to report). A batch records either kind per case and goes on.
+"""
 
 from __future__ import annotations
 
@@ -25,3 +29,44 @@ class BundleError(NeuroRADFMError, ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class SettingsError(NeuroRADFMError, ValueError):
+    """A setting that cannot work for any case (a device that is not there, an unusable output folder)."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"{setting}: {problem}")
+
+
+class OutputError(NeuroRADFMError):
+    """An output that could not be written (disk full, no permission) or would not stay inside its folder."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def itk_reason(error: BaseException) -> str:
+    """The useful line of an ITK (SimpleITK) error: its last non-empty line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown reason"
+
+
+FAILURE_KINDS = ("input", "resources", "system", "internal")
+"""How a case failed: a problem with its input (NeuroRADFMError), memory, the operating system (a file that
+cannot be read or written), or a bug (any other exception)."""
+
+
+def describe_failure(error: BaseException) -> tuple[str, str]:
+    """(kind, message) for a case that failed with ``error``: the batch records it and goes on."""
+    if isinstance(error, NeuroRADFMError):
+        return "input", str(error)
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":  # torch's, without torch
+        return "resources", f"out of memory while processing this case ({type(error).__name__}: {error})".strip()
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        return "system", f"{where}{error.strerror or error}"
+    return "internal", f"internal error (a bug in neuroradfm; please report it): {type(error).__name__}: {error}"

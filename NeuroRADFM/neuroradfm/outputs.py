@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import SimpleITK as sitk
 import slicerio
 
 from neuroradfm.atomic import atomic_folder
+from neuroradfm.errors import OutputError, itk_reason
 from neuroradfm.predict import SURVIVAL_HEAD, Prediction
 
 LEVELS = (0.25, 0.5, 0.75)
@@ -27,6 +30,8 @@ HOT_LEVEL = 0.5
 """A head's contour segment is where its map is >= HOT_LEVEL of its peak."""
 COLOR_TABLE = "heatmap_levels.ctbl"
 SEGMENTATION = "contours.seg.nrrd"
+RESULT_MARKER = "predictions.json"
+"""Every complete case result holds it: only such a folder (or an empty one) is replaced by a new result."""
 
 
 def quantise(heatmap: np.ndarray) -> np.ndarray:
@@ -40,10 +45,21 @@ def ijk_to_lps(image: sitk.Image) -> np.ndarray:
     return matrix
 
 
+def write_image(image: sitk.Image, path: Path) -> None:
+    """SimpleITK's writer reports a full disk or a refused file as a RuntimeError: make it an OutputError."""
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as error:
+        reason = itk_reason(error)
+        if shutil.disk_usage(path.parent).free < 1 << 20:
+            reason = f"no space left on the device; {reason}"
+        raise OutputError(path, f"could not be written ({reason})") from None
+
+
 def write_color_table(path: Path) -> None:
     lines = ["# Color table file " + path.name, f"# {len(LEVEL_COLORS)} values"]
     lines += [f"{index} {name} {r} {g} {b} {a}" for index, name, (r, g, b, a) in LEVEL_COLORS]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _segment_colors(n: int) -> list[tuple[float, float, float]]:
@@ -65,8 +81,8 @@ def write_segmentation(path: Path, masks: dict[str, np.ndarray], reference: sitk
 
 def _write_tables(folder: Path, prediction: Prediction) -> None:
     summary = prediction.summary()
-    (folder / "predictions.json").write_text(json.dumps(summary, indent=1) + "\n")
-    with open(folder / "predictions.csv", "w", newline="") as handle:
+    (folder / RESULT_MARKER).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    with open(folder / "predictions.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case_id", "output", "label", "probability", "threshold", "call",
                          "risk_score", "risk_group", "ood_distance", "ood_flag"])
@@ -80,20 +96,22 @@ def _write_tables(folder: Path, prediction: Prediction) -> None:
                              f"{s.risk_group} risk", f"{s.risk_score:.4f}", s.risk_group, *ood])
 
 
-def write_outputs(prediction: Prediction, out_dir: str | Path, overview: bool = True) -> Path:
-    """Write all outputs of one case to ``out_dir`` (replaced as a whole when it exists)."""
+def write_outputs(prediction: Prediction, out_dir: str | Path, overview: bool = True,
+                  inputs: Sequence[str | Path] = ()) -> Path:
+    """Write all outputs of one case to ``out_dir``, which replaces an earlier result there as a whole (only an
+    earlier result or an empty folder, and never one holding any of ``inputs``: see neuroradfm.atomic)."""
     out_dir = Path(out_dir)
-    with atomic_folder(out_dir) as staging:
+    with atomic_folder(out_dir, RESULT_MARKER, inputs) as staging:
         reference = prediction.preprocessed.reference
         hot: dict[str, np.ndarray] = {}
         for key, cam in prediction.cams.items():
             heat = prediction.preprocessed.to_reference(cam.astype(np.float32))
             heat = sitk.Cast(heat, sitk.sitkFloat32)
-            sitk.WriteImage(heat, str(staging / f"heatmap_{key}.nrrd"), useCompression=True)
+            write_image(heat, staging / f"heatmap_{key}.nrrd")
             levels = quantise(sitk.GetArrayViewFromImage(heat))
             label = sitk.GetImageFromArray(levels)
             label.CopyInformation(heat)
-            sitk.WriteImage(label, str(staging / f"labels_{key}.nrrd"), useCompression=True)
+            write_image(label, staging / f"labels_{key}.nrrd")
             hot[key] = levels >= np.digitize(HOT_LEVEL, LEVELS)
         write_color_table(staging / COLOR_TABLE)
         write_segmentation(staging / SEGMENTATION, hot, reference)

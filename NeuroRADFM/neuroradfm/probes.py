@@ -23,18 +23,39 @@ def fit_scaling(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(scale > 1e-8, scale, 1.0)
 
 
+MIN_PER_CLASS = 2
+"""Positive and negative cases a marker probe needs at the least: its stratified cross-validation holds one of
+each out while the other fold trains."""
+
+
+def marker_problem(labels: np.ndarray, key: str) -> str | None:
+    """Why no probe for ``key`` can be fitted on these labels (NaN: unknown), or None when one can: a check
+    that needs no embeddings, so a cohort can be judged from its manifest before any case is preprocessed."""
+    labels = np.asarray(labels, dtype=np.float64)
+    known = labels[~np.isnan(labels)]
+    other = sorted(set(known.tolist()) - {0.0, 1.0})
+    if other:
+        return f"marker {key!r}: labels must be 0 or 1 (or empty when unknown), found {', '.join(map(str, other[:5]))}"
+    counts = np.bincount(known.astype(int), minlength=2)
+    if counts.min() < MIN_PER_CLASS:
+        return (f"marker {key!r}: need at least {MIN_PER_CLASS} positive and {MIN_PER_CLASS} negative cases, "
+                f"got {counts.tolist()}")
+    return None
+
+
 def fit_marker_probe(features: np.ndarray, labels: np.ndarray, key: str, *, c: float = 0.1,
                      folds: int = 5, seed: int = 0) -> MarkerHead:
     """Logistic probe on standardised features; rows whose label is NaN are left out.
 
     Metrics: cross-validated AUC and the balanced accuracy at the chosen threshold.
     """
+    problem = marker_problem(labels, key)
+    if problem:
+        raise ValueError(problem)
     labels = np.asarray(labels, dtype=np.float64)
     known = ~np.isnan(labels)
     x, y = features[known], labels[known].astype(int)
     counts = np.bincount(y, minlength=2)
-    if len(counts) > 2 or counts.min() < 2:
-        raise ValueError(f"marker {key!r}: need at least 2 positive and 2 negative cases, got {counts.tolist()}")
     model = LogisticRegression(C=c, max_iter=5000)
     cv = StratifiedKFold(n_splits=min(folds, int(counts.min())), shuffle=True, random_state=seed)
     cv_prob = cross_val_predict(model, x, y, cv=cv, method="predict_proba")[:, 1]

@@ -31,15 +31,34 @@ def _fit_linear_cox(features: np.ndarray, days: np.ndarray, events: np.ndarray, 
     return coef, offset, fitter
 
 
+MIN_CASES = 10
+"""Cases with a known survival (days and event) a Cox head needs at the least."""
+MIN_EVENTS = 2
+
+
+def survival_problem(days: np.ndarray, events: np.ndarray) -> str | None:
+    """Why no Cox head can be fitted on this survival (NaN: unknown), or None when one can: a check that needs no
+    embeddings, so a cohort can be judged from its manifest before any case is preprocessed."""
+    days = np.asarray(days, dtype=np.float64)
+    events = np.asarray(events, dtype=np.float64)
+    known = ~(np.isnan(days) | np.isnan(events))
+    cases, observed = int(known.sum()), int(events[known].astype(int).sum())
+    if observed < MIN_EVENTS or cases < MIN_CASES:
+        return (f"survival: need at least {MIN_CASES} cases and {MIN_EVENTS} events, got {cases} cases and "
+                f"{observed} events")
+    return None
+
+
 def fit_cox(features: np.ndarray, days: np.ndarray, events: np.ndarray, *, components: int = 8,
             penalizer: float = 0.1, folds: int = 5, seed: int = 0) -> CoxHead:
     """Cox head with training and cross-validated c-index and the log-rank test at the median split."""
+    problem = survival_problem(days, events)
+    if problem:
+        raise ValueError(problem)
     days = np.asarray(days, dtype=np.float64)
     events = np.asarray(events, dtype=np.float64)
     known = ~(np.isnan(days) | np.isnan(events))
     x, t, e = features[known], days[known], events[known].astype(int)
-    if e.sum() < 2 or len(t) < 10:
-        raise ValueError(f"survival: need at least 10 cases and 2 events, got {len(t)} cases and {int(e.sum())} events")
     components = int(min(components, len(t) // 5, x.shape[1]))
     coef, offset, fitter = _fit_linear_cox(x, t, e, components, penalizer)
     risk = x @ coef - offset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
@@ -40,3 +41,8 @@ class Case:
 
     def source(self, sequence: str) -> str:
         return self.sources.get(sequence, f"{self.case_id}:{sequence}")
+
+    def input_paths(self) -> list[Path]:
+        """The files (or DICOM series folders) the case was read from: an output never replaces a folder holding
+        them. A DICOM source reads "<folder> ('<SeriesDescription>')"."""
+        return [Path(source.split(" ('", 1)[0]) for source in self.sources.values()]

@@ -17,15 +17,18 @@ import numpy as np
 import SimpleITK as sitk
 
 from neuroradfm import SEQUENCES
-from neuroradfm.errors import InputError
+from neuroradfm.errors import InputError, itk_reason
+from neuroradfm.io.images import check_image
 from neuroradfm.io.sequence_names import classify_series, names_a_non_input
 
 TAGS = {"description": "0008|103e", "protocol": "0018|1030", "contrast": "0018|0010", "uid": "0020|000e",
-        "image_type": "0008|0008", "modality": "0008|0060", "position": "0020|0032"}
+        "image_type": "0008|0008", "modality": "0008|0060", "position": "0020|0032", "orientation": "0020|0037"}
 SHORT_UID = 12
 """Error listings show the last SHORT_UID characters of a SeriesInstanceUID; overrides accept them."""
 SLICE_GAP_TOLERANCE = 0.1
 """Largest relative deviation of a slice gap from the median before the series counts as uneven."""
+ORIENTATION_TOLERANCE = 1e-3
+"""Largest difference between two slices' direction cosines (ImageOrientationPatient) within one series."""
 
 
 @dataclass
@@ -83,11 +86,6 @@ def _tag(reader: sitk.ImageFileReader, key: str) -> str:
     return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
 
 
-def _reason(error: RuntimeError) -> str:
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "unknown reason"
-
-
 def _read_header(uid: str, folder: Path, files: list[str]) -> DicomSeries:
     reader = sitk.ImageFileReader()
     reader.SetFileName(files[0])
@@ -95,7 +93,7 @@ def _read_header(uid: str, folder: Path, files: list[str]) -> DicomSeries:
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
-        raise InputError(files[0], f"unreadable DICOM file ({_reason(error)})") from None
+        raise InputError(files[0], f"unreadable DICOM file ({itk_reason(error)})") from None
     return DicomSeries(uid, folder, files, *(_tag(reader, TAGS[k]) for k in
                                              ("description", "protocol", "contrast", "image_type", "modality")))
 
@@ -190,13 +188,43 @@ def _check_slice_spacing(series: DicomSeries, reader: sitk.ImageSeriesReader, im
                                         "or several echoes / time points in one series")
 
 
+def _check_orientations(series: DicomSeries, reader: sitk.ImageSeriesReader) -> None:
+    """One series must be one stack of parallel slices: SimpleITK takes the first slice's orientation for all."""
+    groups: list[tuple[np.ndarray, str, int]] = []
+    for index in range(len(series.files)):
+        if not reader.HasMetaDataKey(index, TAGS["orientation"]):
+            continue
+        text = reader.GetMetaData(index, TAGS["orientation"]).strip()
+        try:
+            cosines = np.asarray([float(v) for v in text.split("\\")])
+        except ValueError:
+            raise InputError(series.folder, f"series '{series.label}': slice {series.files[index]} has an unreadable "
+                                            f"ImageOrientationPatient (0020|0037) '{text}'") from None
+        if cosines.shape != (6,) or not np.isfinite(cosines).all():
+            raise InputError(series.folder, f"series '{series.label}': slice {series.files[index]} has an invalid "
+                                            f"ImageOrientationPatient (0020|0037) '{text}'")
+        for number, (known, label, count) in enumerate(groups):
+            if np.abs(known - cosines).max() <= ORIENTATION_TOLERANCE:
+                groups[number] = (known, label, count + 1)
+                break
+        else:
+            groups.append((cosines, text, 1))
+    if len(groups) > 1:
+        found = "; ".join(f"{label} in {count} slice{'s' if count > 1 else ''}" for _, label, count in groups)
+        raise InputError(series.folder, f"series '{series.label}' mixes {len(groups)} slice orientations "
+                                        f"(ImageOrientationPatient 0020|0037): {found}. One series must be one stack "
+                                        "of parallel slices; export each orientation as its own series")
+
+
 def read_series(series: DicomSeries) -> sitk.Image:
+    """The series as one 3D image, checked like any image file (check_image) plus slice orientations and gaps."""
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(series.files)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as error:
-        raise InputError(series.folder, f"series '{series.label}' is unreadable ({_reason(error)})") from None
+        raise InputError(series.folder, f"series '{series.label}' is unreadable ({itk_reason(error)})") from None
+    _check_orientations(series, reader)
     _check_slice_spacing(series, reader, image)
-    return image
+    return check_image(image, f"{series.folder} ('{series.label}')")

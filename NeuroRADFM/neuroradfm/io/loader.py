@@ -13,7 +13,7 @@ from neuroradfm import SEQUENCES
 from neuroradfm.errors import InputError
 from neuroradfm.io.case import Case
 from neuroradfm.io.dicom import assign_series, find_series, read_series
-from neuroradfm.io.images import check_image, image_stem, is_image_file, overlap_fraction, read_image
+from neuroradfm.io.images import image_stem, is_image_file, overlap_fraction, read_image
 
 # BraTS 2021: <id>_t1, _t1ce, _t2, _flair, _seg;  BraTS 2023+: <id>-t1n, -t1c, -t2w, -t2f, -seg
 BRATS_SUFFIXES = {
@@ -56,6 +56,11 @@ def _check_extents(images: dict[str, sitk.Image], sources: dict[str, str]) -> No
                                            "patient and study?")
 
 
+def explicit_case_id(paths: Mapping[str, str | Path]) -> str:
+    """The case id of explicitly given files: the T1ce's file name without its sequence tag."""
+    return re.sub(r"[-_]?(t1ce|t1c|t1gd)$", "", image_stem(Path(paths["t1ce"])), flags=re.I) or "case"
+
+
 def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | None = None, site: str | None = None,
               clinical: Mapping[str, Any] | None = None, sequences: Mapping[str, str] | None = None) -> Case:
     """Load one patient's four sequences from explicit files, a BraTS folder or a DICOM study.
@@ -83,7 +88,7 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
         if sequences:
             raise InputError(None, "a sequences override applies to DICOM studies only; the files already say "
                                    "which sequence each one is")
-        default_id = re.sub(r"[-_]?(t1ce|t1c|t1gd)$", "", image_stem(paths["t1ce"]), flags=re.I) or "case"
+        default_id = explicit_case_id(paths)
     else:
         folder = Path(source)
         if not folder.exists():
@@ -103,7 +108,7 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
                                          "nor a DICOM series")
             for key, chosen in assign_series(folder, series, sequences).items():
                 sources[key] = f"{chosen.folder} ('{chosen.label}')"
-                images[key] = check_image(read_series(chosen), sources[key])
+                images[key] = read_series(chosen)
             paths = {}
     for key, path in paths.items():
         images[key] = read_image(path)

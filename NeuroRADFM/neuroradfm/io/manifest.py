@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from neuroradfm import SEQUENCES
 from neuroradfm.errors import InputError
 from neuroradfm.io.case import Case
 from neuroradfm.io.loader import load_case
+from neuroradfm.output_paths import case_folders
 
 REQUIRED = ("case_id", "site", *SEQUENCES)
 
@@ -47,50 +49,96 @@ def _value(text: str) -> Any:
     return text
 
 
-def _separator(path: Path) -> str:
+def _separator(header: str) -> str:
     """Comma, or the semicolon / tab that spreadsheet exports in some locales use."""
-    with path.open(encoding="utf-8-sig", errors="replace") as handle:
-        header = handle.readline()
     return max((",", ";", "\t"), key=header.count)
+
+
+def _records(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and (line, row) records, ``line`` as an editor shows it (header = line 1; a quoted cell may
+    span lines; blank lines are skipped, not counted away)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"not a readable CSV manifest (not UTF-8 text: {error.reason} at byte "
+                               f"{error.start})") from None
+    except OSError as error:
+        raise InputError(path, f"manifest cannot be read ({error.strerror or error})") from None
+    if not text.strip():
+        raise InputError(path, "not a readable CSV manifest (the file is empty)")
+    first_line = next(line for line in text.splitlines() if line.strip())
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_separator(first_line), skipinitialspace=True)
+    header: list[str] | None = None
+    records: list[tuple[int, dict[str, str]]] = []
+    line = 1
+    try:
+        for cells in reader:
+            first, line = line, reader.line_num + 1
+            if not any(cell.strip() for cell in cells):
+                continue
+            cells = [cell.strip() for cell in cells]
+            if header is None:
+                header = cells
+                repeated = sorted({c for c in header if header.count(c) > 1})
+                if repeated or "" in header:
+                    raise InputError(path, f"line {first}: header has "
+                                           + (f"repeated column(s) {', '.join(repeated)}" if repeated
+                                              else "an empty column name"))
+                continue
+            if len(cells) > len(header):
+                raise InputError(path, f"line {first}: {len(cells)} cells for {len(header)} columns (a separator "
+                                       "inside a cell needs quotes)")
+            records.append((first, dict(zip(header, cells + [""] * (len(header) - len(cells))))))
+    except csv.Error as error:
+        raise InputError(path, f"line {reader.line_num}: not a readable CSV manifest ({error})") from None
+    return header or [], records
+
+
+def _bad_characters(text: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" for c in text)
 
 
 def read_manifest(path: str | Path, check_files: bool = False) -> list[CaseEntry]:
     """Entries of a manifest CSV; image paths are relative to the manifest's folder unless absolute.
 
     Required columns: case_id, site, t1, t1ce, t2, flair; optional seg; every other column is
-    clinical data. Missing image files surface when a case loads (one failing case does not stop a
-    batch) unless ``check_files`` asks to list them all now.
+    clinical data. Messages point at lines as an editor numbers them (header = line 1). Case ids must be
+    unique, also once made into folder names (neuroradfm.output_paths). Missing image files surface when a
+    case loads (one failing case does not stop a batch) unless ``check_files`` asks to list them all now.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "manifest not found")
-    try:
-        table = pd.read_csv(path, sep=_separator(path), dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                            skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise InputError(path, f"not a readable CSV manifest ({error})") from None
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in REQUIRED if c not in table.columns]
+        raise InputError(path, "manifest not found" if not path.exists() else "manifest is not a file")
+    header, records = _records(path)
+    missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise InputError(path, f"manifest lacks required column(s) {', '.join(missing)}; "
-                               f"required: {', '.join(REQUIRED)} (found: {', '.join(table.columns)})")
-    table = table.apply(lambda column: column.str.strip())
-    if table.empty:
+                               f"required: {', '.join(REQUIRED)} (found: {', '.join(header)})")
+    if not records:
         raise InputError(path, "manifest has no cases")
-    duplicated = sorted(set(table["case_id"][table["case_id"].duplicated() & (table["case_id"] != "")]))
+    lines: dict[str, list[int]] = {}
+    for line, row in records:
+        lines.setdefault(row["case_id"], []).append(line)
+    duplicated = [f"{case_id} (lines {', '.join(map(str, found))})" for case_id, found in lines.items()
+                  if case_id and len(found) > 1]
     if duplicated:
-        raise InputError(path, f"duplicated case_id(s): {', '.join(duplicated)}")
-    file_columns = [*SEQUENCES, *(["seg"] if "seg" in table.columns else [])]
+        raise InputError(path, f"duplicated case_id(s): {'; '.join(duplicated)}")
+    file_columns = [*SEQUENCES, *(["seg"] if "seg" in header else [])]
     entries, absent = [], []
-    for row_number, row in enumerate(table.to_dict("records"), start=2):
+    for line, row in records:
         empty = [c for c in ("case_id", *SEQUENCES) if not row[c]]
         if empty:
-            raise InputError(path, f"row {row_number}: empty {', '.join(empty)} (case_id and the four image paths "
+            raise InputError(path, f"line {line}: empty {', '.join(empty)} (case_id and the four image paths "
                                    "are required)")
+        control = [c for c in ("case_id", "site", *file_columns) if _bad_characters(row[c])]
+        if control:
+            raise InputError(path, f"line {line}: control characters in {', '.join(control)}")
         paths = {c: path.parent / Path(row[c]).expanduser() for c in file_columns if row[c]}
         absent += [f"{row['case_id']} {c}: {p}" for c, p in paths.items() if check_files and not p.is_file()]
         clinical = {k: _value(v) for k, v in row.items() if k not in REQUIRED and k != "seg"}
         entries.append(CaseEntry(row["case_id"], row["site"] or None, paths, clinical))
+    case_folders([e.case_id for e in entries], {case_id: f"line {found[0]}" for case_id, found in lines.items()},
+                 source=path)
     if absent:
         raise InputError(path, f"{len(absent)} image file(s) not found: " + "; ".join(absent))
     return entries

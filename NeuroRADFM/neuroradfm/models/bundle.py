@@ -18,20 +18,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from neuroradfm import CAM_LAYERS
 from neuroradfm.atomic import atomic_folder
 from neuroradfm.errors import BundleError
+from neuroradfm.models.card_schema import FORMAT, FORMAT_VERSION, Shapes, card_problems, report, tensor_problems
 from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.models.heads import CoxHead, Heads, MarkerHead, OodHead
 from neuroradfm.preprocess import PreprocessSettings
 
-FORMAT = "neuroradfm-bundle"
-FORMAT_VERSION = 1
 CARD = "card.json"
 WEIGHTS = "weights.safetensors"
+_DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
+"""safetensors' names of the float dtypes (the card schema checks head tensors by these)."""
 
 
 @dataclass
@@ -52,6 +52,9 @@ class Bundle:
         if self.heads is None:
             raise BundleError(self.path, "an encoder-only bundle has no heads to predict with; add them with "
                                          "neuroradfm fit-heads")
+        if not self.heads.markers and self.heads.cox is None:
+            raise BundleError(self.path, "the bundle has neither marker probes nor a survival model to predict "
+                                         "with (its cohort had too few labelled cases: see training.skipped_heads)")
         return self.heads
 
 
@@ -91,9 +94,8 @@ def heads_to_card(heads: Heads) -> tuple[dict[str, Any], dict[str, torch.Tensor]
 
 
 def _heads_from_card(card: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Heads:
+    """Heads from a card that ``check_card`` found fine (every field is there, of the right kind and size)."""
     cam_layer = card.get("cam_layer", "layer4")
-    if cam_layer not in CAM_LAYERS:
-        raise ValueError(f"unknown Grad-CAM layer {cam_layer!r} in the card")
     ood = None
     if card.get("ood"):
         o = card["ood"]
@@ -116,7 +118,8 @@ def save_bundle(path: str | Path, encoder: Encoder, heads: Heads | None, preproc
 
     ``card`` supplies the descriptive fields (name, description, intended_use, training, input);
     architecture, preprocessing, heads, format and hash are filled in here. ``heads=None`` writes an
-    encoder-only bundle (card ``"heads": null``), e.g. the output of SSL pretraining.
+    encoder-only bundle (card ``"heads": null``), e.g. the output of SSL pretraining. The card is checked
+    as ``load_bundle`` checks it, before anything is written: a malformed card is never written.
     """
     path = Path(path)
     heads_card, head_tensors = (None, {}) if heads is None else heads_to_card(heads)
@@ -131,10 +134,13 @@ def save_bundle(path: str | Path, encoder: Encoder, heads: Heads | None, preproc
     })
     tensors = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     tensors.update(head_tensors)
-    with atomic_folder(path) as staging:
+    check_card(path / CARD, full, {k: (tuple(v.shape), _DTYPE_NAMES.get(v.dtype, str(v.dtype)))
+                                   for k, v in tensors.items()}, written=False)
+    _check_finite(path / WEIGHTS, tensors, written=False)
+    with atomic_folder(path, CARD) as staging:
         save_file(tensors, str(staging / WEIGHTS), metadata={"format": FORMAT})
         full["content_hash"] = content_hash(full, staging / WEIGHTS)
-        (staging / CARD).write_text(json.dumps(full, indent=1) + "\n")
+        (staging / CARD).write_text(json.dumps(full, indent=1) + "\n", encoding="utf-8")
     return path
 
 
@@ -142,10 +148,15 @@ def read_card(path: str | Path) -> dict[str, Any]:
     """The card alone, checked for format and version (cheap: no weights are read)."""
     path = Path(path)
     card_file = path / CARD
+    if not path.exists():
+        raise BundleError(path, f"does not exist (a model bundle is a folder with {CARD} and {WEIGHTS})")
+    if not path.is_dir():
+        raise BundleError(path, f"is a file, not a model bundle: a bundle is a folder with {CARD} and {WEIGHTS} "
+                                "(give the folder)")
     if not card_file.is_file():
         raise BundleError(path, f"not a model bundle: {CARD} is missing")
     try:
-        card = json.loads(card_file.read_text())
+        card = json.loads(card_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BundleError(card_file, f"card is not valid JSON ({error})") from None
     found = card.get("format") if isinstance(card, dict) else None
@@ -157,8 +168,41 @@ def read_card(path: str | Path) -> dict[str, Any]:
     return card
 
 
+def check_card(card_file: Path, card: dict[str, Any], shapes: Shapes | None = None, written: bool = True) -> None:
+    """Refuse a malformed card with every problem named by its path in the card (a BundleError naming the card).
+
+    ``shapes`` (weights entry -> shape and dtype) adds the checks of the tensors the card names.
+    ``written=False``: the card is about to be written (``save_bundle``), and is not.
+    """
+    problems = card_problems(card)
+    if not problems and shapes is not None:
+        problems = tensor_problems(card, shapes, WEIGHTS)
+    if problems:
+        raise BundleError(card_file, report(problems) + ("" if written else " (nothing was written)"))
+
+
+def _check_finite(path: Path, tensors: dict[str, torch.Tensor], written: bool = True) -> None:
+    """NaN or infinite weights would give NaN predictions that look like answers."""
+    bad = [name for name, tensor in tensors.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise BundleError(path, f"the tensors {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or "
+                                f"infinite values" + ("" if written else " (nothing was written)"))
+
+
+def _header(weights_file: Path) -> Shapes:
+    """Shape and dtype of every entry, from the safetensors header alone (no tensor is read)."""
+    try:
+        with safe_open(str(weights_file), framework="pt") as handle:
+            return {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
+                    for name in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise BundleError(weights_file, f"unreadable weights ({error})") from None
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
-    """The one bundle loader: checks format, version and content hash before building anything."""
+    """The one bundle loader: checks format, version, content hash and the whole card (its schema, and the
+    shapes of the tensors it names) before building anything."""
     path = Path(path)
     card = read_card(path)
     weights_file = path / WEIGHTS
@@ -169,17 +213,19 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     if expected != actual:
         raise BundleError(path, f"content hash does not match (card says {expected}, files give {actual}): "
                                 "the bundle was modified or is corrupt")
+    check_card(path / CARD, card, _header(weights_file))
     try:
         tensors = load_file(str(weights_file))
     except (SafetensorError, OSError) as error:
         raise BundleError(weights_file, f"unreadable weights ({error})") from None
+    _check_finite(weights_file, tensors)
     try:
         encoder = Encoder(EncoderConfig.from_dict(card["architecture"]))
         state = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
         encoder.load_state_dict(state)
         heads = None if card["heads"] is None else _heads_from_card(card["heads"], tensors)
         settings = PreprocessSettings.from_dict(card["preprocessing"])
-    except (KeyError, ValueError, RuntimeError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise BundleError(path, f"card and weights do not fit together ({error})") from None
     encoder.to(device).eval()
     return Bundle(path=path, card=card, encoder=encoder, heads=heads, preprocessing=settings)

@@ -15,6 +15,7 @@ from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 from torch import nn
 
 from neuroradfm import CAM_LAYERS
+from neuroradfm.errors import SettingsError
 
 # Depths of MONAI's resnet10 ... resnet200 (block type, blocks per stage).
 ARCHITECTURES: dict[str, tuple[type[nn.Module], list[int]]] = {
@@ -132,11 +133,30 @@ def _out_channels(stage: nn.Sequential) -> int:
     return conv.out_channels
 
 
+DEVICE_CHOICES = "auto (first CUDA GPU, else CPU), cpu, cuda or cuda:N"
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks the first CUDA GPU when there is one, else the CPU; ``cuda:N`` and ``cpu`` as given."""
-    if device == "auto":
+    """``auto`` picks the first CUDA GPU when there is one, else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` as given.
+
+    Anything else (``meta``, a GPU that is not there, a typo) is a SettingsError naming what exists: checked once,
+    before a run reads any case."""
+    text = str(device).strip().lower()
+    if text == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+    try:
+        resolved = torch.device(text)
+    except (RuntimeError, ValueError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda") or (resolved.type == "cpu" and resolved.index):
+        raise SettingsError("--device", f"unknown device {device!r}; use {DEVICE_CHOICES}")
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SettingsError("--device", f"{device!r} requested but no CUDA GPU is available (use cpu or auto)")
+        index = 0 if resolved.index is None else resolved.index
+        if index >= count:
+            raise SettingsError("--device", f"{device!r} requested but this machine has {count} CUDA GPU(s): "
+                                            f"cuda:0 ... cuda:{count - 1}")
+        resolved = torch.device("cuda", index)
     return resolved

@@ -109,7 +109,10 @@ class Heads:
         return (np.asarray(z, np.float64) - self.feature_mean) / self.feature_scale
 
     def marker_weights(self) -> tuple[np.ndarray, np.ndarray]:
-        """(M, D) weights and (M,) biases of every marker logit as a linear function of raw z."""
+        """(M, D) weights and (M,) biases of every marker logit as a linear function of raw z (M may be 0: a bundle
+        whose cohort had too few positives for every marker still predicts survival)."""
+        if not self.markers:
+            return np.zeros((0, len(self.feature_mean))), np.zeros(0)
         w = np.stack([m.coef for m in self.markers]) / self.feature_scale
         b = np.array([m.intercept for m in self.markers]) - w @ self.feature_mean
         return w, b

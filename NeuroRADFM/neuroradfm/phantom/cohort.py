@@ -115,7 +115,7 @@ def _write_image(image: sitk.Image, path: Path) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -175,7 +175,7 @@ def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, 
                                 contrast_factors(i, site_contrast, render.COMPARTMENTS).items()}
             for i in range(sites)}
     with atomic_file(out / "phantom.json") as tmp:
-        tmp.write_text(json.dumps(settings, indent=1) + "\n")
+        tmp.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
     _write_csv(out / "clinical.csv", clinical)
     _write_csv(out / "manifest.csv", manifest)
     progress("phantom", 1.0, f"{n} cases in {out}")

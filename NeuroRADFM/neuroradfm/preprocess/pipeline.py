@@ -8,8 +8,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from neuroradfm import SEQUENCES
-from neuroradfm.errors import InputError
+from neuroradfm.errors import InputError, itk_reason
 from neuroradfm.io.case import Case
+from neuroradfm.io.images import check_image
 from neuroradfm.preprocess import steps
 from neuroradfm.preprocess.grid import in_template_space, model_grid
 from neuroradfm.preprocess.settings import PreprocessSettings
@@ -17,6 +18,13 @@ from neuroradfm.progress import Progress, null_progress
 from neuroradfm.template import load_brain_mask, load_template
 
 MIN_BRAIN_ML = 100.0
+"""Smallest brain mask accepted (mL); an adult brain is 1000-1500 mL, so 100 mL means no real brain was found."""
+MIN_VOXELS_PER_AXIS = 8
+"""Fewest voxels accepted along any axis: the registrations smooth every axis (ITK needs >= 4 voxels) and shrink
+the image by up to 4 on their coarsest level; a 5 x 5 x 5 image leaves them no sample at all."""
+MIN_EXTENT_MM = 40.0
+"""Smallest field of view accepted along any axis (a whole brain spans about 140 x 170 x 120 mm). N4 shrinks the
+image to ~6 mm voxels first: a few-millimetre image shrinks to nothing and N4 fails."""
 
 
 @dataclass
@@ -59,15 +67,61 @@ def _zscore(channel: np.ndarray, mask: np.ndarray, source: str) -> np.ndarray:
     return out
 
 
+def _check_sequence(image: sitk.Image, source: str) -> sitk.Image:
+    """Refuse, before any correction, a sequence that the preprocessing cannot use (checked like any read image)."""
+    image = check_image(image, source)
+    size = np.asarray(image.GetSize())
+    extent = size * np.asarray(image.GetSpacing())
+    if size.min() < MIN_VOXELS_PER_AXIS:
+        raise InputError(source, f"is too small for the model: {' x '.join(map(str, size))} voxels, and the "
+                                 f"preprocessing needs at least {MIN_VOXELS_PER_AXIS} along every axis")
+    if extent.min() < MIN_EXTENT_MM or extent.prod() / 1000.0 < MIN_BRAIN_ML:
+        raise InputError(source, f"is too small for the model: its field of view is "
+                                 f"{' x '.join(f'{v:.3g}' for v in extent)} mm ({extent.prod() / 1000.0:.3g} mL); "
+                                 f"a brain MRI covers at least {MIN_EXTENT_MM:g} mm along every axis and holds at "
+                                 f"least {MIN_BRAIN_ML:g} mL of brain")
+    _check_contrast(image, source)
+    return image
+
+
+def _check_contrast(image: sitk.Image, source: str) -> None:
+    """A blank series (constant, or constant inside the head and 0 outside) has nothing for N4 or the model to use.
+
+    The head is the Otsu foreground, found on a subsample so that the check costs well under a second.
+    """
+    values = sitk.GetArrayViewFromImage(image)
+    low, high = float(values.min()), float(values.max())
+    if low == high == 0:
+        raise InputError(source, "brain mask is empty or implausibly small: every voxel of the image is 0 (an empty "
+                                 "series); is this a brain MRI?")
+    if low == high:
+        raise InputError(source, f"is constant inside the brain mask (every voxel of the image is {low:g}): no image "
+                                 "contrast to use; a blank series?")
+    step = max(1, round((values.size / 1e6) ** (1 / 3)))
+    sample = np.ascontiguousarray(values[::step, ::step, ::step], dtype=np.float32)
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.Execute(sitk.GetImageFromArray(sample))
+    head = sample[sample > otsu.GetThreshold()]
+    head = head if head.size else sample
+    lo, hi = np.percentile(head, [0.5, 99.5])
+    if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
+        raise InputError(source, f"is constant inside the brain mask and the whole head around it ({hi:.4g} in 99% of "
+                                 "the head's voxels; only the background differs): no image contrast to use; a blank "
+                                 "series?")
+
+
 def _brain_volume_ml(mask: sitk.Image) -> float:
     return float(sitk.GetArrayViewFromImage(mask).sum() * np.prod(mask.GetSpacing()) / 1000.0)
 
 
 def preprocess_case(case: Case, settings: PreprocessSettings | None = None,
                     progress: Progress = null_progress) -> Preprocessed:
+    """Every sequence is checked first (geometry, size, contrast: cheap), then corrected, registered, resampled."""
     settings = settings or PreprocessSettings()
     ref_key = settings.reference
-    images = {k: sitk.Cast(case.image(k), sitk.sitkFloat32) for k in SEQUENCES}
+    originals = {k: _check_sequence(case.image(k), case.source(k))
+                 for k in sorted(SEQUENCES, key=lambda k: k != ref_key)}  # the reference first: errors name it
+    images = {k: sitk.Cast(originals[k], sitk.sitkFloat32) for k in SEQUENCES}
     reference = images[ref_key]
     done: dict[str, str] = {}
     stripped = steps.is_skull_stripped(reference)
@@ -91,12 +145,16 @@ def preprocess_case(case: Case, settings: PreprocessSettings | None = None,
     else:
         for index, key in enumerate(k for k in SEQUENCES if k != ref_key):
             progress("coregister", 0.3 + 0.2 * index / 3, f"{key} -> {ref_key}")
-            to_sequence[key] = steps.rigid_register(images[ref_key], images[key])
+            try:
+                to_sequence[key] = steps.rigid_register(images[ref_key], images[key])
+            except RuntimeError as error:
+                raise InputError(case.source(key), f"could not be co-registered to the {ref_key} "
+                                                   f"({itk_reason(error)}); do both show the same head?") from None
         done["coregister"] = f"done: rigid, to {ref_key}"
 
     progress("brain", 0.5, "brain mask")
     if settings.brain_extraction == "none" or (settings.brain_extraction == "auto" and stripped):
-        brain = sitk.BinaryFillhole(sitk.Cast(sitk.NotEqual(case.image(ref_key), 0), sitk.sitkUInt8))
+        brain = sitk.BinaryFillhole(sitk.Cast(sitk.NotEqual(originals[ref_key], 0), sitk.sitkUInt8))
         done["brain_extraction"] = ("skipped: input is already skull-stripped" if stripped
                                     else "skipped: disabled; mask = non-zero voxels")
     else:
@@ -115,7 +173,11 @@ def preprocess_case(case: Case, settings: PreprocessSettings | None = None,
     else:
         brain_only = sitk.Mask(images[ref_key], brain)
         template = sitk.Mask(load_template("t1"), load_brain_mask())
-        template_to_reference = steps.affine_register(template, brain_only)
+        try:
+            template_to_reference = steps.affine_register(template, brain_only)
+        except RuntimeError as error:
+            raise InputError(case.source(ref_key), f"could not be registered to the MNI152 template "
+                                                   f"({itk_reason(error)}); is this a brain MRI?") from None
         done["template_registration"] = "done: affine, brain to MNI152 brain"
 
     progress("resample", 0.85, "onto the model grid")
@@ -130,7 +192,7 @@ def preprocess_case(case: Case, settings: PreprocessSettings | None = None,
         channels.append(_zscore(array, mask, case.source(key)))
     done["normalise"] = "done: z-score inside the brain mask"
     progress("preprocess", 1.0, "done")
-    return Preprocessed(np.stack(channels), mask, grid, case.image(ref_key), template_to_reference, done)
+    return Preprocessed(np.stack(channels), mask, grid, originals[ref_key], template_to_reference, done)
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from neuroradfm import SEQUENCES
+from neuroradfm.errors import SettingsError
 
 _CHOICES = {"coregister": ("auto", "always", "never"), "brain_extraction": ("auto", "deepbet", "none"),
             "template_registration": ("auto", "affine", "none")}
@@ -28,14 +30,16 @@ class PreprocessSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", tuple(int(v) for v in self.size))
-        if len(self.size) != 3 or min(self.size) < 8 or self.spacing_mm <= 0:
-            raise ValueError(f"model grid must be 3 sizes >= 8 and a positive spacing, got {self.size}, "
-                             f"{self.spacing_mm}")
+        if len(self.size) != 3 or min(self.size) < 8:
+            raise SettingsError("--size", f"the model grid needs 3 sizes of at least 8 voxels, got {self.size}")
+        if not math.isfinite(self.spacing_mm) or self.spacing_mm <= 0:
+            raise SettingsError("--spacing", f"the model grid spacing must be a positive number of mm, got "
+                                             f"{self.spacing_mm}")
         if self.reference not in SEQUENCES:
-            raise ValueError(f"reference must be one of {SEQUENCES}, got {self.reference!r}")
+            raise SettingsError("preprocessing", f"reference must be one of {SEQUENCES}, got {self.reference!r}")
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+                raise SettingsError("preprocessing", f"{name} must be one of {choices}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -46,5 +50,5 @@ class PreprocessSettings:
     def from_dict(cls, data: dict) -> PreprocessSettings:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown preprocessing settings: {sorted(unknown)}")
+            raise SettingsError("preprocessing", f"unknown preprocessing settings: {sorted(unknown)}")
         return cls(**data)

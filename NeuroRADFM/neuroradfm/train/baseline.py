@@ -10,12 +10,19 @@
 2. The encoder is frozen; embeddings of split B (cases the encoder never saw) are used to fit
    the bundle's heads: feature scaling, one logistic probe per marker, a Cox model, OOD stats.
    Their metrics are cross-validated on split B.
+
+Small cohorts: split B takes ``probe_fraction`` of every site's cases (rounded, but at least one and never all),
+and the heads need at least MIN_HEAD_CASES of them for their 5-fold cross-validation: 12 usable cases of one site
+at the default 0.4 (``min_training_cases``). Fewer cases, a site of a single case, or a split B in which no marker
+and no survival has enough labels is an InputError before preprocessing when the manifest shows it, and again
+after it when cases that failed to load leave too few.
 """
 
 from __future__ import annotations
 
 import datetime
 import platform
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,21 +32,29 @@ import torch
 from torch import nn
 
 import neuroradfm
-from neuroradfm.io import read_manifest
+from neuroradfm import CAM_LAYERS
+from neuroradfm.errors import InputError, SettingsError
+from neuroradfm.io import CaseEntry, read_manifest
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.metrics import MetricsLog
-from neuroradfm.models.bundle import Bundle, load_bundle, save_bundle
-from neuroradfm.models.encoder import Encoder, EncoderConfig, resolve_device
+from neuroradfm.models.bundle import CARD, Bundle, load_bundle, save_bundle
+from neuroradfm.models.encoder import ARCHITECTURES, NORMS, Encoder, EncoderConfig, resolve_device
 from neuroradfm.models.heads import Heads
+from neuroradfm.output_paths import check_destination
 from neuroradfm.preprocess import PreprocessSettings
-from neuroradfm.probes import fit_marker_probe, fit_ood, fit_scaling
+from neuroradfm.probes import fit_marker_probe, fit_ood, fit_scaling, marker_problem
 from neuroradfm.progress import Progress, null_progress, sub_progress
-from neuroradfm.survival import fit_cox
-from neuroradfm.train.cohort import PreparedCohort, file_hash, prepare_cohort
+from neuroradfm.survival import fit_cox, survival_problem
+from neuroradfm.train.cohort import PreparedCohort, _number, file_hash, prepare_cohort, require_cases
 
 DEFAULT_CAM_LAYER = "layer2"
 """Where new bundles take their Grad-CAM maps: finer cells than the last block and still head-specific
 (measured on the demo bundle, bench/RESULTS.md)."""
+
+HEAD_FOLDS = 5
+"""Folds of the heads' cross-validation (marker probes, Cox, the OOD threshold)."""
+MIN_HEAD_CASES = HEAD_FOLDS
+"""Cases the heads are fitted on, at the least: every cross-validation fold holds one out."""
 
 
 @dataclass
@@ -66,6 +81,38 @@ class BaselineSettings:
     """Seed of the split into A (encoder) and B (heads); None: ``seed``. Fix it to compare training seeds on the
     same held-out cases."""
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Settings that cannot work are refused here, before any case is read (exit status 2 through the CLI)."""
+        check_encoder_config(self.encoder)
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise SettingsError(flag, f"must be at least 1, got {value}")
+        if not self.learning_rate > 0:
+            raise SettingsError("--lr", f"the learning rate must be positive, got {self.learning_rate}")
+        for flag, value in (("weight_decay", self.weight_decay), ("--tumour-weight", self.tumour_weight),
+                            ("--background-weight", self.background_weight)):
+            if not value >= 0:
+                raise SettingsError(flag, f"must be 0 or more, got {value}")
+        if not 0 < self.probe_fraction < 1:
+            raise SettingsError("probe_fraction", f"the share of each site's cases held out to fit the heads must "
+                                                  f"lie between 0 and 1 (exclusive), got {self.probe_fraction}")
+        if self.cam_layer not in CAM_LAYERS:
+            raise SettingsError("--cam-layer", f"unknown Grad-CAM layer {self.cam_layer!r}; choose one of "
+                                               f"{', '.join(CAM_LAYERS)}")
+
+
+def check_encoder_config(config: EncoderConfig) -> None:
+    """An architecture, normalisation and width the encoder can be built with (else a SettingsError naming the
+    option), checked before the cohort is preprocessed rather than when the network is built after it."""
+    if config.arch not in ARCHITECTURES:
+        raise SettingsError("--arch", f"unknown encoder {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if config.norm not in NORMS:
+        raise SettingsError("--norm", f"unknown normalisation {config.norm!r}; choose one of {', '.join(NORMS)}")
+    if not config.widen_factor > 0:
+        raise SettingsError("--widen", f"the channel width factor must be positive, got {config.widen_factor}")
+    if config.conv1_stride < 1:
+        raise SettingsError("--conv1-stride", f"must be at least 1, got {config.conv1_stride}")
 
 
 def embed(encoder: Encoder, inputs: np.ndarray, device: torch.device, batch_size: int = 4,
@@ -163,33 +210,125 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
 
 def fit_heads(embeddings: np.ndarray, cohort: PreparedCohort, seed: int = 0,
               cam_reference: np.ndarray | None = None, cam_layer: str = "layer4") -> tuple[Heads, dict[str, str]]:
-    """Every head on frozen embeddings; a marker or survival that cannot be fitted is skipped with a reason."""
+    """Every head on frozen embeddings; a marker or survival that cannot be fitted is skipped with a reason.
+
+    Fewer than MIN_HEAD_CASES cases, or no marker nor survival that can be fitted, is an InputError: the
+    trainers check their cohorts for both before any work (``check_heads_cohort``), this is the last guard.
+    """
+    if len(embeddings) < MIN_HEAD_CASES:
+        raise InputError(None, f"the heads need at least {MIN_HEAD_CASES} cases for their {HEAD_FOLDS}-fold "
+                               f"cross-validation, got {len(embeddings)}")
     mean, scale = fit_scaling(embeddings)
     standardised = (embeddings - mean) / scale
     skipped: dict[str, str] = {}
     markers = []
     for column, key in enumerate(MARKER_KEYS):
         try:
-            markers.append(fit_marker_probe(standardised, cohort.labels[:, column], key, seed=seed))
+            markers.append(fit_marker_probe(standardised, cohort.labels[:, column], key, folds=HEAD_FOLDS,
+                                            seed=seed))
         except ValueError as error:
             skipped[key] = str(error)
     try:
-        cox = fit_cox(standardised, cohort.os_days, cohort.os_event, seed=seed)
+        cox = fit_cox(standardised, cohort.os_days, cohort.os_event, folds=HEAD_FOLDS, seed=seed)
     except ValueError as error:
         cox, skipped["survival"] = None, str(error)
-    return Heads(mean, scale, markers, cox, fit_ood(standardised), cam_reference, cam_layer), skipped
+    if not markers and cox is None:
+        raise InputError(None, f"no marker probe and no survival model could be fitted on {len(embeddings)} cases: "
+                               + "; ".join(skipped.values()))
+    return Heads(mean, scale, markers, cox, fit_ood(standardised, folds=HEAD_FOLDS), cam_reference, cam_layer), skipped
 
 
-def _split(cohort: PreparedCohort, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def manifest_cohort(entries: list[CaseEntry]) -> PreparedCohort:
+    """A manifest's cases as a cohort without images (ids, sites, marker labels, survival; ``inputs`` has no
+    voxels): what the checks of a training read before any case is preprocessed."""
+    labels = np.array([[_number(e.clinical.get(key)) for key in MARKER_KEYS] for e in entries], np.float64)
+    return PreparedCohort([e.case_id for e in entries], [str(e.site) for e in entries],
+                          np.zeros((len(entries), 0), np.float16), labels.reshape(len(entries), len(MARKER_KEYS)),
+                          np.array([_number(e.clinical.get("os_days")) for e in entries], np.float64),
+                          np.array([_number(e.clinical.get("os_event")) for e in entries], np.float64))
+
+
+def head_problems(cohort: PreparedCohort) -> dict[str, str]:
+    """Why each head (a marker key, or "survival") cannot be fitted on ``cohort``'s targets: what ``fit_heads``
+    will skip; empty when every head can be fitted."""
+    problems = {key: marker_problem(cohort.labels[:, column], key) for column, key in enumerate(MARKER_KEYS)}
+    problems["survival"] = survival_problem(cohort.os_days, cohort.os_event)
+    return {key: problem for key, problem in problems.items() if problem}
+
+
+def _require_a_head(manifest: str | Path, cohort: PreparedCohort, which: str) -> None:
+    """A marker probe or the survival model must be fittable: a bundle of no head predicts nothing."""
+    problems = head_problems(cohort)
+    if len(problems) == len(MARKER_KEYS) + 1:
+        raise InputError(manifest, f"no marker probe and no survival model can be fitted on the {len(cohort.case_ids)} "
+                                   f"{which}: " + "; ".join(problems.values()))
+
+
+def check_heads_cohort(manifest: str | Path, cohort: PreparedCohort, given: int) -> None:
+    """Refuse a cohort the heads of ``fit-heads`` cannot be fitted on: too few usable cases for their
+    cross-validation, or not one marker or survival with enough labelled cases. Run on ``manifest_cohort`` before
+    preprocessing and on the prepared cohort after it (when cases that failed to load may leave too few)."""
+    require_cases(manifest, MIN_HEAD_CASES, given, cohort.failures, "fitting the heads",
+                  f"the marker probes, the Cox model and the OOD threshold are cross-validated in {HEAD_FOLDS} folds")
+    _require_a_head(manifest, cohort, "usable cases")
+
+
+def _held_out(count: int, fraction: float) -> int:
+    """How many of a site's ``count`` cases go to split B: ``fraction`` of them, rounded, but at least one and never
+    all of them, so that both splits see every site of two cases or more."""
+    return min(max(round(fraction * count), 1), count - 1)
+
+
+def min_training_cases(probe_fraction: float) -> int:
+    """The fewest cases (of one site) whose split B holds MIN_HEAD_CASES at ``probe_fraction`` (12 at the default
+    0.4); the rest, at least one, train the encoder."""
+    count = max(MIN_HEAD_CASES + 1, int((MIN_HEAD_CASES - 0.5) / probe_fraction))
+    while _held_out(count, probe_fraction) < MIN_HEAD_CASES:
+        count += 1
+    return count
+
+
+def _split(sites: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split A (encoder) / B (heads), stratified by site so both see every site."""
     rng = np.random.default_rng(seed)
     a, b = [], []
-    for site in sorted(set(cohort.sites)):
-        members = rng.permutation([i for i, s in enumerate(cohort.sites) if s == site])
-        n_b = int(round(fraction * len(members)))
+    for site in sorted(set(sites)):
+        members = rng.permutation([i for i, s in enumerate(sites) if s == site])
+        n_b = _held_out(len(members), fraction)
         b.extend(members[:n_b])
         a.extend(members[n_b:])
     return np.sort(np.array(a, int)), np.sort(np.array(b, int))
+
+
+def _split_seed(settings: BaselineSettings) -> int:
+    return settings.seed if settings.split_seed is None else settings.split_seed
+
+
+def check_training_cohort(manifest: str | Path, cohort: PreparedCohort, given: int,
+                          settings: BaselineSettings) -> None:
+    """Refuse a cohort ``train_baseline`` cannot split into encoder cases (A) and held-out heads cases (B): too few
+    usable cases, a site of one case (the split is stratified by site), a split B too small for the heads'
+    cross-validation, or no marker or survival with enough labelled cases in B. Run on ``manifest_cohort``
+    before preprocessing and on the prepared cohort after it."""
+    fraction = settings.probe_fraction
+    require_cases(manifest, min_training_cases(fraction), given, cohort.failures, "training a bundle",
+                  f"a probe_fraction of {fraction} of every site's cases, at least {MIN_HEAD_CASES} in all, is held "
+                  f"out to fit the heads and cross-validate them in {HEAD_FOLDS} folds; the rest train the encoder")
+    counts = Counter(cohort.sites)
+    single = [f"{site} ({cohort.case_ids[cohort.sites.index(site)]})" for site, n in sorted(counts.items()) if n == 1]
+    if single:
+        raise InputError(manifest, f"site(s) with a single usable case: {', '.join(single)}; the cases are split into "
+                                   "encoder and heads cases site by site, so that both see every site, which needs at "
+                                   "least 2 cases of each site: add cases of that site, or leave its case out")
+    held = {site: _held_out(n, fraction) for site, n in sorted(counts.items())}
+    if sum(held.values()) < MIN_HEAD_CASES:
+        per_site = ", ".join(f"{site} {n} of {counts[site]}" for site, n in held.items())
+        raise InputError(manifest, f"a probe_fraction of {fraction} of each site's cases holds out only "
+                                   f"{sum(held.values())} cases for the heads ({per_site}); their {HEAD_FOLDS}-fold "
+                                   f"cross-validation needs at least {MIN_HEAD_CASES}: add cases, or raise "
+                                   "probe_fraction")
+    _, split_b = _split(cohort.sites, fraction, _split_seed(settings))
+    _require_a_head(manifest, cohort.subset(split_b), "cases held out for the heads (split B)")
 
 
 def _lesion_terms(settings: BaselineSettings, have_masks: bool) -> str:
@@ -237,14 +376,16 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
     """
     settings = settings or BaselineSettings()
     manifest = Path(manifest)
+    check_destination(out, CARD, [manifest, init, cache_dir, metrics_path])  # before hours of training
     start = None if init is None else load_bundle(init)
     if start is not None:
         settings = replace(settings, encoder=start.encoder.config, preprocessing=start.preprocessing)
     device = resolve_device(settings.device)
-    cohort = prepare_cohort(read_manifest(manifest), settings.preprocessing, sub_progress(progress, 0.0, 0.25),
-                            cache_dir)
-    split_a, split_b = _split(cohort, settings.probe_fraction,
-                              settings.seed if settings.split_seed is None else settings.split_seed)
+    entries = read_manifest(manifest)
+    check_training_cohort(manifest, manifest_cohort(entries), len(entries), settings)
+    cohort = prepare_cohort(entries, settings.preprocessing, sub_progress(progress, 0.0, 0.25), cache_dir)
+    check_training_cohort(manifest, cohort, len(entries), settings)  # cases that failed may have left too few
+    split_a, split_b = _split(cohort.sites, settings.probe_fraction, _split_seed(settings))
     encoder, history = train_encoder(cohort.subset(split_a), settings, device, sub_progress(progress, 0.25, 0.9),
                                      MetricsLog(metrics_path), None if start is None else start.encoder)
     progress("heads", 0.9, "fitting probes, Cox and OOD on held-out embeddings")

@@ -1,6 +1,6 @@
 """A cohort in memory: every case of a manifest preprocessed onto the model grid.
 
-Batch rule: a case that fails is reported and left out; the others go on.
+Batch rule: a case that fails (for any reason) is reported and left out; the others go on.
 Preprocessing (N4, registration, deepbet) dominates training time on CPU, so a cache folder keeps
 each case's model-grid arrays as .npy files, keyed by the preprocessing settings and the files'
 path, size and modification time: a changed file or setting is preprocessed again.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from neuroradfm.atomic import atomic_file
-from neuroradfm.errors import NeuroRADFMError
+from neuroradfm.errors import InputError, describe_failure
 from neuroradfm.io import CaseEntry
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.preprocess import PreprocessSettings, preprocess_case
@@ -26,6 +26,27 @@ from neuroradfm.progress import Progress, null_progress
 def file_hash(path: Path) -> str:
     """A manifest's content hash for the card's provenance, so a rerun can tell it was given the same cohort."""
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def describe_failures(failures: dict[str, str], shown: int = 3) -> str:
+    """``", K failed to load: id: reason; ..."`` (the first ``shown`` of them), or "" when none failed."""
+    if not failures:
+        return ""
+    listed = "; ".join(f"{case_id}: {reason}" for case_id, reason in list(failures.items())[:shown])
+    more = f"; and {len(failures) - shown} more" if len(failures) > shown else ""
+    return f", {len(failures)} failed to load: {listed}{more}"
+
+
+def require_cases(manifest: str | Path, needed: int, given: int, failures: dict[str, str], task: str,
+                  why: str) -> None:
+    """Refuse a cohort with fewer than ``needed`` usable cases, before training fails on it somewhere deep inside.
+
+    ``given``: the manifest's cases; ``failures``: those that failed to load (none yet when checked before
+    preprocessing, so the same check runs again after it); ``task`` and ``why`` say what needs the cases.
+    """
+    if given - len(failures) < needed:
+        raise InputError(manifest, f"{task} needs at least {needed} usable cases ({given} given"
+                                   f"{describe_failures(failures)}): {why}")
 
 
 @dataclass
@@ -121,9 +142,9 @@ def cache_cohort(entries: list[CaseEntry], settings: PreprocessSettings, cache_d
         if channels_file is None or not channels_file.is_file():
             try:
                 _prepare_case(entry, settings, cache)
-            except NeuroRADFMError as error:
-                failures[entry.case_id] = str(error)
-                progress("preprocess", (index + 1) / len(entries), f"{entry.case_id} FAILED: {error}")
+            except Exception as error:  # noqa: BLE001 - any failure of one case leaves it out, the others go on
+                failures[entry.case_id] = describe_failure(error)[1]
+                progress("preprocess", (index + 1) / len(entries), f"{entry.case_id} FAILED: {failures[entry.case_id]}")
                 continue
             stem = _cache_stem(entry, settings, cache)
             channels_file = None if stem is None else stem.with_name(stem.name + ".channels.npy")
@@ -134,7 +155,7 @@ def cache_cohort(entries: list[CaseEntry], settings: PreprocessSettings, cache_d
         files.append(channels_file)
     progress("preprocess", 1.0, f"{len(kept)} cases ready, {len(failures)} failed")
     if not kept:
-        raise NeuroRADFMError("no case of the cohort could be prepared: " + "; ".join(failures.values()))
+        raise InputError(None, "no case of the cohort could be prepared: " + "; ".join(failures.values()))
     return CachedCohort(kept, files, failures)
 
 
@@ -147,9 +168,9 @@ def prepare_cohort(entries: list[CaseEntry], settings: PreprocessSettings,
         progress("preprocess", index / len(entries), entry.case_id)
         try:
             channels, tumour = _prepare_case(entry, settings, cache)
-        except NeuroRADFMError as error:
-            failures[entry.case_id] = str(error)
-            progress("preprocess", (index + 1) / len(entries), f"{entry.case_id} FAILED: {error}")
+        except Exception as error:  # noqa: BLE001 - any failure of one case leaves it out, the others go on
+            failures[entry.case_id] = describe_failure(error)[1]
+            progress("preprocess", (index + 1) / len(entries), f"{entry.case_id} FAILED: {failures[entry.case_id]}")
             continue
         ids.append(entry.case_id)
         sites.append(str(entry.site))
@@ -160,7 +181,7 @@ def prepare_cohort(entries: list[CaseEntry], settings: PreprocessSettings,
         events.append(_number(entry.clinical.get("os_event")))
     progress("preprocess", 1.0, f"{len(ids)} cases ready, {len(failures)} failed")
     if not ids:
-        raise NeuroRADFMError("no case of the cohort could be prepared: " + "; ".join(failures.values()))
+        raise InputError(None, "no case of the cohort could be prepared: " + "; ".join(failures.values()))
     tumour = None if any(t is None for t in tumours) else np.stack(tumours)
     return PreparedCohort(ids, sites, np.stack(inputs), np.asarray(labels, np.float64),
                           np.asarray(days), np.asarray(events), tumour, failures)

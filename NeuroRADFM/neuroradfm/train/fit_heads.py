@@ -2,6 +2,10 @@
 
 The encoder and its preprocessing come from the given bundle unchanged; the heads are fitted on every
 usable case of the manifest (neuroradfm.train.baseline.fit_heads, cross-validated metrics in the card).
+A cohort too small for the heads' cross-validation (fewer than MIN_HEAD_CASES usable cases), or without one
+marker or survival that has enough labelled cases, is refused before preprocessing when the manifest shows it
+and again after it when cases that failed to load leave too few; a single marker without enough positives or
+negatives is skipped, with its reason in the card.
 """
 
 from __future__ import annotations
@@ -13,22 +17,32 @@ from typing import Any
 import torch
 
 import neuroradfm
+from neuroradfm import CAM_LAYERS
+from neuroradfm.errors import SettingsError
 from neuroradfm.io import read_manifest
-from neuroradfm.models.bundle import load_bundle, save_bundle
+from neuroradfm.models.bundle import CARD, load_bundle, save_bundle
 from neuroradfm.models.encoder import resolve_device
+from neuroradfm.output_paths import check_destination
 from neuroradfm.progress import Progress, null_progress, sub_progress
-from neuroradfm.train.baseline import DEFAULT_CAM_LAYER, embed, fit_heads
+from neuroradfm.train.baseline import DEFAULT_CAM_LAYER, check_heads_cohort, embed, fit_heads, manifest_cohort
 from neuroradfm.train.cohort import file_hash, prepare_cohort
 
 
 def fit_heads_bundle(model: str | Path, manifest: str | Path, out: str | Path, card: dict[str, Any] | None = None,
                      progress: Progress = null_progress, cache_dir: str | Path | None = None, seed: int = 0,
                      device: str = "auto", cam_layer: str = DEFAULT_CAM_LAYER) -> Path:
-    bundle = load_bundle(model)
+    """Write ``out``: the bundle ``model``'s encoder with heads fitted on the manifest's cases; returns it."""
     manifest = Path(manifest)
+    check_destination(out, CARD, [model, manifest, cache_dir])  # the encoder bundle itself is never replaced
+    bundle = load_bundle(model)
+    if cam_layer not in CAM_LAYERS:
+        raise SettingsError("--cam-layer", f"unknown Grad-CAM layer {cam_layer!r}; choose one of "
+                                           f"{', '.join(CAM_LAYERS)}")
     resolved = resolve_device(device)
-    cohort = prepare_cohort(read_manifest(manifest), bundle.preprocessing, sub_progress(progress, 0.0, 0.6),
-                            cache_dir)
+    entries = read_manifest(manifest)
+    check_heads_cohort(manifest, manifest_cohort(entries), len(entries))
+    cohort = prepare_cohort(entries, bundle.preprocessing, sub_progress(progress, 0.0, 0.6), cache_dir)
+    check_heads_cohort(manifest, cohort, len(entries))  # cases that failed to load may have left too few
     progress("embed", 0.6, f"embedding {len(cohort.case_ids)} cases")
     embeddings, reference = embed(bundle.encoder.to(resolved), cohort.inputs, resolved, cam_layer=cam_layer)
     progress("heads", 0.8, "fitting probes, Cox and OOD on frozen embeddings")

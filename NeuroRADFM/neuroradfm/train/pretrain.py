@@ -10,6 +10,12 @@ With DRO on and accumulate = 1, q is updated from the step's own losses before t
 Sagawa et al. With accumulate > 1 the group losses of the whole step are needed before any micro-batch's
 backward: a first pass without gradients computes them (BatchNorm running statistics are restored after it),
 which costs about one extra forward pass per step.
+
+Small cohorts: an epoch is the usable cases in whole global batches (the remainder is dropped), so a manifest
+with fewer cases than ``batch_size`` is refused before preprocessing, and again after it when cases that failed
+to load leave too few. A cohort of one case with ``batch_size`` 1 does train (every step sees that case; MoCo,
+which contrasts the cases of a micro-batch, needs two). Every case needs a value in the group column (an empty
+cell is refused before preprocessing); a group named in ``groups`` that has no case is kept with q but never drawn.
 """
 
 from __future__ import annotations
@@ -31,19 +37,23 @@ from torch.utils.data import DataLoader
 import neuroradfm
 from neuroradfm.atomic import atomic_file
 from neuroradfm.dro import MODES, GroupDRO
-from neuroradfm.errors import InputError, NeuroRADFMError
+from neuroradfm.errors import InputError, NeuroRADFMError, SettingsError
 from neuroradfm.io import read_manifest
 from neuroradfm.metrics import MetricsLog, read_metrics
-from neuroradfm.models.bundle import save_bundle
+from neuroradfm.models.bundle import CARD, save_bundle
 from neuroradfm.models.encoder import Encoder, EncoderConfig
+from neuroradfm.output_paths import check_destination
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.progress import Progress, null_progress, sub_progress
 from neuroradfm.ssl import METHODS, MethodSettings, build_method
 from neuroradfm.ssl.augment import FLIPS, sample_seed
+from neuroradfm.ssl.base import HEAD_NORMS
+from neuroradfm.ssl.dino import DINO_CENTERINGS
 from neuroradfm.ssl.mae import mask_spec
 from neuroradfm.train import distributed
-from neuroradfm.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from neuroradfm.train.cohort import cache_cohort, file_hash
+from neuroradfm.train.baseline import check_encoder_config
+from neuroradfm.train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from neuroradfm.train.cohort import cache_cohort, file_hash, require_cases
 from neuroradfm.train.data import PretrainDataset, epoch_order, group_labels, make_sampler, steps_per_epoch
 
 
@@ -98,19 +108,69 @@ class PretrainSettings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        """Settings that cannot work are a SettingsError naming the option, before any case is read."""
         if self.method not in METHODS:
-            raise ValueError(f"unknown SSL method {self.method!r}; choose one of {', '.join(METHODS)}")
+            raise SettingsError("--method", f"unknown SSL method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.dro not in MODES:
-            raise ValueError(f"unknown DRO mode {self.dro!r}; choose one of {', '.join(MODES)}")
-        if self.batch_size < 1 or self.accumulate < 1 or self.epochs < 1 or self.crop_size < 8:
-            raise ValueError("batch size, accumulate and epochs must be >= 1 and the crop size >= 8")
+            raise SettingsError("--dro-mode", f"unknown DRO mode {self.dro!r}; choose one of {', '.join(MODES)}")
+        check_encoder_config(self.encoder)
+        for flag, value in (("--batch-size", self.batch_size), ("--accumulate", self.accumulate),
+                            ("--epochs", self.epochs), ("--checkpoint-every", self.checkpoint_every)):
+            if value < 1:
+                raise SettingsError(flag, f"must be at least 1, got {value}")
+        for flag, value in (("--max-steps", self.max_steps), ("--workers", self.num_workers)):
+            if value < 0:
+                raise SettingsError(flag, f"must be 0 or more, got {value}")
+        if self.crop_size < 8:
+            raise SettingsError("--crop", f"the crop size must be at least 8, got {self.crop_size}")
+        if not self.learning_rate > 0:
+            raise SettingsError("--lr", f"the learning rate must be positive, got {self.learning_rate}")
+        for flag, value in (("--weight-decay", self.weight_decay), ("--augment-strength", self.augment_strength),
+                            ("--eta-q", self.eta_q), ("--dro-adjustment", self.dro_adjustment)):
+            if not value >= 0:
+                raise SettingsError(flag, f"must be 0 or more, got {value}")
+        if not 0 <= self.warmup_fraction <= 1:
+            raise SettingsError("--warmup", f"the warm-up fraction must lie in 0..1, got {self.warmup_fraction}")
         if self.dro_sampling and (self.group_balanced or self.dro == "erm"):
-            raise ValueError("--dro-sampling draws the cases from Group-DRO's q: it needs --dro and cannot be "
-                             "combined with --group-balanced")
+            raise SettingsError("--dro-sampling", "--dro-sampling draws the cases from Group-DRO's q: it needs --dro "
+                                                  "and cannot be combined with --group-balanced")
         if self.flips not in FLIPS:
-            raise ValueError(f"unknown flips {self.flips!r}; choose one of {', '.join(FLIPS)}")
+            raise SettingsError("--flips", f"unknown flips {self.flips!r}; choose one of {', '.join(FLIPS)}")
         if self.crop_size > min(self.preprocessing.size):
-            raise ValueError(f"crop size {self.crop_size} exceeds the model grid {self.preprocessing.size}")
+            raise SettingsError("--crop", f"crop size {self.crop_size} exceeds the model grid "
+                                          f"{self.preprocessing.size}")
+        self._check_method()
+
+    def _check_method(self) -> None:
+        """What the chosen SSL method needs of the settings (else it fails only once the cohort is prepared)."""
+        ms = self.method_settings
+        for flag, value in (("--hidden-dim", ms.hidden_dim), ("--proj-dim", ms.proj_dim),
+                            ("--dino-out-dim", ms.dino_out_dim)):
+            if value < 1:
+                raise SettingsError(flag, f"must be at least 1, got {value}")
+        if not 0 <= ms.ema_momentum <= 1:
+            raise SettingsError("--ema", f"the EMA momentum must lie in 0..1, got {ms.ema_momentum}")
+        if ms.dino_centering not in DINO_CENTERINGS:
+            raise SettingsError("--dino-centering", f"unknown DINO centring {ms.dino_centering!r}; choose one of "
+                                                    f"{', '.join(DINO_CENTERINGS)}")
+        if ms.dino_head_norm not in HEAD_NORMS:
+            raise SettingsError("--dino-head-norm", f"unknown head normalisation {ms.dino_head_norm!r}; choose one "
+                                                    f"of {', '.join(HEAD_NORMS)}")
+        if self.method == "moco" and self.batch_size < 2 * self.accumulate:
+            raise SettingsError("--batch-size", f"MoCo contrasts each case with the other cases of its micro-batch "
+                                                f"(batch size / accumulate = {self.batch_size / self.accumulate:g}): "
+                                                "it needs at least 2, or its loss is 0 and nothing is learnt")
+        if self.method == "mae":
+            # encoder_stride's formula (neuroradfm.ssl.mae), from the settings: no network is built yet
+            stride = self.encoder.conv1_stride * (1 if self.encoder.no_max_pool else 2) * 8
+            if self.crop_size % stride:
+                raise SettingsError("--crop", f"MAE needs a crop size divisible by the encoder's total stride "
+                                              f"{stride}, got {self.crop_size}")
+            if not 0 < ms.mae_mask_ratio < 1:
+                raise SettingsError("--mask-ratio", f"the masked fraction must lie between 0 and 1 (exclusive), "
+                                                    f"got {ms.mae_mask_ratio}")
+            if ms.mae_patch < 0:
+                raise SettingsError("--mask-patch", f"must be 0 (the encoder's stride) or more, got {ms.mae_patch}")
 
     # settings that define the run: a resume must match them (device, workers and checkpoint cadence may change)
     def fingerprint(self) -> dict[str, Any]:
@@ -178,18 +238,32 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
          cache_dir: Path, metrics: MetricsLog, checkpoint_path: Path, resume: bool, stop_after: int | None,
          ctx: distributed.Context) -> Path:
     fingerprint = settings.fingerprint()
+    check_destination(out, CARD, [manifest, cache_dir, metrics.path, checkpoint_path])
     state = load_checkpoint(checkpoint_path, fingerprint) if resume else None  # fails before anything is written
     if not resume and checkpoint_path.exists():  # a fresh run must not silently destroy a resumable one
         raise InputError(checkpoint_path, "a checkpoint of an earlier run is here: continue it with --resume, or "
                                           "delete it (or choose another --checkpoint) to start afresh")
     entries = read_manifest(manifest, check_files=True)
     names, _ = group_labels(entries, settings.group_column, manifest, settings.groups)
+    per_step = ctx.world_size * settings.accumulate
+    if settings.batch_size % per_step:
+        raise SettingsError("--batch-size", f"batch size {settings.batch_size} must be a multiple of world size x "
+                                            f"accumulate ({ctx.world_size} x {settings.accumulate})")
+    batch_rule = (f"one optimizer step takes a global batch of {settings.batch_size} cases (--batch-size); lower it "
+                  "or add cases")
+    require_cases(manifest, settings.batch_size, len(entries), {}, "pretraining", batch_rule)
+    resumed_groups = None if state is None else list(state.get("dro", {}).get("groups", names))
+    if resumed_groups is not None and resumed_groups != names:
+        raise CheckpointError(checkpoint_path, f"the checkpoint's run had the groups {', '.join(resumed_groups)} in "
+                                               f"column {settings.group_column!r}; the manifest now gives "
+                                               f"{', '.join(names)}: resume with that run's manifest, or start afresh")
     # rank 0 preprocesses into the cache; the others then find every case there
     if ctx.is_main:
         cohort = cache_cohort(entries, settings.preprocessing, cache_dir, sub_progress(progress, 0.0, 0.1))
     ctx.barrier()
     if not ctx.is_main:
         cohort = cache_cohort(entries, settings.preprocessing, cache_dir)
+    require_cases(manifest, settings.batch_size, len(entries), cohort.failures, "pretraining", batch_rule)
     _, group_ids = group_labels(cohort.entries, settings.group_column, manifest, names)
     sizes = [max(1, group_ids.count(g)) for g in range(len(names))]
     present = sorted({names[g] for g in group_ids})
@@ -200,10 +274,6 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
         progress("warning", 0.1, f"one group only ({present[0]}): Group-DRO degenerates to ERM")
         dro_mode = "erm"
 
-    per_step = ctx.world_size * settings.accumulate
-    if settings.batch_size % per_step:
-        raise InputError(None, f"batch size {settings.batch_size} must be a multiple of world size x accumulate "
-                               f"({ctx.world_size} x {settings.accumulate})")
     local_batch = settings.batch_size // ctx.world_size
     torch.manual_seed(settings.seed)
     encoder = Encoder(settings.encoder)
@@ -213,9 +283,6 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
                               **mask_spec(settings.method, encoder, ms))
     sampler = make_sampler(dataset, ctx.world_size, ctx.rank, settings.seed, settings.group_balanced)
     per_epoch = steps_per_epoch(len(sampler), local_batch)
-    if per_epoch < 1:
-        raise InputError(manifest, f"{len(cohort.entries)} usable cases are fewer than one global batch "
-                                   f"({settings.batch_size})")
     total = settings.epochs * per_epoch
     if settings.max_steps > 0:
         total = min(total, settings.max_steps)
@@ -238,7 +305,10 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        dro.load_state_dict(state["dro"])
+        try:
+            dro.load_state_dict(state["dro"])
+        except ValueError as error:  # the groups left after failing cases no longer match the checkpoint's
+            raise CheckpointError(checkpoint_path, f"cannot resume this run's Group-DRO: {error}") from None
         set_rng_state(state["rng"])
         step = int(state["step"])
         if ctx.is_main and metrics.path is not None and metrics.path.is_file():
@@ -246,7 +316,7 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
             kept = [row for row in read_metrics(metrics.path)
                     if row.get("stage") == "pretrain" and row.get("step", 0) <= step]
             with atomic_file(metrics.path) as tmp:
-                tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+                tmp.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
         progress("resume", 0.1, f"resumed at step {step}/{total} from {checkpoint_path}")
     net = DistributedDataParallel(model, device_ids=[device] if cuda else None) if ctx.distributed else model
 

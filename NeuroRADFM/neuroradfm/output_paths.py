@@ -1,0 +1,135 @@
+"""Where results go: case ids made into safe folder names, and the output folder checked before a run.
+
+A case id comes from a manifest cell, a folder name or ``--case-id``: anything a user or a spreadsheet can
+type. It becomes exactly one folder name directly inside the output folder: separators, white space, control
+and reserved characters become ``_``, and ``_`` and dots are stripped from both ends (so no ``.``, ``..`` or
+hidden names, which are also the staging namespace of neuroradfm.atomic); Windows device names get a ``_``
+prefix, long ids are shortened with a hash. Ids whose folder names would collide (``P1`` and ``P1/``; also on
+case-insensitive file systems, ``P1`` and ``p1``) are refused together, before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import unicodedata
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from neuroradfm.errors import InputError, OutputError, SettingsError
+
+MAX_NAME_BYTES = 150
+"""Longest folder name (UTF-8 bytes) made from a case id; file systems allow 255, the result files add none."""
+_RESERVED_CHARACTERS = set('<>:"/\\|?*')
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+
+
+def _allowed(character: str) -> bool:
+    return (character not in _RESERVED_CHARACTERS and not character.isspace()
+            and not unicodedata.category(character).startswith(("C", "Z")))
+
+
+def safe_folder_name(case_id: str) -> str:
+    """The one folder name a case id maps to; an InputError when nothing usable is left (``..``, ``/``, ``""``)."""
+    text = unicodedata.normalize("NFC", str(case_id))
+    name = "".join(c if _allowed(c) else "_" for c in text).strip("._")
+    if not name:
+        raise InputError(None, f"case id {case_id!r} gives no usable folder name (it must contain a letter or digit "
+                               "besides separators, dots and control characters)")
+    if name.split(".")[0].upper() in _WINDOWS_DEVICES:
+        name = "_" + name
+    if len(name.encode()) > MAX_NAME_BYTES:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        name = name.encode()[:MAX_NAME_BYTES - 13].decode(errors="ignore").rstrip("._") + "-" + digest
+    return name
+
+
+def case_folders(case_ids: Sequence[str], where: Mapping[str, str] | None = None,
+                 source: str | Path | None = None) -> dict[str, str]:
+    """case id -> folder name for a whole run; unusable ids and collisions are refused together, before anything
+    is written. ``where``: how to point at each id in messages (e.g. "line 7"); ``source``: the manifest."""
+    where = where or {}
+    folders: dict[str, str] = {}
+    unusable: list[str] = []
+    for case_id in case_ids:
+        try:
+            folders[case_id] = safe_folder_name(case_id)
+        except InputError:
+            unusable.append(f"{case_id!r}" + (f" ({where[case_id]})" if case_id in where else ""))
+    problems = []
+    if unusable:
+        problems.append("case id(s) that give no usable folder name (nothing is left once separators, dots, white "
+                        "space and control characters are removed): " + ", ".join(unusable))
+    by_folder: dict[str, list[str]] = {}
+    for case_id in case_ids:
+        if case_id in folders:
+            by_folder.setdefault(folders[case_id].casefold(), []).append(case_id)
+    collisions = ["; ".join(f"{c!r}" + (f" ({where[c]})" if c in where else "") for c in ids)
+                  + f" -> {folders[ids[0]]!r}" for ids in by_folder.values() if len(ids) > 1]
+    if collisions:
+        problems.append("case ids that would share one output folder (separators and control characters become '_', "
+                        "dots and '_' at either end go, letter case is ignored): " + " | ".join(collisions))
+    if problems:
+        raise InputError(source, "; ".join(problems))
+    return folders
+
+
+def inside(folder: Path, path: Path) -> Path:
+    """``path`` if it lies strictly inside ``folder`` once links are followed, else an OutputError."""
+    root, target = folder.resolve(), path.resolve()
+    if root not in target.parents:
+        raise OutputError(path, f"lies outside the output folder {folder} (a link?); nothing is written there")
+    return path
+
+
+def check_destination(path: str | Path, marker: str, inputs: Sequence[str | Path | None] = (),
+                      setting: str = "--out") -> None:
+    """Before hours of training: ``path`` can later be replaced by the result (see atomic.check_replaceable: an
+    earlier result, an empty folder or nothing, holding none of ``inputs``) and its parent can be created."""
+    from neuroradfm.atomic import check_replaceable
+
+    path = Path(path)
+    for folder in path.parents:
+        if os.path.lexists(folder):
+            if not folder.is_dir():
+                raise SettingsError(setting, f"{path}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise SettingsError(setting, f"{path}: {folder} is not writable")
+            break
+    try:
+        check_replaceable(path, marker, [item for item in inputs if item is not None])
+    except OutputError as error:
+        raise SettingsError(setting, str(error)) from None
+
+
+def prepare_output_folder(out: str | Path, setting: str = "--out") -> list[Path]:
+    """Create ``out`` (and missing parents) and check that it takes files; returns the folders created here, so
+    that a run that writes nothing can remove them again (``remove_created``). A SettingsError otherwise."""
+    out = Path(out)
+    if os.path.lexists(out) and not out.is_dir():
+        raise SettingsError(setting, f"{out} exists and is not a folder")
+    missing = []
+    for folder in (out, *out.parents):
+        if os.path.lexists(folder):
+            if not folder.is_dir():
+                raise SettingsError(setting, f"{out}: {folder} is a file, not a folder")
+            break
+        missing.append(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".neuroradfm-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        remove_created(missing)
+        raise SettingsError(setting, f"{out} is not a writable folder ({error.strerror or error})") from None
+    return missing
+
+
+def remove_created(created: Sequence[Path]) -> None:
+    """Remove the folders ``prepare_output_folder`` created, innermost first, as long as they are empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

@@ -138,6 +138,9 @@ def test_two_case_folders_of_one_name_are_refused_before_anything_is_written(pha
     assert main(["predict", str(tmp_path / "a" / CASE), str(tmp_path / "b" / CASE), "--model", str(tiny_bundle),
                  "--out", str(out), *QUICK]) == 2
     assert "would share one output folder" in capsys.readouterr().err and not out.exists()
+    assert main(["predict", str(tmp_path / "a" / CASE), "--case-id", "P1", "--model", str(tiny_bundle),
+                 "--out", str(out), *QUICK]) == 2  # a folder's id is its name: --case-id would be ignored
+    assert "--case-id names a case given with --t1" in capsys.readouterr().err and not out.exists()
 
 
 def test_folder_names_are_safe_unique_and_bounded():
@@ -330,15 +333,19 @@ def test_any_exception_in_one_case_is_recorded_and_the_batch_goes_on(phantom_coh
         raise PermissionError(13, "Permission denied", "/data/P4/t1.nii.gz")
 
     out = tmp_path / "out"
-    result = predict_cases([("P1", bug), ("P2", good.load), ("P3", memory), ("P4", unreadable)], bundle, out,
-                           device="cpu", overview=False)
+    (out / "P5").mkdir(parents=True)
+    (out / "P5" / "notes.txt").write_text("user data")  # the case's folder is taken by a user's folder
+    result = predict_cases([("P1", bug), ("P2", good.load), ("P3", memory), ("P4", unreadable), ("P5", good.load)],
+                           bundle, out, device="cpu", overview=False)
     assert list(result.outputs) == ["P2"]
-    assert result.failure_kinds == {"P1": "internal", "P3": "resources", "P4": "system"}
+    assert result.failure_kinds == {"P1": "internal", "P3": "resources", "P4": "system", "P5": "system"}
+    assert "P5: exists and is not an earlier result" in result.failures["P5"]
+    assert [p.name for p in (out / "P5").iterdir()] == ["notes.txt"]
     assert "internal error (a bug in neuroradfm; please report it): KeyError" in result.failures["P1"]
     assert str(out / ERRORS_LOG) in result.failures["P1"] and "KeyError" in (out / ERRORS_LOG).read_text()
     assert "out of memory" in result.failures["P3"] and "/data/P4/t1.nii.gz: Permission denied" == result.failures["P4"]
     with open(out / "failures.csv", newline="") as handle:
-        assert [r["case_id"] for r in csv.DictReader(handle)] == ["P1", "P3", "P4"]
+        assert [r["case_id"] for r in csv.DictReader(handle)] == ["P1", "P3", "P4", "P5"]
 
 
 @pytest.mark.parametrize("device, message", [("cuda:0", "no CUDA GPU is available"), ("nonsense", "unknown device"),
@@ -559,11 +566,9 @@ def test_training_refuses_an_output_it_could_not_replace_before_any_work(phantom
     for name, command in commands.items():
         for out, message in ((users, "exists and is not an earlier result of neuroradfm (no card.json)"),
                              (a_file, "exists and is a file"), (a_file / "bundle", "is a file, not a folder")):
-            started = time.monotonic()
             assert main([*command, "--out", str(out), "--progress", "none"]) == 2, name
-            err = capsys.readouterr().err
+            err = capsys.readouterr().err  # a SettingsError of --out: raised at the start, not when saving
             assert err.startswith("error: --out: ") and message in err, (name, err)
-            assert time.monotonic() - started < 20, f"{name} did work before refusing its --out"
     assert main([*commands["fit-heads"], "--out", str(tiny_bundle), "--progress", "none"]) == 2
     assert "holds an input of this run" in capsys.readouterr().err
     assert _snapshot(tmp_path) == before
@@ -586,3 +591,18 @@ def test_non_ascii_case_ids_are_written_whatever_the_process_locale(phantom_coho
         locale.setlocale(locale.LC_ALL, saved)
     with open(out / "Müller-東京" / "predictions.csv", newline="", encoding="utf-8") as handle:
         assert {row["case_id"] for row in csv.DictReader(handle)} == {"Müller-東京"}
+
+
+def test_an_empty_path_argument_is_a_usage_error_not_the_current_folder(phantom_cohort, tiny_bundle, capsys):
+    for args in (["--out", ""], ["--out", "out", "--model", " "]):
+        with pytest.raises(SystemExit) as exit_status:
+            main(["predict", str(phantom_cohort), *args, *QUICK])
+        assert exit_status.value.code == 2 and "an empty path" in capsys.readouterr().err
+
+
+def test_a_card_nested_too_deeply_is_a_bundle_error(tiny_bundle, tmp_path, capsys):
+    bundle = tmp_path / "deep"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "card.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["info", str(bundle)]) == 2
+    assert "card.json: card is not a bundle card (nested too deeply to read)" in capsys.readouterr().err

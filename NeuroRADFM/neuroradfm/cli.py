@@ -25,6 +25,18 @@ from neuroradfm.progress import make_progress
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+def _path(text: str) -> Path:
+    """A path argument; an empty one (``--out ""``) would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
+
+
+def _shown(text: str) -> str:
+    """A case id as printed: control characters (a newline, a terminal escape) shown escaped."""
+    return text if text.isprintable() else repr(text)
+
+
 def _progress_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", choices=("tqdm", "json", "none"), default="tqdm",
                         help="progress display: a bar, JSON lines (for the Slicer module) or nothing")
@@ -54,16 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("predict", help="markers, survival risk and Grad-CAM maps for one case or a cohort")
-    p.add_argument("cases", nargs="*", type=Path,
+    p.add_argument("cases", nargs="*", type=_path,
                    help="case folder(s) (BraTS 2021/2023 naming or a DICOM study) or one manifest .csv")
     for sequence in SEQUENCES:
-        p.add_argument(f"--{sequence}", type=Path, help=f"{sequence} image file (instead of a case folder)")
+        p.add_argument(f"--{sequence}", type=_path, help=f"{sequence} image file (instead of a case folder)")
     p.add_argument("--case-id", help="case id for files given with --t1 ... --flair")
     p.add_argument("--series", action="append", default=[], metavar="SEQUENCE=SERIES",
                    help="DICOM study: force a sequence's series by SeriesInstanceUID (or the short UID the error "
                         "lists) or exact SeriesDescription, e.g. --series t1ce=1.2.840...; repeatable")
-    p.add_argument("--model", type=Path, help="model bundle folder (default: the shipped demo bundle)")
-    p.add_argument("--out", type=Path, required=True, help="output folder; each case goes to OUT/<case_id>/")
+    p.add_argument("--model", type=_path, help="model bundle folder (default: the shipped demo bundle)")
+    p.add_argument("--out", type=_path, required=True, help="output folder; each case goes to OUT/<case_id>/")
     p.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
     _cam_layer_option(p, "encoder stage of the Grad-CAM maps (default: the bundle's; at another stage the maps "
                          "are plain Grad-CAM, without the bundle's cohort reference)")
@@ -74,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True, help="number of cases")
     p.add_argument("--sites", type=int, default=4, help="number of acquisition sites")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_path, required=True)
     p.add_argument("--native", action="store_true",
                    help="native acquisitions (head with skull, oblique, anisotropic) instead of BraTS-style")
     p.add_argument("--native-fraction", type=float, default=0.0,
@@ -88,9 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train-baseline",
                             help="supervised encoder training (new, or --init a pretrained one) + probes + Cox "
                                  "into a bundle")
-    p.add_argument("--manifest", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    p.add_argument("--init", type=Path,
+    p.add_argument("--manifest", type=_path, required=True)
+    p.add_argument("--out", type=_path, required=True, help="bundle folder to write")
+    p.add_argument("--init", type=_path,
                    help="fine-tune the encoder of this bundle (from neuroradfm pretrain) instead of a new one; its "
                         "architecture and model grid replace --arch, --widen, --norm, --size and --spacing")
     p.add_argument("--arch", default="resnet10")
@@ -111,9 +123,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="marker loss on features averaged over the tumour (needs seg) instead of the whole grid")
     p.add_argument("--background-weight", type=float, default=0.0,
                    help="weight of the loss that keeps tumour-free features the same across cases (needs seg)")
-    p.add_argument("--cache", type=Path,
+    p.add_argument("--cache", type=_path,
                    help="folder that keeps preprocessed cases between runs (reused while files and settings match)")
-    p.add_argument("--metrics", type=Path, help="append one JSON line per training step to this file")
+    p.add_argument("--metrics", type=_path, help="append one JSON line per training step to this file")
     _cam_layer_option(p, BUNDLE_CAM_LAYER_HELP)
     p.add_argument("--name", default="neuroradfm-baseline")
     p.add_argument("--demo", action="store_true", help="label the bundle as the synthetic-data demonstration")
@@ -122,9 +134,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("pretrain", help="self-supervised pretraining (BYOL/DINO/MAE/MoCo) with optional "
                                              "Group-DRO into an encoder bundle; runs unchanged under torchrun")
-    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--manifest", type=_path, required=True)
     p.add_argument("--method", choices=("byol", "dino", "mae", "moco"), required=True)
-    p.add_argument("--out", type=Path, required=True, help="encoder bundle folder to write")
+    p.add_argument("--out", type=_path, required=True, help="encoder bundle folder to write")
     p.add_argument("--dro", action="store_true", help="Group-DRO over the groups of --group-column (else ERM)")
     p.add_argument("--dro-mode", choices=("exponentiated", "worst-group"), default="exponentiated",
                    help="exponentiated: Sagawa et al.'s q update; worst-group: the reference code's hard mode")
@@ -175,11 +187,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, default=0.996, help="initial EMA momentum of teachers")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--no-channels-last", action="store_true")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint file (default OUT.checkpoint.pt)")
+    p.add_argument("--checkpoint", type=_path, help="checkpoint file (default OUT.checkpoint.pt)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue exactly from the checkpoint")
-    p.add_argument("--cache", type=Path, help="preprocessed-case cache folder (default OUT.cache)")
-    p.add_argument("--metrics", type=Path, help="one JSON line per step (loss, group losses, q, lr)")
+    p.add_argument("--cache", type=_path, help="preprocessed-case cache folder (default OUT.cache)")
+    p.add_argument("--metrics", type=_path, help="one JSON line per step (loss, group losses, q, lr)")
     p.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="neuroradfm-pretrained-encoder")
@@ -187,10 +199,10 @@ def _parser() -> argparse.ArgumentParser:
     _progress_option(p)
 
     p = commands.add_parser("fit-heads", help="probes, Cox and OOD on a frozen (pretrained) encoder's embeddings")
-    p.add_argument("--model", type=Path, required=True, help="bundle whose encoder is used (heads are replaced)")
-    p.add_argument("--manifest", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="complete bundle folder to write")
-    p.add_argument("--cache", type=Path, help="preprocessed-case cache folder")
+    p.add_argument("--model", type=_path, required=True, help="bundle whose encoder is used (heads are replaced)")
+    p.add_argument("--manifest", type=_path, required=True)
+    p.add_argument("--out", type=_path, required=True, help="complete bundle folder to write")
+    p.add_argument("--cache", type=_path, help="preprocessed-case cache folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="bundle name (default: the encoder bundle's name)")
     _cam_layer_option(p, BUNDLE_CAM_LAYER_HELP)
@@ -199,12 +211,12 @@ def _parser() -> argparse.ArgumentParser:
     _progress_option(p)
 
     p = commands.add_parser("demo", help="a phantom case in, predictions and Grad-CAM maps out")
-    p.add_argument("--out", type=Path, default=Path("neuroradfm-demo"))
+    p.add_argument("--out", type=_path, default=Path("neuroradfm-demo"))
     _device_option(p)
     _progress_option(p)
 
     p = commands.add_parser("info", help="print a model bundle's card summary")
-    p.add_argument("bundle", type=Path)
+    p.add_argument("bundle", type=_path)
     return parser
 
 
@@ -258,13 +270,13 @@ def _predict(args: argparse.Namespace) -> int:
                            overview=not args.no_overview, cam_layer=args.cam_layer,
                            command=["neuroradfm", *sys.argv[1:]])
     for case_id, folder in result.outputs.items():
-        print(f"{case_id}: {folder}")
+        print(f"{_shown(case_id)}: {folder}")
     if len(loaders) == 1 and result.failures:  # one case: its failure is the command's
         kind = next(iter(result.failure_kinds.values()))
         print(f"error: {next(iter(result.failures.values()))}", file=sys.stderr)
         return EXIT_INTERNAL if kind == "internal" else EXIT_BAD_INPUT
     for case_id, error in result.failures.items():
-        print(f"FAILED {case_id}: {error}", file=sys.stderr)
+        print(f"FAILED {_shown(case_id)}: {error}", file=sys.stderr)
     if result.failures:
         print(f"{len(result.failures)} of {len(loaders)} cases failed: {Path(args.out) / 'failures.csv'}",
               file=sys.stderr)

@@ -62,6 +62,8 @@ cannot be read or written), or a bug (any other exception)."""
 
 def describe_failure(error: BaseException) -> tuple[str, str]:
     """(kind, message) for a case that failed with ``error``: the batch records it and goes on."""
+    if isinstance(error, OutputError):  # the disk or the folder, not the case
+        return "system", str(error)
     if isinstance(error, NeuroRADFMError):
         return "input", str(error)
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":  # torch's, without torch

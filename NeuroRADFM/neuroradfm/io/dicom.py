@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from neuroradfm import SEQUENCES
 from neuroradfm.errors import InputError, itk_reason
-from neuroradfm.io.images import check_image
+from neuroradfm.io.images import check_image, check_voxel_count
 from neuroradfm.io.sequence_names import classify_series, names_a_non_input
 
 TAGS = {"description": "0008|103e", "protocol": "0018|1030", "contrast": "0018|0010", "uid": "0020|000e",
@@ -41,6 +41,8 @@ class DicomSeries:
     contrast_agent: str
     image_type: str = ""
     modality: str = "MR"
+    slice_size: tuple[int, ...] = ()
+    """Columns and rows of the first slice, as its header says (the series is checked before it is allocated)."""
 
     @property
     def excluded(self) -> str:
@@ -95,7 +97,8 @@ def _read_header(uid: str, folder: Path, files: list[str]) -> DicomSeries:
     except RuntimeError as error:
         raise InputError(files[0], f"unreadable DICOM file ({itk_reason(error)})") from None
     return DicomSeries(uid, folder, files, *(_tag(reader, TAGS[k]) for k in
-                                             ("description", "protocol", "contrast", "image_type", "modality")))
+                                             ("description", "protocol", "contrast", "image_type", "modality")),
+                       slice_size=tuple(reader.GetSize()[:2]))
 
 
 def find_series(study: Path) -> list[DicomSeries]:
@@ -218,6 +221,8 @@ def _check_orientations(series: DicomSeries, reader: sitk.ImageSeriesReader) -> 
 
 def read_series(series: DicomSeries) -> sitk.Image:
     """The series as one 3D image, checked like any image file (check_image) plus slice orientations and gaps."""
+    if series.slice_size:  # a header claiming huge slices is refused before the series is allocated
+        check_voxel_count(f"{series.folder} ('{series.label}')", (*series.slice_size, len(series.files)))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(series.files)
     reader.MetaDataDictionaryArrayUpdateOn()

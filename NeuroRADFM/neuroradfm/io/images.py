@@ -85,7 +85,7 @@ def _size(size: Sequence[int]) -> str:
     return " x ".join(str(int(v)) for v in size)
 
 
-def _check_voxel_count(source: str | Path, size: Sequence[int]) -> int:
+def check_voxel_count(source: str | Path, size: Sequence[int]) -> int:
     voxels = math.prod(int(v) for v in size)
     if voxels > MAX_VOXELS:
         raise InputError(source, f"claims {_size(size)} = {voxels:.3g} voxels, more than the {MAX_VOXELS:.3g} "
@@ -101,7 +101,7 @@ def _check_shape(source: str, size: Sequence[int]) -> tuple[int, int, int]:
         raise InputError(source, f"is a {len(spatial)}D image of size {spatial}; expected 3D")
     if min(spatial) < 2:
         raise InputError(source, f"is a single slice (size {spatial}); expected a 3D volume")
-    _check_voxel_count(source, spatial)
+    check_voxel_count(source, spatial)
     return spatial  # type: ignore[return-value]
 
 
@@ -185,7 +185,7 @@ def _nifti_header(path: Path):
             pixdim = np.asarray(type(header).from_fileobj(handle, check=False)["pixdim"], dtype=float)
     except Exception as error:  # nibabel raises several types for broken headers
         raise InputError(path, f"unreadable NIfTI header ({error})") from None
-    voxels = _check_voxel_count(path, shape)
+    voxels = check_voxel_count(path, shape)
     claimed = voxels * dtype.itemsize
     on_disk = path.stat().st_size
     what = f"{_size(shape)} voxels of {dtype.name}"

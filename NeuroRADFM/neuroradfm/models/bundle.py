@@ -159,6 +159,10 @@ def read_card(path: str | Path) -> dict[str, Any]:
         card = json.loads(card_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BundleError(card_file, f"card is not valid JSON ({error})") from None
+    except RecursionError:
+        raise BundleError(card_file, "card is not a bundle card (nested too deeply to read)") from None
+    except OSError as error:
+        raise BundleError(card_file, f"card cannot be read ({error.strerror or error})") from None
     found = card.get("format") if isinstance(card, dict) else None
     if found != FORMAT:
         raise BundleError(card_file, f"not a {FORMAT} card (format={found!r})")

@@ -439,6 +439,8 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing_half_written(phantom_
     err = process.stderr.read()
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted")
     assert not [p for p in out.rglob(".*")], "a staging folder survived Ctrl-C"
+    run = json.loads((out / "run.json").read_text())  # the tables say what was done before the interruption
+    assert run["interrupted"] is True and run["cases"] == 16 and run["succeeded"] + run["failed"] < 16
 
 
 # --- manifests --------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ name (neuroradfm.output_paths) and the output folder takes files. Each case then
 written whole or not at all, replacing only an earlier result (neuroradfm.atomic). Any exception in one case
 is recorded and the others go on. For several cases OUT/predictions.csv gathers every case's rows,
 OUT/failures.csv every failure (kind and message), and OUT/run.json says which run, bundle and device made
-them; tables an earlier run left that this run does not write are removed, so the folder describes one run.
+them (and whether it was interrupted); tables an earlier run left that this run does not write are removed, so
+the folder describes one run.
 """
 
 from __future__ import annotations
@@ -59,11 +60,15 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _log_internal(out_dir: Path, case_id: str, error: BaseException) -> Path:
+def _log_internal(out_dir: Path, case_id: str, error: BaseException) -> Path | None:
+    """Append the traceback to OUT/neuroradfm-errors.log; None when even that cannot be written."""
     log = out_dir / ERRORS_LOG
-    with open(log, "a", encoding="utf-8") as handle:
-        handle.write(f"--- {_now()} case {case_id!r}, neuroradfm {neuroradfm.__version__}\n")
-        handle.write("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    try:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"--- {_now()} case {case_id!r}, neuroradfm {neuroradfm.__version__}\n")
+            handle.write("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    except OSError:
+        return None
     return log
 
 
@@ -87,31 +92,52 @@ def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundl
                               "bundle": {"name": bundle.name, "path": str(bundle.path),
                                          "content_hash": bundle.card.get("content_hash")},
                               "device": str(resolved), "cam_layer": cam_layer})
+    try:
+        _run_cases(cases, bundle, out_dir, folders, str(resolved), progress, overview, keep_predictions, cam_layer,
+                   result)
+    except BaseException:  # Ctrl-C or a cancel: the tables say which cases were done, and that the run stopped
+        if len(cases) > 1:
+            result.run.update(interrupted=True)
+            try:
+                _finish(out_dir, cases, folders, result)
+            except Exception:  # noqa: BLE001 - the interruption is what the user must see
+                pass
+        raise
+    if len(cases) > 1:
+        _finish(out_dir, cases, folders, result)
+    elif not result.outputs and result.log is None:
+        remove_created(created)  # a failed single case leaves no empty folder behind
+    return result
+
+
+def _finish(out_dir: Path, cases: Sequence[tuple[str, Callable[[], Case]]], folders: dict[str, str],
+            result: BatchResult) -> None:
+    result.run.update(finished=_now(), cases=len(cases), succeeded=len(result.outputs), failed=len(result.failures),
+                      folders={case_id: folders[case_id] for case_id, _ in cases})
+    _write_tables(out_dir, result)
+
+
+def _run_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundle, out_dir: Path, folders: dict[str, str],
+               device: str, progress: Progress, overview: bool, keep_predictions: bool, cam_layer: str | None,
+               result: BatchResult) -> None:
     for index, (case_id, load) in enumerate(cases):
         part = sub_progress(progress, index / len(cases), (index + 1) / len(cases))
         try:
             folder = inside(out_dir, out_dir / folders[case_id])
             case = load()
-            prediction = predict_case(case, bundle, device=str(resolved), progress=part, cam_layer=cam_layer)
+            prediction = predict_case(case, bundle, device=device, progress=part, cam_layer=cam_layer)
             result.outputs[case_id] = write_outputs(prediction, folder, overview=overview,
                                                     inputs=case.input_paths())
         except Exception as error:  # noqa: BLE001 - one case's failure of any kind must not stop the others
             kind, message = describe_failure(error)
             if kind == "internal":
-                result.log = _log_internal(out_dir, case_id, error)
-                message += f" (traceback in {result.log})"
+                result.log = _log_internal(out_dir, case_id, error) or result.log
+                message += f" (traceback in {result.log or 'no log: it could not be written'})"
             result.failures[case_id], result.failure_kinds[case_id] = message, kind
             part("failed", 1.0, f"{case_id}: {message}")
             continue
         if keep_predictions:
             result.predictions[case_id] = prediction
-    result.run.update(finished=_now(), cases=len(cases), succeeded=len(result.outputs), failed=len(result.failures),
-                      folders={case_id: folders[case_id] for case_id, _ in cases})
-    if len(cases) > 1:
-        _write_tables(out_dir, result)
-    elif not result.outputs and result.log is None:
-        remove_created(created)  # a failed single case leaves no empty folder behind
-    return result
 
 
 def _csv_text(rows: list[list[str]]) -> str:

@@ -99,6 +99,14 @@ def clean_stale(folder: str | Path, name: str | None = None) -> list[Path]:
     return removed
 
 
+def probe_writable(folder: Path) -> None:
+    """Create and remove one file in ``folder`` (an OSError when it takes none); its staging name lets a later run
+    remove it should this process die in between."""
+    handle, name = tempfile.mkstemp(prefix=_prefix("write-test", "partial"), dir=folder)
+    os.close(handle)
+    os.unlink(name)
+
+
 def check_replaceable(path: Path, marker: str, inputs: Iterable[str | Path] = ()) -> None:
     """An existing ``path`` is replaced only when it is an earlier result (holds ``marker``) or an empty folder,
     and holds none of ``inputs``: a user's own folder is never deleted to make room for a result."""

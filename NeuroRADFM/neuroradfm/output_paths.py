@@ -16,6 +16,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from neuroradfm.atomic import check_replaceable, probe_writable
 from neuroradfm.errors import InputError, OutputError, SettingsError
 
 MAX_NAME_BYTES = 150
@@ -86,8 +87,6 @@ def check_destination(path: str | Path, marker: str, inputs: Sequence[str | Path
                       setting: str = "--out") -> None:
     """Before hours of training: ``path`` can later be replaced by the result (see atomic.check_replaceable: an
     earlier result, an empty folder or nothing, holding none of ``inputs``) and its parent can be created."""
-    from neuroradfm.atomic import check_replaceable
-
     path = Path(path)
     for folder in path.parents:
         if os.path.lexists(folder):
@@ -117,9 +116,7 @@ def prepare_output_folder(out: str | Path, setting: str = "--out") -> list[Path]
         missing.append(folder)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".neuroradfm-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(out)
     except OSError as error:
         remove_created(missing)
         raise SettingsError(setting, f"{out} is not a writable folder ({error.strerror or error})") from None

@@ -108,7 +108,9 @@ CARD_CASES = {
                                                "embedding_dim: the architecture (resnet10) gives 64 features, the "
                                                "card says 32"),
     "preprocessing spacing 0": (_set(["preprocessing", "spacing_mm"], 0),
-                                "preprocessing.spacing_mm: must be greater than 0, got 0"),
+                                "preprocessing.spacing_mm: must be between 0.25 and 10, got 0"),
+    "preprocessing spacing 1e6": (_set(["preprocessing", "spacing_mm"], 1e6),
+                                  "preprocessing.spacing_mm: must be between 0.25 and 10, got 1000000.0"),
     "misspelt heads field": (_set(["heads", "cam_layr"], "layer2"), "heads.cam_layr: not a field of a bundle card"),
 }
 

@@ -25,7 +25,7 @@ from neuroradfm.errors import InputError, OutputError, SettingsError
 from neuroradfm.io import load_case, read_manifest
 from neuroradfm.models.bundle import load_bundle
 from neuroradfm.output_paths import case_folders, safe_folder_name
-from neuroradfm.outputs import RESULT_MARKER, write_outputs
+from neuroradfm.outputs import RESULT_FILES, RESULT_MARKER, write_outputs
 from neuroradfm.predict import predict_case
 
 CASE = "BraTS-PHN-00001-000"
@@ -175,10 +175,14 @@ def test_a_result_replaces_only_an_earlier_result_never_a_users_folder(predictio
     assert [p.name for p in users.iterdir()] == ["notes.txt"]
     inputs = tmp_path / "out" / "P2"
     write_outputs(prediction, inputs, overview=False)
-    (inputs / "t1.nii.gz").write_bytes(b"an input")
-    with pytest.raises(OutputError, match="P2: holds an input of this run"):
-        write_outputs(prediction, inputs, overview=False, inputs=[inputs / "t1.nii.gz"])
+    (inputs / "t1.nii.gz").write_bytes(b"an input")  # another case's input, kept in an earlier result's folder
+    with pytest.raises(OutputError, match="P2: is an earlier result but also holds t1.nii.gz, which neuroradfm did "
+                                          "not write there; not replaced"):
+        write_outputs(prediction, inputs, overview=False)
     assert (inputs / "t1.nii.gz").read_bytes() == b"an input"
+    (inputs / "t1.nii.gz").unlink()
+    with pytest.raises(OutputError, match="P2: holds an input of this run"):
+        write_outputs(prediction, inputs, overview=False, inputs=[inputs / "predictions.csv"])
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
@@ -196,7 +200,7 @@ def test_a_failed_removal_of_the_old_result_keeps_the_new_one_and_is_cleaned_lat
                                                                                     monkeypatch):
     folder = tmp_path / "out" / "P1"
     write_outputs(prediction, folder, overview=False)
-    (folder / "from-the-first-run.txt").write_text("old")  # marks the earlier result
+    (folder / "heatmap_from-the-first-run.nrrd").write_text("old")  # marks the earlier result
     real_rmtree = shutil.rmtree
 
     def half_rmtree(path, *args, **kwargs):  # removes one file, then fails like a busy network share
@@ -205,7 +209,7 @@ def test_a_failed_removal_of_the_old_result_keeps_the_new_one_and_is_cleaned_lat
 
     monkeypatch.setattr(atomic.shutil, "rmtree", half_rmtree)
     write_outputs(prediction, folder, overview=False)
-    assert not (folder / "from-the-first-run.txt").exists() and (folder / RESULT_MARKER).is_file()
+    assert not (folder / "heatmap_from-the-first-run.nrrd").exists() and (folder / RESULT_MARKER).is_file()
     leftovers = [p for p in folder.parent.iterdir() if p.name.startswith(".")]
     assert len(leftovers) == 1 and ".P1.old-" in leftovers[0].name  # hidden, never mixed into the result
     monkeypatch.setattr(atomic.shutil, "rmtree", real_rmtree)
@@ -232,6 +236,23 @@ def test_a_failed_swap_keeps_the_complete_earlier_result_and_says_so(prediction,
                                           "unchanged"):
         write_outputs(prediction, folder, overview=False)
     assert _snapshot(folder) == before
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["P1"]
+
+
+def test_ctrl_c_during_the_swap_takes_effect_after_it(prediction, tmp_path, monkeypatch):
+    folder = tmp_path / "out" / "P1"
+    write_outputs(prediction, folder, overview=False)
+    real_rename = os.rename
+
+    def rename(source, target):  # Ctrl-C arrives between moving the earlier result aside and the new one in
+        real_rename(source, target)
+        if ".old-" in str(target):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        write_outputs(prediction, folder, overview=False)
+    assert (folder / RESULT_MARKER).is_file()  # the swap completed before the interruption took effect
     assert sorted(p.name for p in folder.parent.iterdir()) == ["P1"]
 
 
@@ -466,7 +487,7 @@ def test_manifest_messages_count_lines_as_an_editor_does(tmp_path):
 
 def test_atomic_folder_never_leaves_its_parent(tmp_path):
     out = tmp_path / "out"
-    with atomic_folder(out / "x", RESULT_MARKER) as staging:
+    with atomic_folder(out / "x", RESULT_FILES) as staging:
         assert staging.parent == out and staging.name.startswith(".x.partial-")
         (staging / RESULT_MARKER).write_text("{}")
     assert sorted(p.name for p in out.iterdir()) == ["x"]
@@ -504,7 +525,7 @@ def test_property_case_ids_never_write_or_delete_outside_out(case_ids, tmp_path_
     for _ in range(2):  # the second pass replaces the first pass's results
         for case_id, name in folders.items():
             assert "/" not in name and "\\" not in name and name not in (".", "..") and not name.startswith(".")
-            with atomic_folder(out / name, RESULT_MARKER) as staging:
+            with atomic_folder(out / name, RESULT_FILES) as staging:
                 (staging / RESULT_MARKER).write_text(json.dumps({"case_id": case_id}))
     assert _snapshot(root, skip=out) == outside
     assert sorted(p.name for p in out.iterdir()) == sorted({*folders.values(), "earlier.txt"})
@@ -608,3 +629,155 @@ def test_a_card_nested_too_deeply_is_a_bundle_error(tiny_bundle, tmp_path, capsy
     (bundle / "card.json").write_text("[" * 100_000 + "]" * 100_000)
     assert main(["info", str(bundle)]) == 2
     assert "card.json: card is not a bundle card (nested too deeply to read)" in capsys.readouterr().err
+
+
+def test_odd_arguments_found_by_a_hostile_tester_are_clear_errors(phantom_cohort, tiny_bundle, tmp_path, capsys):
+    """Each of these was an internal error (exit 3) or a late, misleading failure."""
+    manifest = tmp_path / "tilde.csv"
+    manifest.write_text("case_id,site,t1,t1ce,t2,flair\nA,s,~nosuchuser_xyz/t1.nii.gz,b,c,d\n")
+    assert main(["predict", str(manifest), "--model", str(tiny_bundle), "--out", str(tmp_path / "o1"), *QUICK]) == 2
+    assert "tilde.csv: line 2: a path cannot be expanded" in capsys.readouterr().err
+
+    assert main(["predict", str(phantom_cohort), str(phantom_cohort.parent / CASE), "--model", str(tiny_bundle),
+                 "--out", str(tmp_path / "o2"), *QUICK]) == 2
+    assert "give one manifest .csv alone, or case folders" in capsys.readouterr().err
+
+    out = tmp_path / "o3"
+    (out / "failures.csv").mkdir(parents=True)  # a table the batch writes at its end is taken by a folder
+    assert main(["predict", str(phantom_cohort), "--model", str(tiny_bundle), "--out", str(out), *QUICK]) == 2
+    assert "--out (failures.csv): " in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == [
+        "failures.csv"]
+
+    bundle = tmp_path / "digits"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "card.json").write_text('{"format": ' + "9" * 5000 + "}")
+    assert main(["info", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert "card is not valid JSON (a number of thousands of digits)" in err and "set_int_max_str_digits" not in err
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("user data")
+    base = ["pretrain", "--manifest", str(phantom_cohort), "--method", "byol", "--out", str(tmp_path / "enc"),
+            "--progress", "none", "--device", "cpu"]
+    for option, value, message in (("--cache", a_file, "--cache: " + str(a_file) + " exists and is not a folder"),
+                                   ("--metrics", tmp_path, "--metrics: " + str(tmp_path) + " is a folder"),
+                                   ("--checkpoint", tmp_path, "--checkpoint: " + str(tmp_path) + " is a folder")):
+        assert main([*base, option, str(value)]) == 2
+        assert message in capsys.readouterr().err
+    assert a_file.read_text() == "user data"
+
+
+def test_a_card_whose_grid_does_not_fit_its_encoder_is_a_bundle_error(tiny_bundle, tmp_path, capsys):
+    import torch
+
+    from neuroradfm.models.bundle import CARD, WEIGHTS, content_hash
+
+    bundle = tmp_path / "strided"
+    shutil.copytree(tiny_bundle, bundle)
+    card = json.loads((bundle / CARD).read_text())
+    card["architecture"]["conv1_stride"] = 1000
+    card["content_hash"] = content_hash(card, bundle / WEIGHTS)
+    (bundle / CARD).write_text(json.dumps(card))
+    assert torch.get_default_device().type == "cpu"
+    assert main(["info", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert "card.json: " in err and ("does not fit this encoder's strides" in err or "cam_reference" in err)
+
+
+def test_table_names_as_case_ids_and_a_users_tables_found_by_a_hostile_tester(phantom_cohort, tiny_bundle,
+                                                                              tmp_path, capsys):
+    source = read_manifest(phantom_cohort)[0]
+    paths = [str(source.paths[s]) for s in SEQUENCES]
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([["case_id", "site", *SEQUENCES], ["run.json", "s", *paths],
+                                      ["Predictions.CSV", "s", *paths]])
+    out = tmp_path / "out"
+    assert main(["predict", str(manifest), "--model", str(tiny_bundle), "--out", str(out), *QUICK]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["_Predictions.CSV", "_run.json", "predictions.csv", "run.json"]
+    assert json.loads((out / "run.json").read_text())["folders"] == {"run.json": "_run.json",
+                                                                     "Predictions.CSV": "_Predictions.CSV"}
+
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "failures.csv").write_text("my notes")
+    before = _snapshot(users)
+    assert main(["predict", str(manifest), "--model", str(tiny_bundle), "--out", str(users), *QUICK]) == 2
+    assert "failures.csv was not written by a neuroradfm run" in capsys.readouterr().err
+    assert _snapshot(users) == before
+
+
+def test_more_hostile_inputs_found_by_a_red_team(phantom_cohort, tiny_bundle, tmp_path, capsys, monkeypatch):
+    files = _files(phantom_cohort.parent)
+    common = ["--model", str(tiny_bundle), *QUICK]
+
+    # --out NEW/deeper/..: a failed case leaves none of the folders the path names
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(tmp_path / "nowhere"), "--out", "NEW/deeper/..", *common]) == 2
+    assert not (tmp_path / "NEW").exists()
+    capsys.readouterr()
+
+    # one file given for two sequences
+    twice = list(files)
+    twice[3] = twice[1]  # --t1ce is the --t1 file
+    assert main(["predict", *twice, "--out", str(tmp_path / "o1"), *common]) == 2
+    assert "the same file is given for several sequences (t1 and t1ce: " in capsys.readouterr().err
+
+    # a manifest quote that is never closed; a dangling link as an image
+    manifest = tmp_path / "quote.csv"
+    manifest.write_text('case_id,site,t1,t1ce,t2,flair\n"A,s,a,b,c,d\nB,s,a,b,c,d\n')
+    assert main(["predict", str(manifest), "--out", str(tmp_path / "o2"), *common]) == 2
+    assert "line 3: not a readable CSV manifest" in capsys.readouterr().err
+    dangling = tmp_path / "t1.nii.gz"
+    dangling.symlink_to(tmp_path / "gone.nii.gz")
+    assert main(["predict", *files[:1], str(dangling), *files[2:], "--out", str(tmp_path / "o3"), *common]) == 2
+    assert "t1.nii.gz: is a symbolic link to nothing" in capsys.readouterr().err
+
+    # the root folder as a case folder
+    assert main(["predict", "/", "--out", str(tmp_path / "o4"), *common]) == 2
+    assert "root is not a case folder" in capsys.readouterr().err
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+
+
+def test_heads_that_overflow_are_refused_not_reported_as_in_distribution(phantom_cohort, tiny_bundle, tmp_path,
+                                                                        capsys):
+    from neuroradfm.models.bundle import CARD, WEIGHTS, content_hash
+
+    bundle = tmp_path / "tiny-scale"
+    shutil.copytree(tiny_bundle, bundle)
+    card = json.loads((bundle / CARD).read_text())
+    card["heads"]["feature_scale"] = [1e-308] * len(card["heads"]["feature_scale"])
+    card["content_hash"] = content_hash(card, bundle / WEIGHTS)
+    (bundle / CARD).write_text(json.dumps(card))
+    out = tmp_path / "out"
+    assert main(["predict", *_files(phantom_cohort.parent), "--model", str(bundle), "--out", str(out), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "its heads give non-finite values" in err and "RuntimeWarning" not in err
+    assert not out.exists()
+
+
+def test_a_console_that_cannot_show_the_case_id_does_not_crash_the_run(phantom_cohort, tiny_bundle, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "neuroradfm", "predict", *_files(phantom_cohort.parent),
+                             "--case-id", "Müller-東京", "--model", str(tiny_bundle), "--out", str(tmp_path / "out"),
+                             *QUICK], capture_output=True, text=True, timeout=300,
+                            env={**_env(), "PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0, result.stderr
+    assert "M\\xfcller-\\u6771\\u4eac" in result.stdout and (tmp_path / "out" / "Müller-東京").is_dir()
+
+
+def test_a_cancel_says_so_and_a_single_case_leaves_no_folder_it_created(phantom_cohort, tiny_bundle, tmp_path):
+    for number, status, said in ((signal.SIGTERM, 128 + signal.SIGTERM, "terminated (cancelled)"),
+                                 (signal.SIGINT, 130, "interrupted (Ctrl-C)")):
+        out = tmp_path / f"new-{number}" / "out"
+        process = subprocess.Popen([sys.executable, "-m", "neuroradfm", "predict", *_files(phantom_cohort.parent),
+                                    "--model", str(tiny_bundle), "--out", str(out), "--progress", "json",
+                                    "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=_env())
+        for line in process.stdout:
+            if '"stage": "n4"' in line or '"stage": "brain"' in line or '"stage": "encode"' in line:
+                break
+        process.send_signal(number)
+        assert process.wait(60) == status
+        err = process.stderr.read()
+        assert said in err and "Traceback" not in err
+        assert not (tmp_path / f"new-{number}").exists()

@@ -190,3 +190,32 @@ def test_site_contrast_scales_each_tissue_by_its_site_factor_and_leaves_biology_
     assert settings["site_contrast"] == 0.2 and set(settings["site_contrast_factors"]) == {"site-A", "site-B"}
     with pytest.raises(ValueError, match="site contrast"):
         generate_case(0, 0, spacing=4.0, site_contrast=-1)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--spacing", "nan", "--spacing: the voxel size must lie in 0.5..8 mm, got nan"),
+    ("--spacing", "1000", "--spacing: the voxel size must lie in 0.5..8 mm"),
+    ("--spacing", "0.001", "--spacing: the voxel size must lie in 0.5..8 mm"),
+    ("--site-contrast", "inf", "--site-contrast: must lie in 0..2, got inf"),
+    ("--seed", "-1", "--seed: must be 0 or more, got -1"),
+    ("--n", "100000000000", "--n: need n >= 1 cases (at most 100000)"),
+])
+def test_cli_phantom_numbers_found_by_a_hostile_tester(option, value, message, tmp_path, capsys):
+    """Each was an internal error (exit 3), a blank cohort written with exit 0, or a run without an end."""
+    assert main(["phantom", "--n", "2", "--out", str(tmp_path / "p"), "--progress", "none", option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_phantom_never_writes_into_a_users_folder(tmp_path, capsys):
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "manifest.csv").write_text("my own manifest")
+    assert main(["phantom", "--n", "1", "--spacing", "4", "--out", str(users), "--progress", "none"]) == 2
+    assert "holds files of its own" in capsys.readouterr().err
+    assert (users / "manifest.csv").read_text() == "my own manifest" and len(list(users.iterdir())) == 1
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main(["phantom", "--n", "1", "--spacing", "4", "--out", str(a_file), "--progress", "none"]) == 2
+    assert "--out: " in capsys.readouterr().err and a_file.read_text() == "x"

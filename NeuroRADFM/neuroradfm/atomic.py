@@ -8,14 +8,17 @@ ever removed.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -107,9 +110,10 @@ def probe_writable(folder: Path) -> None:
     os.unlink(name)
 
 
-def check_replaceable(path: Path, marker: str, inputs: Iterable[str | Path] = ()) -> None:
-    """An existing ``path`` is replaced only when it is an earlier result (holds ``marker``) or an empty folder,
-    and holds none of ``inputs``: a user's own folder is never deleted to make room for a result."""
+def check_replaceable(path: Path, own: Sequence[str], inputs: Iterable[str | Path] = ()) -> None:
+    """An existing ``path`` is replaced only when it is an empty folder or an earlier result: it holds ``own[0]`` and
+    nothing but files named as ``own`` says (glob patterns), none of them one of this run's ``inputs``. A user's
+    folder, or a result a user has put files into, is never deleted to make room for a new result."""
     if not os.path.lexists(path):
         return
     if path.is_symlink():
@@ -117,18 +121,48 @@ def check_replaceable(path: Path, marker: str, inputs: Iterable[str | Path] = ()
     if not path.is_dir():
         raise OutputError(path, "exists and is a file, not an earlier result; not replaced")
     try:
-        empty = next(path.iterdir(), None) is None
+        entries = list(path.iterdir())
     except OSError as error:
-        raise OutputError(path, f"exists and cannot be read ({error.strerror}); not replaced") from None
-    if not empty and not (path / marker).is_file():
-        raise OutputError(path, f"exists and is not an earlier result of neuroradfm (no {marker}); not replaced: "
+        raise OutputError(path, f"exists and cannot be read ({error.strerror or error}); not replaced") from None
+    if entries and not (path / own[0]).is_file():
+        raise OutputError(path, f"exists and is not an earlier result of neuroradfm (no {own[0]}); not replaced: "
                                 "remove it or choose another output folder")
+    foreign = sorted(entry.name for entry in entries if entry.is_symlink() or not entry.is_file()
+                     or not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in own))
+    if foreign:
+        raise OutputError(path, f"is an earlier result but also holds {', '.join(foreign[:5])}"
+                                f"{' ...' if len(foreign) > 5 else ''}, which neuroradfm did not write there; not "
+                                "replaced: move them or choose another output folder")
     folder = path.resolve()
     for item in inputs:
         source = Path(item).resolve()
         if source == folder or folder in source.parents:
             raise OutputError(path, f"holds an input of this run ({item}); not replaced: choose another output "
                                     "folder")
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C or a cancel (SIGTERM) that arrives while a result is swapped in or a staging folder removed takes
+    effect right after, so that neither is left half done (an earlier result moved aside, the new one not in place).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, frame: received.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if received:
+            handler = previous[received[0]]
+            if callable(handler):
+                handler(received[0], None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), received[0])
 
 
 def _swap_in(staging: Path, path: Path) -> None:
@@ -159,15 +193,16 @@ def _swap_in(staging: Path, path: Path) -> None:
 
 
 @contextmanager
-def atomic_folder(path: str | Path, marker: str, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+def atomic_folder(path: str | Path, own: Sequence[str], inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
     """Yield a staging folder beside ``path``; on success it replaces ``path`` as a whole.
 
-    ``marker``: the file every complete result holds; an existing ``path`` without it (a user's folder) is
-    refused before anything is written, as is one holding any of ``inputs`` (see ``check_replaceable``).
+    ``own``: the names (glob patterns) of what a complete result holds, the first one in every result; an existing
+    ``path`` that is not such a result (a user's folder) is refused before anything is written, as is one holding
+    any of ``inputs`` (see ``check_replaceable``).
     A write that fails (disk full, no permission) is an OutputError naming the file.
     """
     path = Path(path)
-    check_replaceable(path, marker, inputs)
+    check_replaceable(path, own, inputs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(path.parent, path.name)
@@ -180,17 +215,21 @@ def atomic_folder(path: str | Path, marker: str, inputs: Iterable[str | Path] = 
         for item in staging.rglob("*"):  # some writers (safetensors) create private 0600 files
             if item.is_file() and not item.is_symlink():
                 item.chmod(_umask_mode(0o666))
-        check_replaceable(path, marker, inputs)  # the folder may have changed while the result was computed
-        _swap_in(staging, path)
+        check_replaceable(path, own, inputs)  # the folder may have changed while the result was computed
+        with _signals_held():
+            _swap_in(staging, path)
     except OSError as error:
-        _remove(staging)
+        with _signals_held():
+            _remove(staging)
         raise OutputError(_final_name(error.filename, staging, path),
                           f"could not be written ({error.strerror or error})") from None
     except OutputError as error:
-        _remove(staging)
+        with _signals_held():
+            _remove(staging)
         raise OutputError(_final_name(error.path, staging, path), error.problem) from None
     except BaseException:
-        _remove(staging)
+        with _signals_held():
+            _remove(staging)
         raise
 
 

@@ -16,6 +16,7 @@ import datetime
 import hashlib
 import io
 import json
+import os
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,20 +26,26 @@ from typing import Any
 
 import neuroradfm
 from neuroradfm.atomic import atomic_file, clean_stale
-from neuroradfm.errors import describe_failure
+from neuroradfm.errors import SettingsError, describe_failure
 from neuroradfm.io.case import Case
 from neuroradfm.models.bundle import Bundle
 from neuroradfm.models.encoder import resolve_device
-from neuroradfm.output_paths import case_folders, inside, prepare_output_folder, remove_created, safe_folder_name
+from neuroradfm.output_paths import (
+    COHORT_FILES,
+    ERRORS_LOG,
+    FAILURES_TABLE,
+    PREDICTIONS_TABLE,
+    RUN_FILE,
+    case_folders,
+    check_destinations,
+    inside,
+    prepare_output_folder,
+    remove_created,
+    safe_folder_name,
+)
 from neuroradfm.outputs import write_outputs
 from neuroradfm.predict import Prediction, predict_case
 from neuroradfm.progress import Progress, null_progress, sub_progress
-
-PREDICTIONS_TABLE = "predictions.csv"
-FAILURES_TABLE = "failures.csv"
-RUN_FILE = "run.json"
-ERRORS_LOG = "neuroradfm-errors.log"
-"""Tracebacks of cases that failed with an internal error (a bug), for the report."""
 
 
 @dataclass
@@ -84,8 +91,14 @@ def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundl
     bundle.require_heads()
     resolved = resolve_device(device)
     folders = case_folders([case_id for case_id, _ in cases])
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(out_dir))  # "new/deeper/.." is "new": no folder is made only to be left
     created = prepare_output_folder(out_dir)
+    if len(cases) > 1:
+        try:
+            _check_cohort_files(out_dir)
+        except SettingsError:
+            remove_created(created)
+            raise
     clean_stale(out_dir)
     result = BatchResult(run={"run_id": uuid.uuid4().hex, "started": _now(), "neuroradfm": neuroradfm.__version__,
                               "command": None if command is None else list(command),
@@ -102,12 +115,33 @@ def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundl
                 _finish(out_dir, cases, folders, result)
             except Exception:  # noqa: BLE001 - the interruption is what the user must see
                 pass
+        elif not result.outputs and result.log is None:
+            remove_created(created)
         raise
     if len(cases) > 1:
         _finish(out_dir, cases, folders, result)
     elif not result.outputs and result.log is None:
         remove_created(created)  # a failed single case leaves no empty folder behind
     return result
+
+
+def _check_cohort_files(out_dir: Path) -> None:
+    """The batch's tables will replace (or remove) those of an earlier run: only tables an earlier run's run.json
+    names are ours to replace; a user's own predictions.csv or failures.csv there is refused before any case."""
+    check_destinations(files={f"--out ({name})": out_dir / name for name in COHORT_FILES})
+    run_file = out_dir / RUN_FILE
+    listed: set[str] = set()
+    if run_file.is_file():
+        try:
+            run = json.loads(run_file.read_text(encoding="utf-8"))
+            listed = {name for name, digest in run["tables"].items() if digest}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise SettingsError("--out", f"{run_file} is not a run.json of neuroradfm; not overwritten: move it or "
+                                         "choose another output folder") from None
+    for name in (PREDICTIONS_TABLE, FAILURES_TABLE):
+        if os.path.lexists(out_dir / name) and name not in listed:
+            raise SettingsError("--out", f"{out_dir / name} was not written by a neuroradfm run (no run.json there "
+                                         "names it); not overwritten: move it or choose another output folder")
 
 
 def _finish(out_dir: Path, cases: Sequence[tuple[str, Callable[[], Case]]], folders: dict[str, str],

@@ -250,10 +250,15 @@ def _case_loaders(args: argparse.Namespace) -> list:
                               "and a manifest's is its case_id column")
     if not args.cases:
         raise NeuroRADFMError("nothing to predict: give a case folder, a manifest .csv or --t1 ... --flair")
+    if len(args.cases) > 1 and any(path.suffix.lower() == ".csv" for path in args.cases):
+        raise NeuroRADFMError("give one manifest .csv alone, or case folders: not a manifest with other manifests or "
+                              "folders")
     if len(args.cases) == 1 and args.cases[0].suffix.lower() == ".csv":
         if series:
             raise NeuroRADFMError("--series applies to DICOM study folders, not to a manifest")
         return [(entry.case_id, entry.load) for entry in read_manifest(args.cases[0])]
+    if any(not Path(os.path.abspath(path)).name for path in args.cases):
+        raise NeuroRADFMError("the file system's root is not a case folder: give the case folders themselves")
     return [(Path(os.path.abspath(path)).name, lambda path=path: load_case(
         path, case_id=Path(os.path.abspath(path)).name, sequences=series)) for path in args.cases]
 
@@ -287,13 +292,9 @@ def _predict(args: argparse.Namespace) -> int:
 def _phantom(args: argparse.Namespace) -> int:
     from neuroradfm.phantom import generate_cohort
 
-    try:
-        manifest = generate_cohort(args.out, n=args.n, sites=args.sites, seed=args.seed, native=args.native,
-                                   native_fraction=args.native_fraction, spacing=args.spacing,
-                                   site_contrast=args.site_contrast, progress=make_progress(args.progress))
-    except ValueError as error:  # bad numbers on the command line: a usage error, not a traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    manifest = generate_cohort(args.out, n=args.n, sites=args.sites, seed=args.seed, native=args.native,
+                               native_fraction=args.native_fraction, spacing=args.spacing,
+                               site_contrast=args.site_contrast, progress=make_progress(args.progress))
     print(f"manifest: {manifest}")
     return 0
 
@@ -417,7 +418,7 @@ def _exit_on_sigterm() -> None:
 
 def _crash_log(args: argparse.Namespace, error: BaseException) -> Path | None:
     """The traceback of an internal error: in predict's output folder when it exists, else the temp folder."""
-    from neuroradfm.batch import ERRORS_LOG
+    from neuroradfm.output_paths import ERRORS_LOG
 
     out = getattr(args, "out", None) if args.command == "predict" else None
     if out is not None and Path(out).is_dir():
@@ -434,7 +435,15 @@ def _crash_log(args: argparse.Namespace, error: BaseException) -> Path | None:
     return log
 
 
+def _tolerant_output() -> None:
+    """Characters the console cannot show (a case id in Chinese on an ASCII terminal) are escaped, not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _tolerant_output()
     args = _parser().parse_args(argv)
     _exit_on_sigterm()
     handler = {"predict": _predict, "phantom": _phantom, "train-baseline": _train_baseline, "demo": _demo,
@@ -452,6 +461,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C): nothing half-written was kept", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except SystemExit as stop:
+        if stop.code == 128 + signal.SIGTERM:  # a cancel (see _exit_on_sigterm)
+            print("terminated (cancelled): nothing half-written was kept", file=sys.stderr)
+        raise
     except Exception as error:  # noqa: BLE001 - anything else is a bug: say so, keep the traceback for the report
         kind, message = describe_failure(error)
         if kind != "internal":  # memory, or a file the operating system refused

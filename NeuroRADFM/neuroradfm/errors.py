@@ -49,6 +49,18 @@ class OutputError(NeuroRADFMError):
         super().__init__(f"{self.path}: {problem}")
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a regular file (a missing file, a broken or looping link, a folder, a device
+    or a pipe), or None when it can."""
+    if path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return "is a symbolic link to nothing (its target is missing, or the links loop)"
+    if not path.exists():
+        return "file not found"
+    return "is a folder, not a file" if path.is_dir() else "is not a regular file (a device, a pipe or a socket)"
+
+
 def itk_reason(error: BaseException) -> str:
     """The useful line of an ITK (SimpleITK) error: its last non-empty line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

@@ -3,9 +3,10 @@
 A case id comes from a manifest cell, a folder name or ``--case-id``: anything a user or a spreadsheet can
 type. It becomes exactly one folder name directly inside the output folder: separators, white space, control
 and reserved characters become ``_``, and ``_`` and dots are stripped from both ends (so no ``.``, ``..`` or
-hidden names, which are also the staging namespace of neuroradfm.atomic); Windows device names get a ``_``
-prefix, long ids are shortened with a hash. Ids whose folder names would collide (``P1`` and ``P1/``; also on
-case-insensitive file systems, ``P1`` and ``p1``) are refused together, before anything is written.
+hidden names, which are also the staging namespace of neuroradfm.atomic); Windows device names and the names of
+the batch's own tables get a ``_`` prefix, long ids are shortened with a hash. Ids whose folder names would
+collide (``P1`` and ``P1/``; also on case-insensitive file systems, ``P1`` and ``p1``) are refused together,
+before anything is written.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from pathlib import Path
 
 from neuroradfm.atomic import check_replaceable, probe_writable
 from neuroradfm.errors import InputError, OutputError, SettingsError
+
+PREDICTIONS_TABLE = "predictions.csv"
+FAILURES_TABLE = "failures.csv"
+RUN_FILE = "run.json"
+ERRORS_LOG = "neuroradfm-errors.log"
+"""Tracebacks of cases that failed with an internal error (a bug), for the report."""
+COHORT_FILES = (PREDICTIONS_TABLE, FAILURES_TABLE, RUN_FILE, ERRORS_LOG)
+"""What a batch writes beside its case folders: no case folder may take one of these names."""
 
 MAX_NAME_BYTES = 150
 """Longest folder name (UTF-8 bytes) made from a case id; file systems allow 255, the result files add none."""
@@ -37,8 +46,8 @@ def safe_folder_name(case_id: str) -> str:
     if not name:
         raise InputError(None, f"case id {case_id!r} gives no usable folder name (it must contain a letter or digit "
                                "besides separators, dots and control characters)")
-    if name.split(".")[0].upper() in _WINDOWS_DEVICES:
-        name = "_" + name
+    if name.split(".")[0].upper() in _WINDOWS_DEVICES or name.casefold() in {f.casefold() for f in COHORT_FILES}:
+        name = "_" + name  # a device on Windows; a table of the batch beside the case folders
     if len(name.encode()) > MAX_NAME_BYTES:
         digest = hashlib.sha256(text.encode()).hexdigest()[:12]
         name = name.encode()[:MAX_NAME_BYTES - 13].decode(errors="ignore").rstrip("._") + "-" + digest
@@ -83,20 +92,43 @@ def inside(folder: Path, path: Path) -> Path:
     return path
 
 
-def check_destination(path: str | Path, marker: str, inputs: Sequence[str | Path | None] = (),
+def _existing_folder(path: Path, setting: str, shown: Path | None = None) -> Path:
+    """The nearest existing folder at or above ``path``; a SettingsError naming ``shown`` (default ``path``) when a
+    file stands in the way."""
+    shown = shown or path
+    for place in (path, *path.parents):
+        if os.path.lexists(place):
+            if not place.is_dir():
+                raise SettingsError(setting, f"{shown} exists and is not a folder" if place == shown
+                                    else f"{shown}: {place} is a file, not a folder")
+            return place
+    return Path.cwd()
+
+
+def check_destinations(files: Mapping[str, str | Path | None] = {},  # noqa: B006 - read only
+                       folders: Mapping[str, str | Path | None] = {}) -> None:  # noqa: B006
+    """Before a run starts: each file it will write (``--metrics``, ``--checkpoint``) is not a folder and each folder
+    it will fill (``--cache``) is not a file, and no file stands where their folders go."""
+    for setting, file in files.items():
+        if file is not None:
+            if Path(file).is_dir():
+                raise SettingsError(setting, f"{file} is a folder; a file is written here")
+            _existing_folder(Path(file).parent, setting, Path(file))
+    for setting, folder in folders.items():
+        if folder is not None:
+            _existing_folder(Path(folder), setting)
+
+
+def check_destination(path: str | Path, own: Sequence[str], inputs: Sequence[str | Path | None] = (),
                       setting: str = "--out") -> None:
     """Before hours of training: ``path`` can later be replaced by the result (see atomic.check_replaceable: an
     earlier result, an empty folder or nothing, holding none of ``inputs``) and its parent can be created."""
     path = Path(path)
-    for folder in path.parents:
-        if os.path.lexists(folder):
-            if not folder.is_dir():
-                raise SettingsError(setting, f"{path}: {folder} is a file, not a folder")
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise SettingsError(setting, f"{path}: {folder} is not writable")
-            break
+    parent = _existing_folder(path.parent, setting, path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SettingsError(setting, f"{path}: {parent} is not writable")
     try:
-        check_replaceable(path, marker, [item for item in inputs if item is not None])
+        check_replaceable(path, own, [item for item in inputs if item is not None])
     except OutputError as error:
         raise SettingsError(setting, str(error)) from None
 
@@ -105,15 +137,8 @@ def prepare_output_folder(out: str | Path, setting: str = "--out") -> list[Path]
     """Create ``out`` (and missing parents) and check that it takes files; returns the folders created here, so
     that a run that writes nothing can remove them again (``remove_created``). A SettingsError otherwise."""
     out = Path(out)
-    if os.path.lexists(out) and not out.is_dir():
-        raise SettingsError(setting, f"{out} exists and is not a folder")
-    missing = []
-    for folder in (out, *out.parents):
-        if os.path.lexists(folder):
-            if not folder.is_dir():
-                raise SettingsError(setting, f"{out}: {folder} is a file, not a folder")
-            break
-        missing.append(folder)
+    existing = _existing_folder(out, setting)
+    missing = [folder for folder in (out, *out.parents) if existing in folder.parents]
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe_writable(out)

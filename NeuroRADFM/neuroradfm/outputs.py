@@ -32,6 +32,9 @@ COLOR_TABLE = "heatmap_levels.ctbl"
 SEGMENTATION = "contours.seg.nrrd"
 RESULT_MARKER = "predictions.json"
 """Every complete case result holds it: only such a folder (or an empty one) is replaced by a new result."""
+RESULT_FILES = (RESULT_MARKER, "predictions.csv", "heatmap_*.nrrd", "labels_*.nrrd", COLOR_TABLE, SEGMENTATION,
+                "overview.png")
+"""Everything a case result holds; a folder holding anything else is not replaced."""
 
 
 def quantise(heatmap: np.ndarray) -> np.ndarray:
@@ -101,7 +104,7 @@ def write_outputs(prediction: Prediction, out_dir: str | Path, overview: bool = 
     """Write all outputs of one case to ``out_dir``, which replaces an earlier result there as a whole (only an
     earlier result or an empty folder, and never one holding any of ``inputs``: see neuroradfm.atomic)."""
     out_dir = Path(out_dir)
-    with atomic_folder(out_dir, RESULT_MARKER, inputs) as staging:
+    with atomic_folder(out_dir, RESULT_FILES, inputs) as staging:
         reference = prediction.preprocessed.reference
         hot: dict[str, np.ndarray] = {}
         for key, cam in prediction.cams.items():

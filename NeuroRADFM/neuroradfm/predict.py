@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from neuroradfm.cam import LAST_BLOCK, cams_at, encode_for_cam, normalise, upsample
+from neuroradfm.errors import BundleError
 from neuroradfm.io.case import Case
 from neuroradfm.markers import marker
 from neuroradfm.models.bundle import Bundle
@@ -103,8 +104,17 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
     activation, z = encode_for_cam(encoder, x, layer)
     embedding = z[0].detach().double().cpu().numpy()
 
-    weights, biases = heads.marker_weights()
-    logits = weights @ embedding + biases
+    if not np.isfinite(embedding).all():
+        raise BundleError(bundle.path, f"the encoder gives non-finite features for {case.case_id}")
+    with np.errstate(all="ignore"):  # an overflow shows as inf/NaN, refused below with the bundle named
+        weights, biases = heads.marker_weights()
+        logits = weights @ embedding + biases
+        cox_w, cox_b = heads.cox_weights() if heads.cox is not None else (None, 0.0)
+        risk = None if cox_w is None else float(cox_w @ embedding + cox_b)
+        ood_distance = heads.ood.distance(heads.standardise(embedding)) if heads.ood is not None else None
+    if not np.isfinite([*logits, *(v for v in (risk, ood_distance) if v is not None)]).all():
+        raise BundleError(bundle.path, f"its heads give non-finite values for {case.case_id} (probe, Cox or OOD "
+                                       "numbers in the card overflow): its predictions cannot be trusted")
     markers, signs, keys = [], [], []
     for head, logit in zip(heads.markers, logits):
         probability = float(1.0 / (1.0 + np.exp(-logit)))
@@ -117,16 +127,12 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
     map_weights = [w * s for w, s in zip(weights, signs)]
 
     survival = None
-    if heads.cox is not None:
-        cox_w, cox_b = heads.cox_weights()
-        risk = float(cox_w @ embedding + cox_b)
+    if heads.cox is not None and risk is not None:
         high = risk > heads.cox.median_risk
         survival = SurvivalPrediction(risk, "high" if high else "low", heads.cox.median_risk,
                                       heads.cox.survival_at(risk, 365.25), heads.cox.survival_at(risk, 730.5))
         map_weights.append(cox_w if high else -cox_w)
         keys.append(SURVIVAL_HEAD)
-
-    ood_distance = heads.ood.distance(heads.standardise(embedding)) if heads.ood is not None else None
 
     progress("cam", 0.9, "Grad-CAM maps")
     w = torch.as_tensor(np.stack(map_weights), dtype=torch.float32, device=torch_device)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from neuroradfm.errors import InputError, itk_reason
+from neuroradfm.errors import InputError, itk_reason, not_a_file
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -374,10 +374,8 @@ def read_image(path: str | Path) -> sitk.Image:
     also nibabel's sform/qform and a streamed check of the data), so nothing is allocated for a broken header.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if not path.is_file():
-        raise InputError(path, "is not a file")
+    if (problem := not_a_file(path)) is not None:
+        raise InputError(path, problem)
     nifti = path.name.lower().endswith((".nii", ".nii.gz"))
     nibabel_image = _nifti_header(path) if nifti else None
     reader = sitk.ImageFileReader()

@@ -10,7 +10,7 @@ from typing import Any
 import SimpleITK as sitk
 
 from neuroradfm import SEQUENCES
-from neuroradfm.errors import InputError
+from neuroradfm.errors import InputError, not_a_file
 from neuroradfm.io.case import Case
 from neuroradfm.io.dicom import assign_series, find_series, read_series
 from neuroradfm.io.images import image_stem, is_image_file, overlap_fraction, read_image
@@ -56,6 +56,17 @@ def _check_extents(images: dict[str, sitk.Image], sources: dict[str, str]) -> No
                                            "patient and study?")
 
 
+def _refuse_repeats(where: Path | None, chosen: Mapping[str, str], what: str) -> None:
+    """One file or DICOM series given for two sequences (or as the segmentation) is a mistake, not a case."""
+    keys: dict[str, list[str]] = {}
+    for key, source in chosen.items():
+        keys.setdefault(source, []).append(key)
+    repeated = [f"{' and '.join(k)}: {source}" for source, k in keys.items() if len(k) > 1]
+    if repeated:
+        raise InputError(where, f"the same {what} is given for several sequences ({'; '.join(repeated)}); each "
+                                "sequence needs its own image")
+
+
 def explicit_case_id(paths: Mapping[str, str | Path]) -> str:
     """The case id of explicitly given files: the T1ce's file name without its sequence tag."""
     return re.sub(r"[-_]?(t1ce|t1c|t1gd)$", "", image_stem(Path(paths["t1ce"])), flags=re.I) or "case"
@@ -79,12 +90,15 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
         if extra or missing:
             raise InputError(None, f"explicit files need exactly {', '.join(SEQUENCES)} (and optional seg); "
                                    f"missing {missing}, unexpected {sorted(extra)}")
-        absent = {k: p for k, p in paths.items() if not p.exists()}
+        absent = {k: (p, problem) for k, p in paths.items() if (problem := not_a_file(p)) is not None}
         if len(absent) == 1:
-            raise InputError(next(iter(absent.values())), "file not found")
-        if absent:
+            raise InputError(*next(iter(absent.values())))
+        if absent and all(problem == "file not found" for _, problem in absent.values()):
             raise InputError(None, f"{len(absent)} image files not found: "
-                                   + "; ".join(f"{k}: {p}" for k, p in absent.items()))
+                                   + "; ".join(f"{k}: {p}" for k, (p, _) in absent.items()))
+        if absent:
+            raise InputError(None, f"{len(absent)} image files cannot be read: "
+                                   + "; ".join(f"{k}: {p} {problem}" for k, (p, problem) in absent.items()))
         if sequences:
             raise InputError(None, "a sequences override applies to DICOM studies only; the files already say "
                                    "which sequence each one is")
@@ -106,10 +120,13 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
             if not series:
                 raise InputError(folder, "holds neither BraTS-named image files (*_t1ce.nii.gz, *-t1c.nii.gz, ...) "
                                          "nor a DICOM series")
-            for key, chosen in assign_series(folder, series, sequences).items():
+            assigned = assign_series(folder, series, sequences)
+            _refuse_repeats(folder, {key: chosen.uid for key, chosen in assigned.items()}, "series")
+            for key, chosen in assigned.items():
                 sources[key] = f"{chosen.folder} ('{chosen.label}')"
                 images[key] = read_series(chosen)
             paths = {}
+    _refuse_repeats(None, {key: str(path.resolve()) for key, path in paths.items()}, "file")
     for key, path in paths.items():
         images[key] = read_image(path)
         sources[key] = str(path)

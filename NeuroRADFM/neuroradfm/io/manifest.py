@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from neuroradfm import SEQUENCES
-from neuroradfm.errors import InputError
+from neuroradfm.errors import InputError, not_a_file
 from neuroradfm.io.case import Case
 from neuroradfm.io.loader import load_case
 from neuroradfm.output_paths import case_folders
@@ -67,7 +67,8 @@ def _records(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     if not text.strip():
         raise InputError(path, "not a readable CSV manifest (the file is empty)")
     first_line = next(line for line in text.splitlines() if line.strip())
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_separator(first_line), skipinitialspace=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_separator(first_line), skipinitialspace=True,
+                        strict=True)
     header: list[str] | None = None
     records: list[tuple[int, dict[str, str]]] = []
     line = 1
@@ -90,7 +91,8 @@ def _records(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
                                        "inside a cell needs quotes)")
             records.append((first, dict(zip(header, cells + [""] * (len(header) - len(cells))))))
     except csv.Error as error:
-        raise InputError(path, f"line {reader.line_num}: not a readable CSV manifest ({error})") from None
+        hint = f" (a quote opened on line {line} is never closed)" if "end of data" in str(error) else ""
+        raise InputError(path, f"line {reader.line_num}: not a readable CSV manifest ({error}){hint}") from None
     return header or [], records
 
 
@@ -108,7 +110,8 @@ def read_manifest(path: str | Path, check_files: bool = False) -> list[CaseEntry
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "manifest not found" if not path.exists() else "manifest is not a file")
+        problem = not_a_file(path)
+        raise InputError(path, "manifest not found" if problem == "file not found" else f"manifest {problem}")
     header, records = _records(path)
     missing = [c for c in REQUIRED if c not in header]
     if missing:
@@ -133,7 +136,10 @@ def read_manifest(path: str | Path, check_files: bool = False) -> list[CaseEntry
         control = [c for c in ("case_id", "site", *file_columns) if _bad_characters(row[c])]
         if control:
             raise InputError(path, f"line {line}: control characters in {', '.join(control)}")
-        paths = {c: path.parent / Path(row[c]).expanduser() for c in file_columns if row[c]}
+        try:
+            paths = {c: path.parent / Path(row[c]).expanduser() for c in file_columns if row[c]}
+        except RuntimeError as error:  # "~someone/..." for a user this machine does not know
+            raise InputError(path, f"line {line}: a path cannot be expanded ({error})") from None
         absent += [f"{row['case_id']} {c}: {p}" for c, p in paths.items() if check_files and not p.is_file()]
         clinical = {k: _value(v) for k, v in row.items() if k not in REQUIRED and k != "seg"}
         entries.append(CaseEntry(row["case_id"], row["site"] or None, paths, clinical))

@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from neuroradfm.atomic import atomic_folder
-from neuroradfm.errors import BundleError
+from neuroradfm.errors import BundleError, not_a_file
 from neuroradfm.models.card_schema import FORMAT, FORMAT_VERSION, Shapes, card_problems, report, tensor_problems
 from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.models.heads import CoxHead, Heads, MarkerHead, OodHead
@@ -30,6 +30,8 @@ from neuroradfm.preprocess import PreprocessSettings
 
 CARD = "card.json"
 WEIGHTS = "weights.safetensors"
+BUNDLE_FILES = (CARD, WEIGHTS)
+"""Everything a bundle folder holds; a folder holding anything else is not replaced by a new bundle."""
 _DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
 """safetensors' names of the float dtypes (the card schema checks head tensors by these)."""
 
@@ -137,7 +139,7 @@ def save_bundle(path: str | Path, encoder: Encoder, heads: Heads | None, preproc
     check_card(path / CARD, full, {k: (tuple(v.shape), _DTYPE_NAMES.get(v.dtype, str(v.dtype)))
                                    for k, v in tensors.items()}, written=False)
     _check_finite(path / WEIGHTS, tensors, written=False)
-    with atomic_folder(path, CARD) as staging:
+    with atomic_folder(path, BUNDLE_FILES) as staging:
         save_file(tensors, str(staging / WEIGHTS), metadata={"format": FORMAT})
         full["content_hash"] = content_hash(full, staging / WEIGHTS)
         (staging / CARD).write_text(json.dumps(full, indent=1) + "\n", encoding="utf-8")
@@ -154,11 +156,14 @@ def read_card(path: str | Path) -> dict[str, Any]:
         raise BundleError(path, f"is a file, not a model bundle: a bundle is a folder with {CARD} and {WEIGHTS} "
                                 "(give the folder)")
     if not card_file.is_file():
-        raise BundleError(path, f"not a model bundle: {CARD} is missing")
+        problem = not_a_file(card_file)
+        raise BundleError(path, f"not a model bundle: {CARD} is missing" if problem == "file not found"
+                          else f"{CARD} {problem}")
     try:
         card = json.loads(card_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BundleError(card_file, f"card is not valid JSON ({error})") from None
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError, and numbers too long to convert
+        reason = "a number of thousands of digits" if "integer string conversion" in str(error) else str(error)
+        raise BundleError(card_file, f"card is not valid JSON ({reason})") from None
     except RecursionError:
         raise BundleError(card_file, "card is not a bundle card (nested too deeply to read)") from None
     except OSError as error:
@@ -211,7 +216,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     card = read_card(path)
     weights_file = path / WEIGHTS
     if not weights_file.is_file():
-        raise BundleError(path, f"{WEIGHTS} is missing")
+        problem = not_a_file(weights_file)
+        raise BundleError(path, f"{WEIGHTS} is missing" if problem == "file not found" else f"{WEIGHTS} {problem}")
     expected = card.get("content_hash")
     actual = content_hash(card, weights_file)
     if expected != actual:

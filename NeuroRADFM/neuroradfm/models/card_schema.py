@@ -22,7 +22,7 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 from neuroradfm import CAM_LAYERS, SEQUENCES
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.models.encoder import ARCHITECTURES, NORMS, Encoder, EncoderConfig
-from neuroradfm.preprocess.settings import _CHOICES
+from neuroradfm.preprocess.settings import _CHOICES, SPACING_RANGE_MM
 
 FORMAT = "neuroradfm-bundle"
 FORMAT_VERSION = 1
@@ -118,7 +118,7 @@ PREPROCESSING_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "spacing_mm": _number(exclusiveMinimum=0),
+        "spacing_mm": _number(minimum=SPACING_RANGE_MM[0], maximum=SPACING_RANGE_MM[1]),
         "size": {"type": "array", "minItems": 3, "maxItems": 3,
                  "items": {"type": "integer", "minimum": 8, "maximum": MAX_GRID}},
         "reference": {"title": "reference sequence", "enum": list(SEQUENCES)},
@@ -358,8 +358,13 @@ def tensor_problems(card: dict[str, Any], shapes: Shapes, weights_name: str = "w
         size = tuple(card["preprocessing"].get("size", (128, 128, 128)))
         expected, why = None, ""
         if encoder is not None:
-            with torch.device("meta"):
-                activation = encoder.layer_output(torch.empty(1, encoder.config.in_channels, *size), layer)
+            try:
+                with torch.device("meta"), torch.no_grad():
+                    activation = encoder.eval().layer_output(torch.empty(1, encoder.config.in_channels, *size), layer)
+            except (RuntimeError, ValueError) as error:  # a grid smaller than the encoder's strides
+                problems.append(f"preprocessing.size: the {' x '.join(map(str, size))} model grid does not fit this "
+                                f"encoder's strides ({str(error).splitlines()[0]})")
+                return problems
             expected = tuple(activation.shape[1:])
             why = f"the {layer} activation on the {' x '.join(map(str, size))} model grid"
         named.append(("heads.cam_reference", heads["cam_reference"], expected, why))

@@ -11,6 +11,8 @@ import SimpleITK as sitk
 
 from neuroradfm import SEQUENCES
 from neuroradfm.atomic import atomic_file
+from neuroradfm.errors import SettingsError
+from neuroradfm.output_paths import check_destinations
 from neuroradfm.phantom import render
 from neuroradfm.phantom.biology import sample_patient
 from neuroradfm.phantom.sites import Site, contrast_factors, make_site
@@ -129,6 +131,30 @@ def is_native(index: int, seed: int, native_fraction: float) -> bool:
     return bool(np.random.default_rng(np.random.SeedSequence([seed, index, 1])).random() < native_fraction)
 
 
+MAX_CASES = 100_000
+SPACING_RANGE_MM = (0.5, 8.0)
+"""Rendering grids the MNI152 templates (1 mm) support: finer takes memory for nothing, coarser loses the anatomy."""
+MAX_SITE_CONTRAST = 2.0
+"""exp(2 u) already changes a tissue's intensity by a factor of 7 at u = 1; more only saturates the images."""
+
+
+def _check_settings(n: int, sites: int, seed: int, fraction: float, spacing: float, site_contrast: float) -> None:
+    """Numbers that cannot make a cohort are a SettingsError naming the option, before any case is drawn."""
+    if not 1 <= n <= MAX_CASES:
+        raise SettingsError("--n", f"need n >= 1 cases (at most {MAX_CASES}), got {n}")
+    if not 1 <= sites <= MAX_CASES:
+        raise SettingsError("--sites", f"need sites >= 1 (at most {MAX_CASES}), got {sites}")
+    if seed < 0:
+        raise SettingsError("--seed", f"must be 0 or more, got {seed}")
+    if not 0.0 <= fraction <= 1.0:
+        raise SettingsError("--native-fraction", f"must lie in 0..1, got {fraction}")
+    if not SPACING_RANGE_MM[0] <= spacing <= SPACING_RANGE_MM[1]:
+        raise SettingsError("--spacing", f"the voxel size must lie in {SPACING_RANGE_MM[0]:g}..{SPACING_RANGE_MM[1]:g} "
+                                         f"mm, got {spacing}")
+    if not 0.0 <= site_contrast <= MAX_SITE_CONTRAST:
+        raise SettingsError("--site-contrast", f"must lie in 0..{MAX_SITE_CONTRAST:g}, got {site_contrast}")
+
+
 def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, native: bool = False,
                     spacing: float = 1.0, progress: Progress = null_progress, native_fraction: float | None = None,
                     site_contrast: float = 0.0) -> Path:
@@ -140,13 +166,12 @@ def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, 
     (e.g. 0.3) makes the sites differ in tissue contrast too, a site difference that z-scoring cannot remove.
     """
     fraction = 1.0 if native else (native_fraction or 0.0)
-    if n < 1 or sites < 1:
-        raise ValueError(f"need n >= 1 and sites >= 1, got n={n}, sites={sites}")
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"native fraction must lie in 0..1, got {fraction}")
-    if spacing <= 0 or site_contrast < 0:
-        raise ValueError(f"spacing must be positive and the site contrast >= 0, got {spacing}, {site_contrast}")
+    _check_settings(n, sites, seed, fraction, spacing, site_contrast)
     out = Path(out_dir)
+    check_destinations(folders={"--out": out})
+    if out.is_dir() and any(out.iterdir()) and not (out / "phantom.json").is_file():
+        raise SettingsError("--out", f"{out} holds files of its own (no phantom.json of an earlier phantom cohort); "
+                                     "its manifest.csv and case folders would be overwritten: choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     clinical, manifest = [], []
     for index in range(n):

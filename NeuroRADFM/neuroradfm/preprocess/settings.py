@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 
 from neuroradfm import SEQUENCES
 from neuroradfm.errors import SettingsError
 
+SPACING_RANGE_MM = (0.25, 10.0)
+"""Model grid spacings that can hold a brain: finer only costs memory, coarser leaves a handful of voxels."""
 _CHOICES = {"coregister": ("auto", "always", "never"), "brain_extraction": ("auto", "deepbet", "none"),
             "template_registration": ("auto", "affine", "none")}
 
@@ -32,9 +33,9 @@ class PreprocessSettings:
         object.__setattr__(self, "size", tuple(int(v) for v in self.size))
         if len(self.size) != 3 or min(self.size) < 8:
             raise SettingsError("--size", f"the model grid needs 3 sizes of at least 8 voxels, got {self.size}")
-        if not math.isfinite(self.spacing_mm) or self.spacing_mm <= 0:
-            raise SettingsError("--spacing", f"the model grid spacing must be a positive number of mm, got "
-                                             f"{self.spacing_mm}")
+        if not SPACING_RANGE_MM[0] <= self.spacing_mm <= SPACING_RANGE_MM[1]:  # also NaN
+            raise SettingsError("--spacing", f"the model grid spacing must lie in {SPACING_RANGE_MM[0]:g}.."
+                                             f"{SPACING_RANGE_MM[1]:g} mm, got {self.spacing_mm}")
         if self.reference not in SEQUENCES:
             raise SettingsError("preprocessing", f"reference must be one of {SEQUENCES}, got {self.reference!r}")
         for name, choices in _CHOICES.items():

@@ -37,10 +37,10 @@ from neuroradfm.errors import InputError, SettingsError
 from neuroradfm.io import CaseEntry, read_manifest
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.metrics import MetricsLog
-from neuroradfm.models.bundle import CARD, Bundle, load_bundle, save_bundle
+from neuroradfm.models.bundle import BUNDLE_FILES, Bundle, load_bundle, save_bundle
 from neuroradfm.models.encoder import ARCHITECTURES, NORMS, Encoder, EncoderConfig, resolve_device
 from neuroradfm.models.heads import Heads
-from neuroradfm.output_paths import check_destination
+from neuroradfm.output_paths import check_destination, check_destinations
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.probes import fit_marker_probe, fit_ood, fit_scaling, marker_problem
 from neuroradfm.progress import Progress, null_progress, sub_progress
@@ -376,7 +376,8 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
     """
     settings = settings or BaselineSettings()
     manifest = Path(manifest)
-    check_destination(out, CARD, [manifest, init, cache_dir, metrics_path])  # before hours of training
+    check_destination(out, BUNDLE_FILES, [manifest, init, cache_dir, metrics_path])  # before hours of training
+    check_destinations(files={"--metrics": metrics_path}, folders={"--cache": cache_dir})
     start = None if init is None else load_bundle(init)
     if start is not None:
         settings = replace(settings, encoder=start.encoder.config, preprocessing=start.preprocessing)

@@ -20,9 +20,9 @@ import neuroradfm
 from neuroradfm import CAM_LAYERS
 from neuroradfm.errors import SettingsError
 from neuroradfm.io import read_manifest
-from neuroradfm.models.bundle import CARD, load_bundle, save_bundle
+from neuroradfm.models.bundle import BUNDLE_FILES, load_bundle, save_bundle
 from neuroradfm.models.encoder import resolve_device
-from neuroradfm.output_paths import check_destination
+from neuroradfm.output_paths import check_destination, check_destinations
 from neuroradfm.progress import Progress, null_progress, sub_progress
 from neuroradfm.train.baseline import DEFAULT_CAM_LAYER, check_heads_cohort, embed, fit_heads, manifest_cohort
 from neuroradfm.train.cohort import file_hash, prepare_cohort
@@ -33,7 +33,8 @@ def fit_heads_bundle(model: str | Path, manifest: str | Path, out: str | Path, c
                      device: str = "auto", cam_layer: str = DEFAULT_CAM_LAYER) -> Path:
     """Write ``out``: the bundle ``model``'s encoder with heads fitted on the manifest's cases; returns it."""
     manifest = Path(manifest)
-    check_destination(out, CARD, [model, manifest, cache_dir])  # the encoder bundle itself is never replaced
+    check_destination(out, BUNDLE_FILES, [model, manifest, cache_dir])  # the encoder bundle itself is never replaced
+    check_destinations(folders={"--cache": cache_dir})
     bundle = load_bundle(model)
     if cam_layer not in CAM_LAYERS:
         raise SettingsError("--cam-layer", f"unknown Grad-CAM layer {cam_layer!r}; choose one of "

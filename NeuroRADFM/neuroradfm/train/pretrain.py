@@ -40,9 +40,9 @@ from neuroradfm.dro import MODES, GroupDRO
 from neuroradfm.errors import InputError, NeuroRADFMError, SettingsError
 from neuroradfm.io import read_manifest
 from neuroradfm.metrics import MetricsLog, read_metrics
-from neuroradfm.models.bundle import CARD, save_bundle
+from neuroradfm.models.bundle import BUNDLE_FILES, save_bundle
 from neuroradfm.models.encoder import Encoder, EncoderConfig
-from neuroradfm.output_paths import check_destination
+from neuroradfm.output_paths import check_destination, check_destinations
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.progress import Progress, null_progress, sub_progress
 from neuroradfm.ssl import METHODS, MethodSettings, build_method
@@ -238,7 +238,9 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
          cache_dir: Path, metrics: MetricsLog, checkpoint_path: Path, resume: bool, stop_after: int | None,
          ctx: distributed.Context) -> Path:
     fingerprint = settings.fingerprint()
-    check_destination(out, CARD, [manifest, cache_dir, metrics.path, checkpoint_path])
+    check_destination(out, BUNDLE_FILES, [manifest, cache_dir, metrics.path, checkpoint_path])
+    check_destinations(files={"--metrics": metrics.path, "--checkpoint": checkpoint_path},
+                       folders={"--cache": cache_dir})
     state = load_checkpoint(checkpoint_path, fingerprint) if resume else None  # fails before anything is written
     if not resume and checkpoint_path.exists():  # a fresh run must not silently destroy a resumable one
         raise InputError(checkpoint_path, "a checkpoint of an earlier run is here: continue it with --resume, or "

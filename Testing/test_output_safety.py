@@ -733,6 +733,11 @@ def test_more_hostile_inputs_found_by_a_red_team(phantom_cohort, tiny_bundle, tm
     assert main(["predict", *files[:1], str(dangling), *files[2:], "--out", str(tmp_path / "o3"), *common]) == 2
     assert "t1.nii.gz: is a symbolic link to nothing" in capsys.readouterr().err
 
+    # one sequence forced twice
+    assert main(["predict", str(tmp_path), "--series", "t1ce=A", "--series", "t1ce=B", "--out",
+                 str(tmp_path / "o4"), *common]) == 2
+    assert "--series gives t1ce twice ('A' and 'B')" in capsys.readouterr().err
+
     # the root folder as a case folder
     assert main(["predict", "/", "--out", str(tmp_path / "o4"), *common]) == 2
     assert "root is not a case folder" in capsys.readouterr().err

@@ -228,6 +228,8 @@ def _series_overrides(items: list[str]) -> dict[str, str]:
         if sequence not in SEQUENCES or not series.strip():
             raise NeuroRADFMError(f"--series {item!r}: expected SEQUENCE=SERIES with SEQUENCE one of "
                                   f"{', '.join(SEQUENCES)}")
+        if sequence in overrides:
+            raise NeuroRADFMError(f"--series gives {sequence} twice ({overrides[sequence]!r} and {series.strip()!r})")
         overrides[sequence] = series.strip()
     return overrides
 

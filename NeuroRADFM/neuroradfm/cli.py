@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="DICOM study: force a sequence's series by SeriesInstanceUID (or the short UID the error "
                         "lists) or exact SeriesDescription, e.g. --series t1ce=1.2.840...; repeatable")
     p.add_argument("--model", type=_path, help="model bundle folder (default: the shipped demo bundle)")
-    p.add_argument("--out", type=_path, required=True, help="output folder; each case goes to OUT/<case_id>/")
+    p.add_argument("--out", type=_path, required=True,
+                   help="output folder; each case goes to OUT/<its case id made a safe folder name>/")
     p.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
     _cam_layer_option(p, "encoder stage of the Grad-CAM maps (default: the bundle's; at another stage the maps "
                          "are plain Grad-CAM, without the bundle's cohort reference)")

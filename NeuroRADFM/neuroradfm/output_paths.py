@@ -105,16 +105,16 @@ def _existing_folder(path: Path, setting: str, shown: Path | None = None) -> Pat
     return Path.cwd()
 
 
-def check_destinations(files: Mapping[str, str | Path | None] = {},  # noqa: B006 - read only
-                       folders: Mapping[str, str | Path | None] = {}) -> None:  # noqa: B006
+def check_destinations(files: Mapping[str, str | Path | None] | None = None,
+                       folders: Mapping[str, str | Path | None] | None = None) -> None:
     """Before a run starts: each file it will write (``--metrics``, ``--checkpoint``) is not a folder and each folder
     it will fill (``--cache``) is not a file, and no file stands where their folders go."""
-    for setting, file in files.items():
+    for setting, file in (files or {}).items():
         if file is not None:
             if Path(file).is_dir():
                 raise SettingsError(setting, f"{file} is a folder; a file is written here")
             _existing_folder(Path(file).parent, setting, Path(file))
-    for setting, folder in folders.items():
+    for setting, folder in (folders or {}).items():
         if folder is not None:
             _existing_folder(Path(folder), setting)
 

@@ -331,6 +331,8 @@ def test_stale_staging_of_killed_runs_is_cleaned_at_start_and_live_ones_are_kept
     other_host.mkdir()
     users = out / ".partial-notes"
     users.mkdir()
+    legacy = out / f".{CASE}.partial-k2j3h4g5"  # the staging name before it carried host and process
+    legacy.mkdir()
     assert main(["predict", *_files(phantom_cohort.parent), "--case-id", CASE, "--model", str(tiny_bundle),
                  "--out", str(out), *QUICK]) == 0
     names = sorted(p.name for p in out.iterdir())

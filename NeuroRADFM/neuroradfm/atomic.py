@@ -26,8 +26,10 @@ from neuroradfm.errors import OutputError
 
 HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 """Staging names carry the host, so that processes on another machine sharing the folder are left alone."""
-STAGING_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<host>[0-9a-f]{6})(?P<pid>\d+)-"
+STAGING_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?:(?P<host>[0-9a-f]{6})(?P<pid>\d+)-)?"
                           r"[a-z0-9_]{8}(?:\..*)?$")
+"""Staging names; those without host and process (``.<name>.partial-<random>``) come from neuroradfm 0.1 before
+they had them, and are always leftovers."""
 
 
 def _prefix(name: str, kind: str) -> str:
@@ -87,8 +89,9 @@ def clean_stale(folder: str | Path, name: str | None = None) -> list[Path]:
         return removed
     for entry in entries:
         match = STAGING_NAME.match(entry.name)
-        if (not match or (name is not None and match["name"] != name) or match["host"] != HOST_TAG
-                or _pid_alive(int(match["pid"]))):
+        if not match or (name is not None and match["name"] != name):
+            continue
+        if match["pid"] is not None and (match["host"] != HOST_TAG or _pid_alive(int(match["pid"]))):
             continue
         target = folder / match["name"]
         if match["kind"] == "old" and entry.is_dir() and not entry.is_symlink() and not os.path.lexists(target):

@@ -161,7 +161,7 @@ def _run_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundle, 
             case = load()
             prediction = predict_case(case, bundle, device=device, progress=part, cam_layer=cam_layer)
             result.outputs[case_id] = write_outputs(prediction, folder, overview=overview,
-                                                    inputs=case.input_paths())
+                                                    inputs=case.inputs)
         except Exception as error:  # noqa: BLE001 - one case's failure of any kind must not stop the others
             kind, message = describe_failure(error)
             if kind == "internal":

@@ -28,6 +28,8 @@ class Case:
     site: str | None = None
     clinical: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    inputs: list[Path] = field(default_factory=list)
+    """The files (or DICOM series folders) the case was read from: an output never replaces a folder holding them."""
     seg: sitk.Image | None = None
 
     def image(self, sequence: str) -> sitk.Image:
@@ -41,8 +43,3 @@ class Case:
 
     def source(self, sequence: str) -> str:
         return self.sources.get(sequence, f"{self.case_id}:{sequence}")
-
-    def input_paths(self) -> list[Path]:
-        """The files (or DICOM series folders) the case was read from: an output never replaces a folder holding
-        them. A DICOM source reads "<folder> ('<SeriesDescription>')"."""
-        return [Path(source.split(" ('", 1)[0]) for source in self.sources.values()]

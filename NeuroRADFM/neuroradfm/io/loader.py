@@ -83,6 +83,7 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
     """
     images: dict[str, sitk.Image] = {}
     sources: dict[str, str] = {}
+    inputs: list[Path] = []
     if isinstance(source, Mapping):
         paths = {str(k).lower(): Path(v) for k, v in source.items() if v is not None and str(v) != ""}
         extra = set(paths) - set(SEQUENCES) - {"seg"}
@@ -125,7 +126,9 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
             for key, chosen in assigned.items():
                 sources[key] = f"{chosen.folder} ('{chosen.label}')"
                 images[key] = read_series(chosen)
+            inputs = [chosen.folder for chosen in assigned.values()]
             paths = {}
+    inputs += paths.values()
     _refuse_repeats(None, {key: str(path.resolve()) for key, path in paths.items()}, "file")
     for key, path in paths.items():
         images[key] = read_image(path)
@@ -136,4 +139,5 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
         raise InputError(sources["seg"], "mismatched physical extent: the segmentation does not cover the T1ce's "
                                          f"field of view ({sources['t1ce']})")
     return Case(case_id=case_id or default_id, t1=images["t1"], t1ce=images["t1ce"], t2=images["t2"],
-                flair=images["flair"], site=site, clinical=dict(clinical or {}), sources=sources, seg=seg)
+                flair=images["flair"], site=site, clinical=dict(clinical or {}), sources=sources, seg=seg,
+                inputs=inputs)

@@ -4,13 +4,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench browser
 
 demo: $(VENV)/.runtime-installed
 	$(BIN)/neuroradfm demo --out neuroradfm-demo
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed browser
 	$(BIN)/python -m pytest Testing
+
+# Headless Chromium (Debian's package) renders the evaluation report in one test: installed here when it is
+# missing and apt-get can (root); otherwise that test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+		echo "chromium is not installed: the report-rendering test will be skipped"
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

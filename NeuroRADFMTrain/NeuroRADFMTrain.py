@@ -3,8 +3,9 @@
 Module / Widget / Logic / Test entry points only; the work is in NeuroRADFMLib.training (Qt-free) and the
 bundled core, run out of process. Two paths: self-supervised pretraining (BYOL / DINO / MAE / MoCo, optional
 Group-DRO) followed by probes + Cox + OOD on the frozen encoder, resumable from its checkpoint; and the
-supervised stand-in encoder (``neuroradfm train-baseline``). The HTML report stays visibly disabled until
-the core writes one.
+supervised stand-in encoder (``neuroradfm train-baseline``). Evaluate runs ``neuroradfm evaluate`` on the bundle
+just trained (optionally compared with a second one) out of process (NeuroRADFMLib.evaluation), puts its results
+table in the scene and opens its HTML report.
 """
 
 import os
@@ -53,6 +54,23 @@ class NeuroRADFMTrainLogic(ScriptedLoadableModuleLogic):
             table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{LOSS_CHART_NAME} table")
         return table, loss_chart(slicer.mrmlScene, table)[1]
 
+    def startEvaluation(self, settings):
+        """A started NeuroRADFMLib.evaluation.EvaluationJob (poll it; ``job.report()`` when finished)."""
+        from NeuroRADFMLib.evaluation import EvaluationJob
+
+        return EvaluationJob(settings, python=shutil.which("PythonSlicer")).start()
+
+    def showEvaluationTable(self, metrics_path):
+        """The evaluation's table node (one per scene, its rows replaced by a rerun), shown in a table view."""
+        from NeuroRADFMLib.evaluation import evaluation_table
+
+        table = evaluation_table(slicer.mrmlScene, metrics_path)
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.modules.tables.logic().GetLayoutWithTable(layoutManager.layout))
+        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+        return table
+
     def registerBundle(self, path):
         from NeuroRADFMLib.bundles import BundleRegistry
 
@@ -63,12 +81,16 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         self.job = None
+        self.onDone = None
+        self.table = None
+        self.reportDialog = None
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.onPoll)
 
     def setup(self):
         from NeuroRADFMLib.devices import list_devices
+        from NeuroRADFMLib.evaluation import SPLITS
         from NeuroRADFMLib.training import DRO_MODES, SSL_METHODS, pretrain_available
 
         ScriptedLoadableModuleWidget.setup(self)
@@ -83,26 +105,43 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
             self.ui.droModeComboBox.addItem(label, mode)
         for device, label in list_devices():
             self.ui.deviceSelector.addItem(label, device)
+        for split, label in SPLITS.items():
+            self.ui.splitComboBox.addItem(label, split)
         self.pretrain = pretrain_available()
         self.controls = {"ssl": self.ui.sslCheckBox, "method": self.ui.sslMethodComboBox, "dro": self.ui.droCheckBox,
                          "dro_mode": self.ui.droModeComboBox, "group_column": self.ui.groupColumnLineEdit,
                          "resume": self.ui.resumeCheckBox, "tumour_weight": self.ui.tumourWeightSpinBox,
-                         "fine_tune": self.ui.fineTuneEpochsSpinBox, "report": self.ui.openReportButton}
+                         "fine_tune": self.ui.fineTuneEpochsSpinBox, "report": self.ui.openReportButton,
+                         "evaluate": self.ui.evaluateButton, "folds": self.ui.foldsSpinBox,
+                         "split_column": self.ui.splitColumnLineEdit}
         self.defaultTips = {key: widget.toolTip for key, widget in self.controls.items()}
         self.ui.sslCheckBox.connect("toggled(bool)", self.updateControls)
         self.ui.droCheckBox.connect("toggled(bool)", self.updateControls)
         self.ui.fineTuneEpochsSpinBox.connect("valueChanged(int)", self.updateControls)
+        self.ui.splitComboBox.connect("currentIndexChanged(int)", self.updateControls)
+        for path in (self.ui.cohortPathLineEdit, self.ui.outputPathLineEdit, self.ui.evaluateBundlePathLineEdit,
+                     self.ui.compareBundlePathLineEdit):
+            path.connect("currentPathChanged(QString)", self.updateControls)
         self.ui.startButton.connect("clicked(bool)", self.onStart)
+        self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
+        self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
         self.ui.progressBar.hide()
         self.updateControls()
 
     def updateControls(self, *_):
         """Apply the Lib's enabled states and tooltips (what the core offers, what the choices allow)."""
+        from NeuroRADFMLib.evaluation import evaluation_states
         from NeuroRADFMLib.training import control_states, method_description
 
         ssl = self.pretrain and self.ui.sslCheckBox.checked
         fine_tune = self.ui.fineTuneEpochsSpinBox.value > 0
-        states = control_states(self.pretrain, self.ui.sslCheckBox.checked, self.ui.droCheckBox.checked, fine_tune)
+        states = control_states(self.pretrain, self.ui.sslCheckBox.checked, self.ui.droCheckBox.checked, fine_tune,
+                                report=self.reportPath())
+        evaluating = self.job is not None and self.onDone == self.onEvaluated
+        states.update(evaluation_states(self.ui.cohortPathLineEdit.currentPath, self.ui.outputPathLineEdit.currentPath,
+                                        self.bundlePaths(), self.ui.splitComboBox.currentData,
+                                        training=self.job is not None and not evaluating, evaluating=evaluating))
+        self.ui.startButton.enabled = not evaluating
         for key, (enabled, tip) in states.items():
             self.controls[key].enabled = enabled
             self.controls[key].toolTip = tip or self.defaultTips[key]
@@ -135,25 +174,54 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
             group_column=self.ui.groupColumnLineEdit.text or "site", resume=ssl and self.ui.resumeCheckBox.checked,
             fine_tune_epochs=fine_tune)
 
+    def bundlePaths(self):
+        return [self.ui.evaluateBundlePathLineEdit.currentPath, self.ui.compareBundlePathLineEdit.currentPath]
+
+    def evaluationOut(self):
+        from NeuroRADFMLib.evaluation import evaluation_folder
+
+        return evaluation_folder(self.ui.outputPathLineEdit.currentPath, self.bundlePaths())
+
+    def reportPath(self):
+        from NeuroRADFMLib.evaluation import report_path
+
+        return report_path(self.evaluationOut()) if self.ui.outputPathLineEdit.currentPath else None
+
+    def evaluationSettings(self):
+        from pathlib import Path
+
+        from NeuroRADFMLib.evaluation import EvaluationSettings
+
+        if not self.ui.cohortPathLineEdit.currentPath or not self.ui.outputPathLineEdit.currentPath:
+            raise ValueError("choose a cohort (manifest CSV or folder) and an output folder for the report")
+        return EvaluationSettings(
+            cohort=Path(self.ui.cohortPathLineEdit.currentPath), bundles=[Path(b) for b in self.bundlePaths() if b],
+            out=self.evaluationOut(), split=self.ui.splitComboBox.currentData, folds=self.ui.foldsSpinBox.value,
+            split_column=self.ui.splitColumnLineEdit.text, device=self.ui.deviceSelector.currentData)
+
     def onStart(self):
         if self.job is not None:
-            job, self.job = self.job, None
-            self.stopRunning()
-            job.cancel()
-            self.ui.statusLabel.text = job.cancel_summary()
-            return
+            return self.cancelJob()
         from NeuroRADFM import NeuroRADFMLogic, ensureDependencies
 
         if not ensureDependencies(NeuroRADFMLogic(), self.ui.statusLabel):
             return
         with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
-            self.job = self.logic.startTraining(self.settings())
+            job = self.logic.startTraining(self.settings())
             self.table, chart = self.logic.lossNodes()
             slicer.modules.plots.logic().ShowChartInLayout(chart)
-            self.ui.startButton.text = "Cancel"
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.show()
-            self.timer.start()
+            self.startRunning(job, self.ui.startButton, self.onTrained)
+
+    def onEvaluate(self):
+        if self.job is not None:
+            return self.cancelJob()
+        from NeuroRADFM import NeuroRADFMLogic, ensureDependencies
+
+        if not ensureDependencies(NeuroRADFMLogic(), self.ui.statusLabel):
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start the evaluation.", waitCursor=True):
+            self.startRunning(self.logic.startEvaluation(self.evaluationSettings()), self.ui.evaluateButton,
+                              self.onEvaluated)
 
     def onPoll(self):
         from NeuroRADFMLib.training import update_loss_table
@@ -161,19 +229,71 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         for event in self.job.poll():
             self.ui.progressBar.value = round(event.progress * 100)
             self.ui.statusLabel.text = f"{event.stage}: {event.message}" if event.message else event.stage
-        update_loss_table(self.table, self.job.metrics_path)
+        if self.table is not None:
+            update_loss_table(self.table, self.job.metrics_path)
         if not self.job.finished:
             return
-        job, self.job = self.job, None
+        job, done = self.job, self.onDone
         self.stopRunning()
+        done(job)
+        self.updateControls()
+
+    def onTrained(self, job):
         with slicer.util.tryWithErrorDisplay("Training failed."):
             entry = self.logic.registerBundle(job.bundle())
             self.ui.resumeCheckBox.checked = False
+            self.ui.evaluateBundlePathLineEdit.currentPath = str(entry.path)
             self.ui.statusLabel.text = f"Bundle {entry.name} written to {entry.path} and registered for NeuroRADFM."
+
+    def onEvaluated(self, job):
+        from NeuroRADFMLib.evaluation import METRICS_FILE
+
+        with slicer.util.tryWithErrorDisplay("Evaluation failed."):
+            report = job.report()
+            table = self.logic.showEvaluationTable(report.parent / METRICS_FILE)
+            self.ui.statusLabel.text = (f"Evaluation report written to {report}; its numbers are in the table "
+                                        f"{table.GetName()}.")
+
+    def onOpenReport(self):
+        """The report in Slicer's web view (a dialog); the system browser where Slicer has no web engine."""
+        from NeuroRADFMLib.evaluation import report_url
+
+        path = self.reportPath()
+        if path is None:
+            return
+        url = report_url(path)
+        try:
+            web = slicer.qSlicerWebWidget()
+        except AttributeError:
+            qt.QDesktopServices.openUrl(qt.QUrl(url))
+            return
+        self.reportDialog = qt.QDialog(slicer.util.mainWindow())
+        self.reportDialog.setWindowTitle(f"NeuroRAD-FM evaluation report: {path}")
+        qt.QVBoxLayout(self.reportDialog).addWidget(web)
+        web.setUrl(url)
+        self.reportDialog.resize(1100, 800)
+        self.reportDialog.show()
+
+    def startRunning(self, job, button, onDone):
+        self.job, self.onDone = job, onDone
+        button.text = "Cancel"
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self.timer.start()
+        self.updateControls()
+
+    def cancelJob(self):
+        job = self.job
+        self.stopRunning()
+        job.cancel()
+        self.ui.statusLabel.text = job.cancel_summary()
+        self.updateControls()
 
     def stopRunning(self):
         self.timer.stop()
+        self.job, self.onDone, self.table = None, None, None
         self.ui.startButton.text = "Start training"
+        self.ui.evaluateButton.text = "Evaluate"
         self.ui.progressBar.hide()
 
 
@@ -184,9 +304,23 @@ class NeuroRADFMTrainTest(ScriptedLoadableModuleTest):
     def runTest(self):
         slicer.mrmlScene.Clear()
         self.test_loss_nodes()
+        self.test_evaluation_table()
 
     def test_loss_nodes(self):
         logic = NeuroRADFMTrainLogic()
         table, chart = logic.lossNodes()
         self.assertEqual(logic.lossNodes(), (table, chart))
         self.assertTrue(chart.IsA("vtkMRMLPlotChartNode"))
+
+    def test_evaluation_table(self):
+        import json
+
+        path = os.path.join(slicer.app.temporaryPath, "NeuroRADFMTrainTest.metrics.json")
+        with open(path, "w") as handle:
+            json.dump({"results": {"erm": {"markers": {"mgmt": {"status": "not evaluable", "reason": "no column"}},
+                                           "survival": {"status": "not evaluable", "reason": "no os_days"}}}},
+                      handle)
+        logic = NeuroRADFMTrainLogic()
+        table = logic.showEvaluationTable(path)
+        self.assertEqual(table.GetNumberOfRows(), 2)
+        self.assertIs(logic.showEvaluationTable(path), table)

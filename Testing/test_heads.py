@@ -97,3 +97,20 @@ def test_ood_threshold_holds_for_new_cases_of_the_training_distribution():
     assert np.mean([head.distance(row) > in_sample for row in fresh]) > 0.9  # what the old threshold did
     assert flagged <= 0.05
     assert head.distance(train.mean(0) + 3.0 * train.std(0)) > head.threshold
+
+
+def test_probe_penalty_is_chosen_by_cross_validation_and_classes_are_balanced():
+    from sklearn.linear_model import LogisticRegression
+
+    from neuroradfm.probes import PROBE_CS
+
+    z = _embeddings(n=90, d=12, seed=3)
+    mean, scale = fit_scaling(z)
+    s = (z - mean) / scale
+    labels = (s[:, 1] + 0.5 * np.random.default_rng(4).normal(size=len(s)) > 1.0).astype(float)  # about 1 in 6
+    head = fit_marker_probe(s, labels, "egfr")
+    assert head.metrics["c"] in PROBE_CS
+    balanced = LogisticRegression(C=head.metrics["c"], class_weight="balanced", max_iter=5000).fit(s, labels)
+    np.testing.assert_allclose(head.coef, balanced.coef_[0], rtol=1e-6)
+    fixed = fit_marker_probe(s, labels, "egfr", c=0.5)
+    assert fixed.metrics["c"] == 0.5

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CORE_PARENT = Path(__file__).resolve().parents[1]
 """The folder holding the bundled core package ``neuroradfm`` (the module folder, in source and installed trees)."""
@@ -191,3 +192,17 @@ class CoreProcess:
     def cleanup(self) -> None:
         if self.temp_dir is not None and self.temp_dir.exists():
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def wait_for(job: Any, what: str, timeout: float | None = None, interval: float = 0.2) -> list[ProgressEvent]:
+    """Poll ``job`` (anything with ``finished``, ``poll()`` and ``cancel()``: a training or an evaluation) until it
+    finishes, from the console or a test; returns every event. A timeout cancels it."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    events: list[ProgressEvent] = []
+    while not job.finished:
+        if deadline is not None and time.monotonic() > deadline:
+            job.cancel()
+            raise TimeoutError(f"{what} did not finish within {timeout} s; cancelled")
+        events += job.poll()
+        time.sleep(interval)
+    return events + job.poll()

@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from NeuroRADFMLib.process import CoreProcess, ProgressEvent
+from NeuroRADFMLib.process import CoreProcess, ProgressEvent, wait_for
 
 SSL_METHODS = ("byol", "dino", "mae", "moco")
 DRO_MODES = {"exponentiated": "exponentiated weights (Sagawa et al.)",
@@ -37,7 +37,7 @@ RESUME_BASELINE = ("the supervised stand-in (train-baseline) cannot resume; "
 RESUME_TIP = "continue the cancelled or interrupted pretraining of this bundle from its checkpoint ({})"
 SSL_ONLY = "applies to self-supervised pretraining (tick Self-supervised)"
 BASELINE_ONLY = "applies to supervised training only (the stand-in, or fine-tuning after pretraining)"
-REPORT_MISSING = "needs an HTML evaluation report from the core (none is written yet)"
+REPORT_MISSING = "no evaluation report yet: Evaluate a bundle to write one (<output folder>/evaluation-*/report)"
 LOSS_CHART_NAME = "NeuroRADFM training loss"
 PRETRAIN_SHARE = 0.85
 """Fraction of the progress bar the pretraining takes; fitting the heads (or fine-tuning) takes the rest."""
@@ -215,12 +215,16 @@ def _supervised(settings: TrainingSettings, manifest: Path, paths: TrainingPaths
     return arguments
 
 
-def control_states(pretrain: bool, ssl: bool, dro: bool, fine_tune: bool = False) -> dict[str, tuple[bool, str]]:
+def control_states(pretrain: bool, ssl: bool, dro: bool, fine_tune: bool = False,
+                   report: Path | None = None) -> dict[str, tuple[bool, str]]:
     """(enabled, tooltip) of each training control, so that the widget only applies them.
 
     ``pretrain``: the core can pretrain; ``ssl`` / ``dro``: the Self-supervised / Group-DRO boxes are ticked;
-    ``fine_tune``: fine-tune epochs > 0.
+    ``fine_tune``: fine-tune epochs > 0; ``report``: the evaluation report to open (NeuroRADFMLib.evaluation's
+    ``report_path``), None while there is none.
     """
+    from NeuroRADFMLib.evaluation import report_button_state
+
     on = pretrain and ssl
     ssl_tip = PRETRAIN_MISSING if not pretrain else "" if ssl else SSL_ONLY
     supervised = not on or fine_tune
@@ -234,7 +238,7 @@ def control_states(pretrain: bool, ssl: bool, dro: bool, fine_tune: bool = False
                    else PRETRAIN_MISSING if not pretrain else RESUME_BASELINE),
         "fine_tune": (on, ssl_tip),
         "tumour_weight": (supervised, "" if supervised else BASELINE_ONLY),
-        "report": (False, REPORT_MISSING),
+        "report": report_button_state(report),
     }
 
 
@@ -349,17 +353,7 @@ class TrainingJob:
 
     def wait(self, timeout: float | None = None, interval: float = 0.2) -> list[ProgressEvent]:
         """Poll until finished (console and tests); returns every event. Cancels on timeout."""
-        import time
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        events: list[ProgressEvent] = []
-        while not self.finished:
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                raise TimeoutError(f"training did not finish within {timeout} s; cancelled")
-            events += self.poll()
-            time.sleep(interval)
-        return events + self.poll()
+        return wait_for(self, "training", timeout, interval)
 
     def cancel(self) -> None:
         """Stop the running process and remove half-written outputs; the checkpoint stays so Resume works."""

@@ -211,6 +211,39 @@ def _parser() -> argparse.ArgumentParser:
     _device_option(p)
     _progress_option(p)
 
+    p = commands.add_parser("evaluate", help="how good are one or more bundles on a cohort: marker probes, survival, "
+                                             "site invariance, data efficiency and Grad-CAM localisation, per site, "
+                                             "compared side by side, in one HTML report")
+    p.add_argument("--manifest", type=_path, required=True, help="cohort manifest CSV (with its clinical columns)")
+    p.add_argument("--model", type=_path, nargs="+", default=[], metavar="BUNDLE",
+                   help="bundle folder(s) to evaluate on the same cases and splits (encoder-only bundles too)")
+    p.add_argument("--out", type=_path, required=True,
+                   help="output folder: OUT/report/ (report.html, metrics.json, CSV tables) and OUT/cache/")
+    p.add_argument("--labels", help="comma-separated names of the bundles in the report (default: their names)")
+    p.add_argument("--clinical", type=_path, help="clinical table CSV joined on case_id (its columns take precedence)")
+    p.add_argument("--split", choices=("kfold", "site", "column"), default="kfold",
+                   help="kfold: stratified by site, grouped by subject_id; site: leave one site out; column: the "
+                        "manifest's --split-column (train/test or fold names)")
+    p.add_argument("--folds", type=int, default=5, help="folds of --split kfold")
+    p.add_argument("--split-column", help="manifest column of --split column")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the probes, the bootstrap and t-SNE")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of each confidence interval")
+    p.add_argument("--subgroup", help="survival subgroup: a pandas query over the clinical columns (e.g. \"age >= 40 "
+                                      "and idh1 == 0\"), or all (default: IDH-wildtype glioblastoma when the columns "
+                                      "say it)")
+    p.add_argument("--cutoff", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="cut-off of a continuous column's binarised marker (ki67_index=20, tp53_expression=10)")
+    p.add_argument("--colour-marker", default="idh1", help="marker that colours the PCA / t-SNE plots")
+    p.add_argument("--reference-columns", help="comma-separated manifest columns or glob patterns evaluated as one "
+                                               "more feature set (a clinical baseline; on the phantom trait_*: the "
+                                               "ceiling)")
+    p.add_argument("--efficiency-seeds", type=int, default=5,
+                   help="repeats of each data-efficiency setting (0: skip the data-efficiency section)")
+    p.add_argument("--cache", type=_path, help="preprocessed cases and embeddings (default OUT/cache)")
+    p.add_argument("--batch-size", type=int, default=4, help="cases per forward pass when embedding")
+    _device_option(p)
+    _progress_option(p)
+
     p = commands.add_parser("demo", help="a phantom case in, predictions and Grad-CAM maps out")
     p.add_argument("--out", type=_path, default=Path("neuroradfm-demo"))
     _device_option(p)
@@ -384,6 +417,22 @@ def _fit_heads(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from neuroradfm.evaluate.run import EvaluateSettings, evaluate, parse_cutoffs
+
+    settings = EvaluateSettings(
+        split=args.split, folds=args.folds, split_column=args.split_column, seed=args.seed, n_boot=args.bootstrap,
+        subgroup=args.subgroup, cutoffs=parse_cutoffs(args.cutoff), colour_marker=args.colour_marker,
+        reference_columns=[c.strip() for c in (args.reference_columns or "").split(",") if c.strip()],
+        efficiency_seeds=args.efficiency_seeds, batch_size=args.batch_size, device=args.device)
+    labels = None if args.labels is None else [label.strip() for label in args.labels.split(",")]
+    report = evaluate(args.manifest, args.model, args.out, settings, labels=labels, clinical=args.clinical,
+                      cache_dir=args.cache, progress=make_progress(args.progress),
+                      command=["neuroradfm", *sys.argv[1:]])
+    print(f"report: {report}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from neuroradfm.demo import run_demo
 
@@ -450,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _exit_on_sigterm()
     handler = {"predict": _predict, "phantom": _phantom, "train-baseline": _train_baseline, "demo": _demo,
-               "pretrain": _pretrain, "fit-heads": _fit_heads,
+               "pretrain": _pretrain, "fit-heads": _fit_heads, "evaluate": _evaluate,
                "info": _info}[args.command]
     try:
         if getattr(args, "device", None) is not None:  # a device that is not there fails once, before any work

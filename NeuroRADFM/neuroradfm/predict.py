@@ -18,6 +18,7 @@ from neuroradfm.io.case import Case
 from neuroradfm.markers import marker
 from neuroradfm.models.bundle import Bundle
 from neuroradfm.models.encoder import resolve_device
+from neuroradfm.models.heads import Heads
 from neuroradfm.preprocess import Preprocessed, preprocess_case
 from neuroradfm.progress import Progress, null_progress, sub_progress
 
@@ -29,6 +30,22 @@ def describe_cams(layer: str, referenced: bool) -> str:
     where = "the encoder's last block (layer4)" if layer == LAST_BLOCK else f"the encoder's {layer}"
     return (f"Grad-CAM at {where}, for the predicted call"
             + (", against the training cohort's mean activation" if referenced else ""))
+
+
+def map_weights(heads: Heads, logits: np.ndarray, risk: float | None) -> tuple[list[str], np.ndarray]:
+    """Each head's key and the weights (on the raw embedding) its map is taken with, for the predicted call: a
+    marker's weights when it calls positive and negated when negative; the Cox weights when the risk lies above the
+    cohort median and negated below. ``logits``: the markers' logits of one case; ``risk``: its Cox risk."""
+    weights, _ = heads.marker_weights()
+    keys, rows = [], []
+    for head, w, logit in zip(heads.markers, weights, logits):
+        keys.append(head.key)
+        rows.append(w if 1.0 / (1.0 + np.exp(-logit)) >= head.threshold else -w)
+    if heads.cox is not None and risk is not None:
+        cox_w, _ = heads.cox_weights()
+        keys.append(SURVIVAL_HEAD)
+        rows.append(cox_w if risk > heads.cox.median_risk else -cox_w)
+    return keys, np.stack(rows)
 
 
 @dataclass
@@ -115,27 +132,23 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
     if not np.isfinite([*logits, *(v for v in (risk, ood_distance) if v is not None)]).all():
         raise BundleError(bundle.path, f"its heads give non-finite values for {case.case_id} (probe, Cox or OOD "
                                        "numbers in the card overflow): its predictions cannot be trusted")
-    markers, signs, keys = [], [], []
+    markers = []
     for head, logit in zip(heads.markers, logits):
         probability = float(1.0 / (1.0 + np.exp(-logit)))
         positive = probability >= head.threshold
         info = marker(head.key)
         markers.append(MarkerPrediction(head.key, info.label, probability, head.threshold, bool(positive),
                                         info.positive if positive else info.negative))
-        signs.append(1.0 if positive else -1.0)
-        keys.append(head.key)
-    map_weights = [w * s for w, s in zip(weights, signs)]
 
     survival = None
     if heads.cox is not None and risk is not None:
         high = risk > heads.cox.median_risk
         survival = SurvivalPrediction(risk, "high" if high else "low", heads.cox.median_risk,
                                       heads.cox.survival_at(risk, 365.25), heads.cox.survival_at(risk, 730.5))
-        map_weights.append(cox_w if high else -cox_w)
-        keys.append(SURVIVAL_HEAD)
 
     progress("cam", 0.9, "Grad-CAM maps")
-    w = torch.as_tensor(np.stack(map_weights), dtype=torch.float32, device=torch_device)
+    keys, signed = map_weights(heads, logits, risk)
+    w = torch.as_tensor(signed, dtype=torch.float32, device=torch_device)
     reference = None
     if heads.cam_reference is not None and layer == heads.cam_layer:
         reference = torch.as_tensor(heads.cam_reference)

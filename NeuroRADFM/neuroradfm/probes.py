@@ -1,15 +1,15 @@
 """Linear probes on frozen embeddings: feature scaling, one logistic head per marker, OOD statistics.
 
-Probes are the paper's downstream protocol: the encoder stays frozen, each marker gets a
-logistic regression on standardised embeddings; its decision threshold is chosen on
-cross-validated probabilities (Youden's J), never on the fitted ones.
+Probes are the paper's downstream protocol: the encoder stays frozen, each marker gets a class-balanced
+logistic regression on standardised embeddings, its penalty chosen by cross-validation and its decision
+threshold on cross-validated probabilities (Youden's J), never on the fitted ones.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.covariance import LedoitWolf
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
@@ -43,11 +43,25 @@ def marker_problem(labels: np.ndarray, key: str) -> str | None:
     return None
 
 
-def fit_marker_probe(features: np.ndarray, labels: np.ndarray, key: str, *, c: float = 0.1,
-                     folds: int = 5, seed: int = 0) -> MarkerHead:
-    """Logistic probe on standardised features; rows whose label is NaN are left out.
+PROBE_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
+"""Inverse penalties the inner cross-validation chooses among (scikit-learn's C, on standardised features)."""
 
-    Metrics: cross-validated AUC and the balanced accuracy at the chosen threshold.
+
+def choose_c(x: np.ndarray, y: np.ndarray, cv: StratifiedKFold) -> float:
+    """The probe's inverse penalty among PROBE_CS with the best cross-validated AUC on (x, y)."""
+    search = LogisticRegressionCV(Cs=list(PROBE_CS), l1_ratios=(0.0,), cv=cv, scoring="roc_auc",
+                                  class_weight="balanced", max_iter=5000, use_legacy_attributes=False).fit(x, y)
+    return float(np.ravel(search.C_)[0])
+
+
+def fit_marker_probe(features: np.ndarray, labels: np.ndarray, key: str, *, c: float | None = None,
+                     folds: int = 5, seed: int = 0) -> MarkerHead:
+    """Class-balanced logistic probe on standardised features; rows whose label is NaN are left out.
+
+    The one probe of ``fit-heads`` and of ``evaluate`` (which calls it on each outer training fold): the penalty is
+    chosen by an inner stratified cross-validation of ``features`` (AUC; ``c`` fixes it instead), the decision
+    threshold maximises Youden's J on the inner cross-validated probabilities (never on fitted ones). Metrics: that
+    inner cross-validation's AUC and its balanced accuracy at the threshold, and the chosen C.
     """
     problem = marker_problem(labels, key)
     if problem:
@@ -56,8 +70,9 @@ def fit_marker_probe(features: np.ndarray, labels: np.ndarray, key: str, *, c: f
     known = ~np.isnan(labels)
     x, y = features[known], labels[known].astype(int)
     counts = np.bincount(y, minlength=2)
-    model = LogisticRegression(C=c, max_iter=5000)
     cv = StratifiedKFold(n_splits=min(folds, int(counts.min())), shuffle=True, random_state=seed)
+    c = choose_c(x, y, cv) if c is None else c
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
     cv_prob = cross_val_predict(model, x, y, cv=cv, method="predict_proba")[:, 1]
     fpr, tpr, thresholds = roc_curve(y, cv_prob)
     best = int(np.argmax(tpr - fpr))
@@ -69,7 +84,7 @@ def fit_marker_probe(features: np.ndarray, labels: np.ndarray, key: str, *, c: f
                       threshold=threshold,
                       metrics={"cv_auc": float(roc_auc_score(y, cv_prob)),
                                "cv_balanced_accuracy": float(balanced_accuracy),
-                               "n": int(len(y)), "n_positive": int(counts[1])})
+                               "n": int(len(y)), "n_positive": int(counts[1]), "c": c})
 
 
 def fit_ood(features: np.ndarray, percentile: float = 99.0, folds: int = 5, seed: int = 0) -> OodHead:

@@ -148,3 +148,25 @@ def read_manifest(path: str | Path, check_files: bool = False) -> list[CaseEntry
     if absent:
         raise InputError(path, f"{len(absent)} image file(s) not found: " + "; ".join(absent))
     return entries
+
+
+def read_clinical(path: str | Path) -> dict[str, dict[str, Any]]:
+    """A clinical table (CSV with a ``case_id`` column and any others) as case id -> {column: value}, its cells read
+    as a manifest's clinical cells are (empty -> None, numbers -> int/float, else text)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"clinical table {not_a_file(path)}")
+    header, records = _records(path)
+    if "case_id" not in header:
+        raise InputError(path, f"clinical table lacks a case_id column (found: {', '.join(header)})")
+    table: dict[str, dict[str, Any]] = {}
+    for line, row in records:
+        case_id = row["case_id"]
+        if not case_id:
+            raise InputError(path, f"line {line}: empty case_id")
+        if case_id in table:
+            raise InputError(path, f"line {line}: case_id {case_id!r} appears twice")
+        table[case_id] = {k: _value(v) for k, v in row.items() if k != "case_id"}
+    if not table:
+        raise InputError(path, "clinical table has no rows")
+    return table

@@ -1,0 +1,397 @@
+"""``neuroradfm evaluate``: how good are one or more bundles on a cohort, per site and per marker, in one report.
+
+Every bundle is evaluated on the same cases and the same outer splits: frozen embeddings (cached, see
+``embeddings``), the marker probes and the Cox head of ``fit-heads`` refitted on each training fold and tested on
+its held-out cases, site invariance, data efficiency and Grad-CAM localisation, then paired comparisons between the
+bundles. ``--reference-columns`` adds manifest columns (a clinical baseline; on the phantom, the planted traits: the
+ceiling of what an image model can reach) as one more feature set, evaluated identically.
+
+Output folder: ``OUT/report/`` (metrics.json, report.html, CSV tables) replaces an earlier report as a whole, written
+under a staging name and swapped in when complete; ``OUT/cache/`` (unless ``--cache``) keeps preprocessed cases and
+embeddings between runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import itertools
+import json
+import platform
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+import neuroradfm
+from neuroradfm.atomic import STAGING_NAME, atomic_folder
+from neuroradfm.errors import BundleError, InputError, SettingsError
+from neuroradfm.evaluate import compare, efficiency, markers_eval, site_eval, survival_eval
+from neuroradfm.evaluate.data import CONTINUOUS, EvalData, eval_data
+from neuroradfm.evaluate.embeddings import DILATION_MM, embed_cases
+from neuroradfm.evaluate.report import render_report, write_tables
+from neuroradfm.evaluate.splits import SPLIT_KINDS, Split, make_split
+from neuroradfm.evaluate.statistics import safe
+from neuroradfm.io import CaseEntry, read_manifest
+from neuroradfm.io.manifest import read_clinical
+from neuroradfm.markers import MARKER_KEYS
+from neuroradfm.models.bundle import Bundle, load_bundle
+from neuroradfm.models.encoder import resolve_device
+from neuroradfm.output_paths import ERRORS_LOG, check_destinations, prepare_output_folder, remove_created
+from neuroradfm.progress import Progress, null_progress, sub_progress
+from neuroradfm.train.cohort import file_hash
+
+REPORT_FOLDER = "report"
+CACHE_FOLDER = "cache"
+REPORT_FILES = ("metrics.json", "report.html", "*.csv")
+"""What a report folder holds (metrics.json first: the mark of an earlier report that may be replaced)."""
+FORMAT, FORMAT_VERSION = "neuroradfm-evaluation", 1
+
+
+@dataclass
+class EvaluateSettings:
+    split: str = "kfold"
+    folds: int = 5
+    split_column: str | None = None
+    seed: int = 0
+    n_boot: int = 1000
+    subgroup: str | None = None
+    """None: IDH-wildtype glioblastoma when the columns exist; "all"; or a pandas query over the clinical columns."""
+    cutoffs: dict[str, float] = field(default_factory=dict)
+    """Continuous column -> cut-off of its binarised marker (``ki67_index`` 20, ``tp53_expression`` 10)."""
+    colour_marker: str = "idh1"
+    reference_columns: list[str] = field(default_factory=list)
+    """Manifest columns (glob patterns) evaluated as one more feature set."""
+    per_class: tuple[int, ...] = (1, 5, 10)
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    efficiency_seeds: int = 5
+    """Repeats of each data-efficiency setting (0: no data-efficiency section)."""
+    dilation_mm: float = DILATION_MM
+    batch_size: int = 4
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLIT_KINDS:
+            raise SettingsError("--split", f"unknown split {self.split!r}; choose one of {', '.join(SPLIT_KINDS)}")
+        if self.split == "column" and not self.split_column:
+            raise SettingsError("--split-column", "--split column needs --split-column NAME")
+        checks = (("--folds", self.folds, 2), ("--bootstrap", self.n_boot, 0), ("--seed", self.seed, 0),
+                  ("--efficiency-seeds", self.efficiency_seeds, 0), ("--batch-size", self.batch_size, 1))
+        for flag, value, low in checks:
+            if value < low:
+                raise SettingsError(flag, f"must be at least {low}, got {value}")
+        for name, cutoff in self.cutoffs.items():
+            if name not in CONTINUOUS:
+                raise SettingsError("--cutoff", f"unknown continuous column {name!r}; known: {', '.join(CONTINUOUS)}")
+            if not np.isfinite(cutoff) or cutoff < 0:
+                raise SettingsError("--cutoff", f"{name}: the cut-off must be a number >= 0, got {cutoff}")
+        if self.colour_marker not in MARKER_KEYS:
+            raise SettingsError("--colour-marker", f"unknown marker {self.colour_marker!r}; choose one of "
+                                                   f"{', '.join(MARKER_KEYS)}")
+        if not 0 <= self.dilation_mm <= 50:
+            raise SettingsError("--dilation", f"must lie in 0..50 mm, got {self.dilation_mm}")
+        if any(not 0 < f <= 1 for f in self.fractions) or any(k < 1 for k in self.per_class):
+            raise SettingsError("--fractions", "fractions must lie in (0, 1] and cases per class be at least 1")
+
+
+def _check_out(out: Path) -> None:
+    """OUT holds nothing but an earlier evaluation's report and cache: a user's folder is never written into."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise SettingsError("--out", f"{out} exists and is not a folder")
+    if not out.is_dir():
+        return
+    allowed = {REPORT_FOLDER, CACHE_FOLDER, ERRORS_LOG}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in allowed and not STAGING_NAME.match(p.name))
+    if foreign:
+        raise SettingsError("--out", f"{out} holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, "
+                                     f"which is not an earlier evaluation (only {REPORT_FOLDER}/ and {CACHE_FOLDER}/ "
+                                     "are written there): choose an empty or new folder")
+
+
+def _labels(bundles: list[Bundle], labels: list[str] | None) -> list[str]:
+    if labels is not None:
+        if len(labels) != len(bundles):
+            raise SettingsError("--labels", f"{len(labels)} label(s) for {len(bundles)} bundle(s)")
+        if len(set(labels)) != len(labels) or any(not label.strip() for label in labels):
+            raise SettingsError("--labels", f"labels must be distinct and not empty, got {labels}")
+        return labels
+    names: list[str] = []
+    for bundle in bundles:
+        name, k = bundle.name, 2
+        while name in names:
+            name, k = f"{bundle.name}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _check_inputs(bundles: list[Bundle]) -> None:
+    """Bundles compared on one cohort must take the same sequences (their grids may differ: each preprocesses the
+    cases its own way)."""
+    specs = [(b.path, (b.card.get("input") or {}).get("sequences", list(neuroradfm.SEQUENCES))) for b in bundles]
+    if len({tuple(sequences) for _, sequences in specs}) > 1:
+        listed = "; ".join(f"{path}: {', '.join(sequences)}" for path, sequences in specs)
+        raise BundleError(bundles[1].path, f"the bundles take different input sequences ({listed}); evaluate bundles "
+                                           "that take the same inputs together")
+
+
+def _merge_clinical(entries: list[CaseEntry], clinical: Path) -> list[str]:
+    """Clinical columns from a separate table, joined on case_id (they take precedence over the manifest's)."""
+    table = read_clinical(clinical)
+    missing = [e.case_id for e in entries if e.case_id not in table]
+    if missing:
+        raise InputError(clinical, f"{len(missing)} of the manifest's {len(entries)} cases have no row in the "
+                                   f"clinical table: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    for entry in entries:
+        entry.clinical = {**entry.clinical, **table[entry.case_id]}
+    extra = len(set(table) - {e.case_id for e in entries})
+    return [f"clinical table {clinical.name}: {extra} row(s) for cases not in the manifest (not used)"] if extra else []
+
+
+def _reference_features(entries: list[CaseEntry], patterns: list[str], manifest: Path) -> tuple[np.ndarray, list[str]]:
+    """Manifest columns as features: numbers as they are (empty cells: the column mean), text one-hot."""
+    names = sorted({k for e in entries for k in e.clinical})
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    targets = {*MARKER_KEYS, "os_days", "os_event", *CONTINUOUS}
+    leaking = [n for n in chosen if n in targets]
+    if leaking:
+        raise SettingsError("--reference-columns", f"{', '.join(leaking)} are evaluation targets, not features")
+    if not chosen:
+        raise InputError(manifest, f"no column matches --reference-columns {', '.join(patterns)}")
+    columns = []
+    for name in chosen:
+        cells = [e.clinical.get(name) for e in entries]
+        if all(c is None or isinstance(c, (int, float)) for c in cells):
+            values = np.array([np.nan if c is None else float(c) for c in cells])
+            columns.append(np.where(np.isnan(values), np.nanmean(values) if np.isfinite(values).any() else 0.0,
+                                    values)[:, None])
+        else:
+            levels = sorted({str(c) for c in cells if c is not None})
+            columns.append(np.array([[float(str(c) == level) for level in levels] for c in cells]))
+    return np.hstack(columns).astype(np.float64), chosen
+
+
+def _analyse(features: np.ndarray, data: EvalData, split: Split, settings: EvaluateSettings,
+             cam: dict[str, dict[str, tuple[bool, float]]] | None, has_heads: bool,
+             progress: Progress) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Every section for one feature set; returns the results and the out-of-fold marker probabilities."""
+    seed, n_boot = settings.seed, settings.n_boot
+    progress("markers", 0.0, "marker probes")
+    markers, oof = markers_eval.evaluate_markers(features, data, split.folds, seed=seed, n_boot=n_boot)
+    continuous = markers_eval.evaluate_continuous(features, data, split.folds, seed=seed, n_boot=n_boot)
+    progress("survival", 0.3, "Cox model")
+    survival, _ = survival_eval.evaluate_survival(features, data, split.folds, seed=seed, n_boot=n_boot)
+    progress("sites", 0.45, "site invariance")
+    sites = site_eval.site_invariance(features, data, seed=seed, colour_marker=settings.colour_marker)
+    result = {"markers": markers, "continuous": continuous, "survival": survival, "site_invariance": sites}
+    if settings.efficiency_seeds:
+        progress("efficiency", 0.6, "data efficiency")
+        result["data_efficiency"] = efficiency.data_efficiency(
+            features, data, split.folds, seeds=tuple(range(seed, seed + settings.efficiency_seeds)),
+            per_class=settings.per_class, fractions=settings.fractions)
+    result["cam_localisation"] = _cam_summary(cam, has_heads, data, settings.dilation_mm)
+    return result, oof
+
+
+def _cam_summary(cam: dict[str, dict[str, tuple[bool, float]]] | None, has_heads: bool, data: EvalData,
+                 dilation_mm: float) -> dict[str, Any]:
+    if cam is None:
+        return {"status": "not evaluable", "reason": "a feature set of manifest columns has no maps"}
+    if not has_heads:
+        return {"status": "not evaluable", "reason": "an encoder-only bundle has no heads whose maps could be scored "
+                                                     "(add them with neuroradfm fit-heads)"}
+    cases = [case for case in data.case_ids if case in cam]
+    if not cases:
+        return {"status": "not evaluable", "reason": "no evaluated case has a tumour segmentation (manifest column "
+                                                     "seg)"}
+    keys = list(cam[cases[0]])
+    heads = {key: {"peak_in_tumour": float(np.mean([cam[c][key][0] for c in cases])),
+                   "mass_in_tumour": float(np.mean([cam[c][key][1] for c in cases])), "n": len(cases)} for key in keys}
+    return {"status": "ok", "dilation_mm": dilation_mm, "n_cases": len(cases), "heads": heads}
+
+
+def _summary(result: dict[str, Any]) -> dict[str, float | None]:
+    """The headline numbers a comparison puts side by side."""
+    aucs = [m["pooled"]["auc"] for m in result["markers"].values()
+            if m.get("status") == "ok" and m.get("pooled", {}).get("status") == "ok"]
+    per_site: dict[str, list[float]] = {}
+    for m in result["markers"].values():
+        for site, entry in (m.get("sites") or {}).items():
+            if entry.get("status") == "ok" and entry.get("auc") is not None:
+                per_site.setdefault(site, []).append(entry["auc"])
+    site_means = {site: float(np.mean(v)) for site, v in per_site.items()}
+    survival = result["survival"]
+    sites = result["site_invariance"]
+    return {"mean_marker_auc": safe(np.mean(aucs)) if aucs else None,
+            "worst_site_mean_auc": min(site_means.values()) if site_means else None,
+            "worst_site": min(site_means, key=site_means.get) if site_means else None,
+            "survival_c_index": (survival.get("pooled") or {}).get("c_index") if survival.get("status") == "ok"
+            else None,
+            "site_silhouette": sites.get("silhouette_pca"),
+            "site_classifier_balanced_accuracy": sites.get("site_classifier_balanced_accuracy")}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return safe(value)
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    return value
+
+
+def evaluate(manifest: str | Path, models: list[str | Path], out: str | Path,
+             settings: EvaluateSettings | None = None, *, labels: list[str] | None = None,
+             clinical: str | Path | None = None, cache_dir: str | Path | None = None,
+             progress: Progress = null_progress, command: list[str] | None = None) -> Path:
+    """Evaluate ``models`` (bundle folders) on the cases of ``manifest``; returns the report's path
+    (``OUT/report/report.html``, beside metrics.json and the CSV tables)."""
+    settings = settings or EvaluateSettings()
+    manifest, out = Path(manifest), Path(out)
+    if not models and not settings.reference_columns:
+        raise SettingsError("--model", "give at least one bundle (or --reference-columns)")
+    check_destinations(folders={"--out": out, "--cache": cache_dir})
+    _check_out(out)
+    device = resolve_device(settings.device)
+    bundles = [load_bundle(path) for path in models]
+    names = _labels(bundles, labels)
+    _check_inputs(bundles)
+    entries = read_manifest(manifest)
+    notes = _merge_clinical(entries, Path(clinical)) if clinical is not None else []
+    data, problems, data_notes = eval_data(entries, subgroup=settings.subgroup, cutoffs=settings.cutoffs)
+    notes += data_notes
+    if not data.labels and data.os_days is None and not data.continuous:
+        raise InputError(clinical or manifest, "nothing to evaluate: no marker column with 0/1 labels and no usable "
+                                               "os_days/os_event; " + "; ".join(problems.values()))
+    split_values = None
+    if settings.split == "column":
+        if not any(settings.split_column in e.clinical for e in entries):
+            raise InputError(manifest, f"split column {settings.split_column!r} is not in the manifest")
+        split_values = [e.clinical.get(settings.split_column) for e in entries]
+    reference = (_reference_features(entries, settings.reference_columns, manifest)
+                 if settings.reference_columns else None)
+    created = prepare_output_folder(out)
+    cache = Path(cache_dir) if cache_dir is not None else out / CACHE_FOLDER
+    try:
+        embedded = [embed_cases(bundle, entries, cache, device,
+                                sub_progress(progress, 0.7 * i / len(bundles), 0.7 * (i + 1) / len(bundles)),
+                                settings.batch_size, settings.dilation_mm) for i, bundle in enumerate(bundles)]
+    except BaseException:
+        remove_created(created)  # only folders still empty: a cache that holds cases is kept for the next run
+        raise
+    failed: dict[str, str] = {}
+    for result in embedded:
+        for case, reason in result.failures.items():
+            failed.setdefault(case, reason)
+    usable = [i for i, e in enumerate(entries) if e.case_id not in failed]
+    if len(usable) < 2:
+        raise InputError(manifest, f"only {len(usable)} case(s) could be embedded: "
+                                   + "; ".join(f"{c}: {r}" for c, r in list(failed.items())[:5]))
+    data = data.subset(usable)
+    if split_values is not None:
+        split_values = [split_values[i] for i in usable]
+    try:
+        split = make_split(data, settings.split, folds=settings.folds, seed=settings.seed,
+                           column=settings.split_column, column_values=split_values)
+    except InputError as error:
+        raise InputError(manifest, error.problem) from None
+
+    sources: list[tuple[str, np.ndarray, dict | None, bool]] = []
+    for name, bundle, result in zip(names, bundles, embedded):
+        row = {case: k for k, case in enumerate(result.case_ids)}
+        features = result.features[[row[c] for c in data.case_ids]]
+        heads = bundle.heads is not None and bool(bundle.heads.markers or bundle.heads.cox is not None)
+        sources.append((name, features, result.cam, heads))
+    if reference is not None:
+        sources.append((f"reference: {', '.join(settings.reference_columns)}", reference[0][usable], None, False))
+
+    results, oofs = {}, {}
+    for i, (name, features, cam, heads) in enumerate(sources):
+        part = sub_progress(progress, 0.7 + 0.25 * i / len(sources), 0.7 + 0.25 * (i + 1) / len(sources))
+        with threadpool_limits(1):  # thousands of small fits: threads only add overhead
+            results[name], oofs[name] = _analyse(features, data, split, settings, cam, heads, part)
+        for key, problem in problems.items():
+            section = "survival" if key == "survival" else "continuous" if key in CONTINUOUS else "markers"
+            entry = {"status": "not evaluable", "reason": problem}
+            if section == "survival":
+                results[name]["survival"] = entry
+            else:
+                results[name][section][key] = entry
+    for name in results:
+        results[name]["summary"] = _summary(results[name])
+    comparisons = []
+    for a, b in itertools.combinations(list(results), 2):
+        summary = {k: (v, results[b]["summary"][k]) for k, v in results[a]["summary"].items() if k != "worst_site"}
+        with threadpool_limits(1):
+            comparisons.append(compare.compare_bundles(a, oofs[a], b, oofs[b], data, seed=settings.seed,
+                                                       n_boot=settings.n_boot, summary=summary))
+
+    bundle_rows = [{"label": name, "name": b.name, "path": str(b.path), "content_hash": b.card.get("content_hash"),
+                    "embedding_dim": b.encoder.embedding_dim, "kind": "bundle", "heads": source[3],
+                    "failed_cases": e.failures, "cached_cases": e.cached,
+                    "preprocessing": b.preprocessing.to_dict(), "description": b.card.get("description")}
+                   for name, b, e, source in zip(names, bundles, embedded, sources)]
+    if reference is not None:
+        bundle_rows.append({"label": sources[-1][0], "name": "manifest columns", "path": str(manifest),
+                            "content_hash": None, "embedding_dim": int(reference[0].shape[1]), "kind": "columns",
+                            "heads": False, "columns": reference[1], "failed_cases": {}})
+    metrics = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "software": {"neuroradfm": neuroradfm.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "command": " ".join(command) if command else None,
+        "data": {"manifest": manifest.name, "manifest_path": str(manifest), "manifest_hash": file_hash(manifest),
+                 "clinical": None if clinical is None else str(clinical),
+                 "cases_in_manifest": len(entries), "cases_used": len(data), "failed_cases": failed,
+                 "sites": {site: data.sites.count(site) for site in sorted(set(data.sites))},
+                 "subjects": len(set(data.subjects)), "case_ids": data.case_ids, "case_sites": data.sites,
+                 "marker_columns": list(data.labels), "continuous_columns": list(data.continuous),
+                 "survival_subgroup": data.subgroup_label, "not_evaluable": problems, "notes": notes},
+        "split": split.summary(data),
+        "seeds": {"split": settings.seed, "probes": settings.seed, "bootstrap": settings.seed, "tsne": settings.seed,
+                  "data_efficiency": list(range(settings.seed, settings.seed + settings.efficiency_seeds))},
+        "settings": {"n_boot": settings.n_boot, "cutoffs": {k: settings.cutoffs.get(k, v[1]) for k, v in
+                                                            CONTINUOUS.items()},
+                     "subgroup": data.subgroup_label, "colour_marker": settings.colour_marker,
+                     "per_class": list(settings.per_class), "fractions": list(settings.fractions),
+                     "dilation_mm": settings.dilation_mm, "device": str(device),
+                     "reference_columns": settings.reference_columns},
+        "bundles": bundle_rows, "results": results, "comparison": comparisons,
+    }
+    metrics = _json_safe(metrics)
+    progress("report", 0.96, "writing the report")
+    inputs = [manifest, *models, *([clinical] if clinical else []), *([cache_dir] if cache_dir else [])]
+    with atomic_folder(out / REPORT_FOLDER, REPORT_FILES, inputs) as staging:
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n",
+                                              encoding="utf-8")
+        write_tables(metrics, staging)
+        (staging / "report.html").write_text(render_report(metrics), encoding="utf-8")
+    report = out / REPORT_FOLDER / "report.html"
+    progress("done", 1.0, str(report))
+    return report
+
+
+def parse_cutoffs(items: list[str]) -> dict[str, float]:
+    """``--cutoff ki67_index=15`` items as a dict (the settings check the names and values)."""
+    cutoffs = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not re.fullmatch(r"\s*[A-Za-z0-9_]+\s*", name) or not value.strip():
+            raise SettingsError("--cutoff", f"expected NAME=VALUE (e.g. ki67_index=20), got {item!r}")
+        try:
+            cutoffs[name.strip()] = float(value)
+        except ValueError:
+            raise SettingsError("--cutoff", f"{item!r}: {value!r} is not a number") from None
+    return cutoffs
+

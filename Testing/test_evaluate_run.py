@@ -134,7 +134,7 @@ def encoder_only(tiny_bundle, tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluation(phantom_cohort, tiny_bundle, encoder_only, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluation") / "eval"
-    settings = EvaluateSettings(reference_columns=["trait_*"], **FAST)
+    settings = EvaluateSettings(reference_columns=[["trait_*"]], **FAST)
     events = []
     report = evaluate(phantom_cohort, [tiny_bundle, encoder_only], out, settings, labels=["tiny", "encoder"],
                       progress=lambda stage, fraction, message="": events.append((stage, fraction)))
@@ -252,7 +252,7 @@ def test_bad_requests_are_refused_before_anything_is_written(phantom_cohort, tin
     with pytest.raises(SettingsError, match="--split-column"):
         EvaluateSettings(split="column")
     with pytest.raises(SettingsError, match="os_days, os_event are evaluation targets"):
-        evaluate(phantom_cohort, [tiny_bundle], tmp_path / "a", EvaluateSettings(reference_columns=["os_*"], **FAST))
+        evaluate(phantom_cohort, [tiny_bundle], tmp_path / "a", EvaluateSettings(reference_columns=[["os_*"]], **FAST))
     assert not (tmp_path / "a").exists()
 
 
@@ -264,3 +264,16 @@ def test_command_line_exit_status_and_message(phantom_cohort, tiny_bundle, tmp_p
                  str(tmp_path / "o"), "--cutoff", "ki67=5", "--progress", "none"])
     assert code == 2 and "--cutoff: unknown continuous column 'ki67'" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+def test_reference_feature_sets_from_manifest_columns_and_the_site(tmp_path):
+    from neuroradfm.evaluate.run import _reference_features
+
+    entries = [CaseEntry("a", "S1", {}, {"age": 40, "grade": "IV"}), CaseEntry("b", "S2", {}, {"age": None,
+                                                                                            "grade": "III"}),
+               CaseEntry("c", "S1", {}, {"age": 60, "grade": "IV"})]
+    features, columns = _reference_features(entries, ["site", "a*", "grade"], tmp_path / "m.csv")
+    assert columns == ["age", "grade", "site"]
+    np.testing.assert_array_equal(features, [[40, 0, 1, 1, 0], [50, 1, 0, 0, 1], [60, 0, 1, 1, 0]])
+    with pytest.raises(InputError, match="no column matches"):
+        _reference_features(entries, ["trait_*"], tmp_path / "m.csv")

@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--model", type=Path, nargs=2, required=True)
     parser.add_argument("--cache", type=Path, required=True, help="preprocessed-case cache of the cohort")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap draws per interval (evaluate: 1000)")
+    parser.add_argument("--efficiency-seeds", type=int, default=2, help="data-efficiency repeats (evaluate: 5)")
     args = parser.parse_args()
     entries = read_manifest(args.manifest)
     bundles = [load_bundle(m) for m in args.model]
@@ -99,7 +101,7 @@ def main() -> None:
     big = data.subset(rows)
     big.case_ids = [f"{c}#{i}" for i, c in enumerate(big.case_ids)]  # subjects stay the originals'
     big_features = [x[rows] + rng.normal(0, 0.05, size=(N_CASES, x.shape[1])) * x.std(axis=0) for x in features]
-    settings = run.EvaluateSettings(device="cpu")
+    settings = run.EvaluateSettings(device="cpu", n_boot=args.bootstrap, efficiency_seeds=args.efficiency_seeds)
     ours = analysis(big_features, big, settings, naive=False)
     naive = analysis(big_features, big, settings, naive=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

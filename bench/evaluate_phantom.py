@@ -98,7 +98,8 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     report = evaluate(args.manifest, args.model, args.out,
-                      EvaluateSettings(split=args.split, seed=args.seed, reference_columns=["trait_*"]),
+                      EvaluateSettings(split=args.split, seed=args.seed,
+                                       reference_columns=[["trait_*"], ["site"]]),
                       labels=args.labels.split(",") if args.labels else None, cache_dir=args.cache,
                       progress=make_progress("tqdm"))
     seconds = time.perf_counter() - start

@@ -234,9 +234,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cutoff", action="append", default=[], metavar="COLUMN=VALUE",
                    help="cut-off of a continuous column's binarised marker (ki67_index=20, tp53_expression=10)")
     p.add_argument("--colour-marker", default="idh1", help="marker that colours the PCA / t-SNE plots")
-    p.add_argument("--reference-columns", help="comma-separated manifest columns or glob patterns evaluated as one "
-                                               "more feature set (a clinical baseline; on the phantom trait_*: the "
-                                               "ceiling)")
+    p.add_argument("--reference-columns", action="append", default=[], metavar="COLUMNS",
+                   help="comma-separated manifest columns or glob patterns evaluated as one more feature set (a "
+                        "clinical baseline; site: the site alone, the shortcut; on the phantom trait_*: the ceiling); "
+                        "repeatable, one feature set each")
     p.add_argument("--efficiency-seeds", type=int, default=5,
                    help="repeats of each data-efficiency setting (0: skip the data-efficiency section)")
     p.add_argument("--cache", type=_path, help="preprocessed cases and embeddings (default OUT/cache)")
@@ -423,7 +424,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = EvaluateSettings(
         split=args.split, folds=args.folds, split_column=args.split_column, seed=args.seed, n_boot=args.bootstrap,
         subgroup=args.subgroup, cutoffs=parse_cutoffs(args.cutoff), colour_marker=args.colour_marker,
-        reference_columns=[c.strip() for c in (args.reference_columns or "").split(",") if c.strip()],
+        reference_columns=[[c.strip() for c in item.split(",") if c.strip()] for item in args.reference_columns],
         efficiency_seeds=args.efficiency_seeds, batch_size=args.batch_size, device=args.device)
     labels = None if args.labels is None else [label.strip() for label in args.labels.split(",")]
     report = evaluate(args.manifest, args.model, args.out, settings, labels=labels, clinical=args.clinical,

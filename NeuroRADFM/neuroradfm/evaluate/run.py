@@ -64,8 +64,9 @@ class EvaluateSettings:
     cutoffs: dict[str, float] = field(default_factory=dict)
     """Continuous column -> cut-off of its binarised marker (``ki67_index`` 20, ``tp53_expression`` 10)."""
     colour_marker: str = "idh1"
-    reference_columns: list[str] = field(default_factory=list)
-    """Manifest columns (glob patterns) evaluated as one more feature set."""
+    reference_columns: list[list[str]] = field(default_factory=list)
+    """Feature sets of manifest columns (glob patterns; ``site``: the site one-hot), each evaluated as one more
+    "bundle": a clinical baseline, the phantom's planted traits (the ceiling), the site alone (the shortcut)."""
     per_class: tuple[int, ...] = (1, 5, 10)
     fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
     efficiency_seeds: int = 5
@@ -152,8 +153,9 @@ def _merge_clinical(entries: list[CaseEntry], clinical: Path) -> list[str]:
 
 
 def _reference_features(entries: list[CaseEntry], patterns: list[str], manifest: Path) -> tuple[np.ndarray, list[str]]:
-    """Manifest columns as features: numbers as they are (empty cells: the column mean), text one-hot."""
-    names = sorted({k for e in entries for k in e.clinical})
+    """Manifest columns as features: numbers as they are (empty cells: the column mean), text one-hot; ``site`` is
+    the site column."""
+    names = sorted({k for e in entries for k in e.clinical} | {"site"})
     chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     targets = {*MARKER_KEYS, "os_days", "os_event", *CONTINUOUS}
     leaking = [n for n in chosen if n in targets]
@@ -163,7 +165,7 @@ def _reference_features(entries: list[CaseEntry], patterns: list[str], manifest:
         raise InputError(manifest, f"no column matches --reference-columns {', '.join(patterns)}")
     columns = []
     for name in chosen:
-        cells = [e.clinical.get(name) for e in entries]
+        cells = [e.site if name == "site" else e.clinical.get(name) for e in entries]
         if all(c is None or isinstance(c, (int, float)) for c in cells):
             values = np.array([np.nan if c is None else float(c) for c in cells])
             columns.append(np.where(np.isnan(values), np.nanmean(values) if np.isfinite(values).any() else 0.0,
@@ -278,8 +280,8 @@ def evaluate(manifest: str | Path, models: list[str | Path], out: str | Path,
         if not any(settings.split_column in e.clinical for e in entries):
             raise InputError(manifest, f"split column {settings.split_column!r} is not in the manifest")
         split_values = [e.clinical.get(settings.split_column) for e in entries]
-    reference = (_reference_features(entries, settings.reference_columns, manifest)
-                 if settings.reference_columns else None)
+    references = [(f"reference: {', '.join(patterns)}", *_reference_features(entries, patterns, manifest))
+                  for patterns in settings.reference_columns]
     created = prepare_output_folder(out)
     cache = Path(cache_dir) if cache_dir is not None else out / CACHE_FOLDER
     try:
@@ -312,8 +314,8 @@ def evaluate(manifest: str | Path, models: list[str | Path], out: str | Path,
         features = result.features[[row[c] for c in data.case_ids]]
         heads = bundle.heads is not None and bool(bundle.heads.markers or bundle.heads.cox is not None)
         sources.append((name, features, result.cam, heads))
-    if reference is not None:
-        sources.append((f"reference: {', '.join(settings.reference_columns)}", reference[0][usable], None, False))
+    for name, features, _ in references:
+        sources.append((name, features[usable], None, False))
 
     results, oofs = {}, {}
     for i, (name, features, cam, heads) in enumerate(sources):
@@ -341,10 +343,10 @@ def evaluate(manifest: str | Path, models: list[str | Path], out: str | Path,
                     "failed_cases": e.failures, "cached_cases": e.cached,
                     "preprocessing": b.preprocessing.to_dict(), "description": b.card.get("description")}
                    for name, b, e, source in zip(names, bundles, embedded, sources)]
-    if reference is not None:
-        bundle_rows.append({"label": sources[-1][0], "name": "manifest columns", "path": str(manifest),
-                            "content_hash": None, "embedding_dim": int(reference[0].shape[1]), "kind": "columns",
-                            "heads": False, "columns": reference[1], "failed_cases": {}})
+    for name, features, columns in references:
+        bundle_rows.append({"label": name, "name": "manifest columns", "path": str(manifest), "content_hash": None,
+                            "embedding_dim": int(features.shape[1]), "kind": "columns", "heads": False,
+                            "columns": columns, "failed_cases": {}})
     metrics = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

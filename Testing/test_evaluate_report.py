@@ -28,7 +28,8 @@ from lifelines.utils import concordance_index
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_auc_score
 
-from neuroradfm.evaluate.report import SECTIONS, render_report, write_tables
+from neuroradfm.evaluate.report import SECTIONS, render_report
+from neuroradfm.evaluate.report_tables import write_tables
 from neuroradfm.evaluate.statistics import expected_calibration_error, reliability
 from neuroradfm.markers import MARKER_KEYS
 

@@ -33,7 +33,8 @@ from neuroradfm.errors import BundleError, InputError, SettingsError
 from neuroradfm.evaluate import compare, efficiency, markers_eval, site_eval, survival_eval
 from neuroradfm.evaluate.data import CONTINUOUS, EvalData, eval_data
 from neuroradfm.evaluate.embeddings import DILATION_MM, embed_cases
-from neuroradfm.evaluate.report import render_report, write_tables
+from neuroradfm.evaluate.report import render_report
+from neuroradfm.evaluate.report_tables import write_tables
 from neuroradfm.evaluate.splits import SPLIT_KINDS, Split, make_split
 from neuroradfm.evaluate.statistics import safe
 from neuroradfm.io import CaseEntry, read_manifest

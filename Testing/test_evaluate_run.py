@@ -277,3 +277,16 @@ def test_reference_feature_sets_from_manifest_columns_and_the_site(tmp_path):
     np.testing.assert_array_equal(features, [[40, 0, 1, 1, 0], [50, 1, 0, 0, 1], [60, 0, 1, 1, 0]])
     with pytest.raises(InputError, match="no column matches"):
         _reference_features(entries, ["trait_*"], tmp_path / "m.csv")
+
+
+def test_hostile_case_ids_keep_every_cache_file_inside_the_cache_folder(tiny_bundle, phantom_cohort, tmp_path):
+    from dataclasses import replace
+
+    bundle = load_bundle(tiny_bundle)
+    entries = [replace(e, case_id=case_id) for e, case_id in
+               zip(read_manifest(phantom_cohort)[:3], ["../../escape", "/abs/olute", "a\\..\\..\\b"])]
+    cache = tmp_path / "inside" / "cache"
+    result = embed_cases(bundle, entries, cache, torch.device("cpu"))
+    assert result.case_ids == [e.case_id for e in entries]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and all(cache.resolve() in p.resolve().parents for p in written)

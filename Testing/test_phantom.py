@@ -14,7 +14,7 @@ from neuroradfm import SEQUENCES
 from neuroradfm.cli import main
 from neuroradfm.io import read_manifest
 from neuroradfm.markers import MARKER_KEYS
-from neuroradfm.phantom import generate_case, generate_cohort
+from neuroradfm.phantom import PhantomOptions, generate_case, generate_cohort
 from neuroradfm.phantom.biology import sample_patient, subtype_prevalence
 from neuroradfm.phantom.cohort import INTENSITY_SCALE, is_native
 from neuroradfm.phantom.render import COMPARTMENTS, anatomy, working_grid
@@ -90,8 +90,10 @@ def test_planted_traits_are_visible_in_the_images():
     images, seg, row = generate_case(0, seed=2, n_sites=1, spacing=2.0)
     labels = sitk.GetArrayFromImage(seg)
     assert set(np.unique(labels)) <= {0, 1, 2, 3} and (labels > 0).sum() > 100
-    brain = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(load_brain_mask(), sitk.sitkFloat32), seg,
-                                                 sitk.Transform(), sitk.sitkLinear)) > 0.5
+    template = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(load_brain_mask(), sitk.sitkFloat32), seg,
+                                                    sitk.Transform(), sitk.sitkLinear)) > 0.5
+    brain = sitk.GetArrayFromImage(images["t1"]) > 0  # skull-stripped: zero exactly outside the case's brain
+    assert 0.7 < brain.sum() / template.sum() < 1.4 and (brain != template).mean() > 0.005  # its own brain
     assert brain[labels > 0].mean() > 0.99  # the tumour lies inside the brain
     edema, core = labels == 2, labels == 1
     normal = brain & (labels == 0)
@@ -104,8 +106,9 @@ def test_planted_traits_are_visible_in_the_images():
         ratio_t1ce = _mean(images["t1ce"], rim) / _mean(images["t1ce"], normal)
         ratio_t1 = _mean(images["t1"], rim) / _mean(images["t1"], normal)
         assert ratio_t1ce > ratio_t1
-    # skull-stripped BraTS-style: exact zeros outside the brain
-    assert (sitk.GetArrayViewFromImage(images["t1"])[~brain] == 0).all()
+    # skull-stripped BraTS-style: every sequence zero outside the same brain
+    for sequence in SEQUENCES:
+        assert np.array_equal(sitk.GetArrayViewFromImage(images[sequence]) > 0, brain)
 
 
 def test_atrx_lowers_flair_relative_to_t2_inside_the_tumour():
@@ -166,8 +169,9 @@ def test_cli_phantom_with_bad_numbers_exits_2_without_traceback(tmp_path, capsys
 
 def test_site_contrast_scales_each_tissue_by_its_site_factor_and_leaves_biology_alone(tmp_path):
     index, seed = 5, 3  # site-B of 4
-    plain, plain_seg, plain_row = generate_case(index, seed, n_sites=4, spacing=4.0)
-    shifted, seg, row = generate_case(index, seed, n_sites=4, spacing=4.0, site_contrast=0.3)
+    fixed = PhantomOptions(anatomy="fixed")  # the template's tissue maps are the case's
+    plain, plain_seg, plain_row = generate_case(index, seed, n_sites=4, spacing=4.0, options=fixed)
+    shifted, seg, row = generate_case(index, seed, n_sites=4, spacing=4.0, site_contrast=0.3, options=fixed)
     assert row == plain_row
     assert np.array_equal(sitk.GetArrayViewFromImage(seg), sitk.GetArrayViewFromImage(plain_seg))
     site = make_site(index % 4)

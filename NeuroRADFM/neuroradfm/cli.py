@@ -96,6 +96,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--site-contrast", type=float, default=0.0,
                    help="sites also differ in tissue contrast: each tissue's intensity per sequence and site x "
                         "exp(S u), u ~ N(0, 1) fixed per site (0: off; 0.3: strong)")
+    p.add_argument("--anatomy", choices=["varied", "fixed"], default="varied",
+                   help="varied: every case its own brain (head size and shape, deformation, ageing, mass effect); "
+                        "fixed: the one MNI152 brain of generator 1, byte for byte")
+    p.add_argument("--deformation-mm", type=float,
+                   help="amplitude of the random B-spline deformation, 0..5 mm (default 2.5)")
+    p.add_argument("--scale-spread", type=float,
+                   help="head size per axis drawn in 1 +- this, 0..0.15 (default 0.1)")
+    p.add_argument("--age", type=float, help="every patient this age (0..110 years) instead of the drawn ages")
+    p.add_argument("--multifocal", type=float, default=0.0, metavar="FRACTION",
+                   help="fraction of the cases with 1-2 satellite lesions (default 0)")
+    p.add_argument("--low-grade", type=float, default=0.0, metavar="FRACTION",
+                   help="fraction of the IDH-mutant cases with a non-enhancing, non-necrotic low-grade look "
+                        "(default 0)")
+    p.add_argument("--resection-cavity", type=float, default=0.0, metavar="FRACTION",
+                   help="fraction of the cases after resection: a fluid cavity, label 4 (default 0)")
     _progress_option(p)
 
     p = commands.add_parser("train-baseline",
@@ -327,11 +342,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _phantom(args: argparse.Namespace) -> int:
-    from neuroradfm.phantom import generate_cohort
+    from neuroradfm.phantom import PhantomOptions, generate_cohort
 
+    options = PhantomOptions(anatomy=args.anatomy, deformation_mm=args.deformation_mm, scale_spread=args.scale_spread,
+                             age=args.age, multifocal=args.multifocal, low_grade=args.low_grade,
+                             resection_cavity=args.resection_cavity)
     manifest = generate_cohort(args.out, n=args.n, sites=args.sites, seed=args.seed, native=args.native,
                                native_fraction=args.native_fraction, spacing=args.spacing,
-                               site_contrast=args.site_contrast, progress=make_progress(args.progress))
+                               site_contrast=args.site_contrast, progress=make_progress(args.progress), options=options)
     print(f"manifest: {manifest}")
     return 0
 

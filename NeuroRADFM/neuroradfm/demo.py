@@ -1,7 +1,7 @@
 """``neuroradfm demo``: one phantom case in, predictions and Grad-CAM maps out, from a fresh install.
 
-The case is a native-geometry phantom (head with skull, oblique anisotropic acquisition) drawn
-with a seed the demo model never saw, so the whole preprocessing chain runs, and its ground
+The case is a native-geometry phantom (its own brain, head with skull, oblique anisotropic acquisition)
+drawn with a seed the demo model never saw, so the whole preprocessing chain runs, and its ground
 truth is printed next to the predictions.
 """
 
@@ -33,22 +33,44 @@ def demo_bundle_path() -> Path:
     raise BundleError(candidates[0], "demo bundle not found (set NEURORADFM_DEMO_BUNDLE to its folder)")
 
 
+def _current_phantom(folder: Path) -> bool:
+    """Whether ``folder`` holds a demo case of this generator (a case from an older demo run is drawn again)."""
+    import json
+
+    from neuroradfm.phantom.cohort import GENERATOR_VERSION
+
+    try:
+        return json.loads((folder / "phantom.json").read_text(encoding="utf-8")).get("generator_version") \
+            == GENERATOR_VERSION
+    except (OSError, ValueError):
+        return False
+
+
+def demo_case_manifest(folder: str | Path, progress=None) -> Path:
+    """The demo phantom case in ``folder``: generated there, or reused when this generator wrote it."""
+    from neuroradfm.phantom import generate_cohort
+    from neuroradfm.progress import null_progress
+
+    folder = Path(folder)
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file() or not _current_phantom(folder):
+        generate_cohort(folder, n=1, sites=1, seed=DEMO_CASE_SEED, native=True, spacing=DEMO_CASE_SPACING_MM,
+                        progress=progress or null_progress)
+    return manifest
+
+
 def run_demo(out: str | Path, device: str = "auto", progress=None) -> Path:
     """Generate (or reuse) the demo phantom case, predict it with the demo bundle, print a summary."""
     from neuroradfm.batch import predict_cases
     from neuroradfm.io import read_manifest
     from neuroradfm.models.bundle import load_bundle
-    from neuroradfm.phantom import generate_cohort
     from neuroradfm.progress import null_progress, sub_progress
 
     progress = progress or null_progress
     out = Path(out)
     bundle = load_bundle(demo_bundle_path())
-    manifest = out / "case" / "manifest.csv"
-    if not manifest.is_file():
-        progress("phantom", 0.0, "generating the demo phantom case")
-        generate_cohort(out / "case", n=1, sites=1, seed=DEMO_CASE_SEED, native=True, spacing=DEMO_CASE_SPACING_MM,
-                        progress=sub_progress(progress, 0.0, 0.25))
+    progress("phantom", 0.0, "the demo phantom case")
+    manifest = demo_case_manifest(out / "case", sub_progress(progress, 0.0, 0.25))
     entry = read_manifest(manifest)[0]
     result = predict_cases([(entry.case_id, entry.load)], bundle, out / "results", device=device,
                            progress=sub_progress(progress, 0.25, 1.0), keep_predictions=True)

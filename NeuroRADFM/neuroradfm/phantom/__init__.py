@@ -3,6 +3,7 @@
 See docs/PHANTOM.md for every rule.
 """
 
-from neuroradfm.phantom.cohort import case_id, generate_case, generate_cohort
+from neuroradfm.phantom.anatomy import PhantomOptions
+from neuroradfm.phantom.cohort import case_id, draw_case, generate_case, generate_cohort
 
-__all__ = ["case_id", "generate_case", "generate_cohort"]
+__all__ = ["PhantomOptions", "case_id", "draw_case", "generate_case", "generate_cohort"]

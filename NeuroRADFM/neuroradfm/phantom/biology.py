@@ -102,12 +102,15 @@ def sample_survival(rng: np.random.Generator, m: dict[str, int], age: float, rad
     return float(round(min(death, censor), 1)), int(death <= censor)
 
 
-def sample_patient(rng: np.random.Generator, site_index: int, n_sites: int) -> tuple[dict, Traits]:
-    """Clinical row (subtype, markers, age, sex, survival) and the imaging traits of one patient."""
+def sample_patient(rng: np.random.Generator, site_index: int, n_sites: int,
+                   age: float | None = None) -> tuple[dict, Traits]:
+    """Clinical row (subtype, markers, age, sex, survival) and the imaging traits of one patient; ``age`` replaces
+    the drawn age (the draw is still made, so every other draw stays the same)."""
     subtype = SUBTYPES[int(rng.choice(3, p=subtype_prevalence(site_index, n_sites)))]
     markers = sample_markers(rng, subtype)
     mean, sd = AGE[subtype]
-    age = float(np.clip(round(rng.normal(mean, sd)), 18, 90))
+    drawn = float(np.clip(round(rng.normal(mean, sd)), 18, 90))
+    age = drawn if age is None else float(age)
     sex = "F" if rng.random() < 0.5 else "M"
     traits = sample_traits(rng, subtype, markers)
     days, event = sample_survival(rng, markers, age, traits.radius_mm)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,15 @@ from neuroradfm import SEQUENCES
 from neuroradfm.atomic import atomic_file
 from neuroradfm.errors import SettingsError
 from neuroradfm.output_paths import check_destinations
-from neuroradfm.phantom import render
-from neuroradfm.phantom.biology import sample_patient
+from neuroradfm.phantom import anatomy, render
+from neuroradfm.phantom.anatomy import PhantomOptions
+from neuroradfm.phantom.biology import Traits, sample_patient
 from neuroradfm.phantom.sites import Site, contrast_factors, make_site
 from neuroradfm.progress import Progress, null_progress
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
+FIXED_GENERATOR_VERSION = "1"
+"""``--anatomy fixed`` without other options writes generator 1's cohort, phantom.json included, byte for byte."""
 FILE_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}
 INTENSITY_SCALE = 1000.0
 """Images are stored as int16: rendered intensity x 1000."""
@@ -45,30 +49,113 @@ def _acquisition_grid(site: Site, centre: np.ndarray, slice_factor: float = 1.0)
     return grid
 
 
-def generate_case(index: int, seed: int, n_sites: int = 4, native: bool = False, spacing: float = 1.0,
-                  site_contrast: float = 0.0) -> tuple[dict[str, sitk.Image], sitk.Image, dict]:
-    """One phantom: four images, the tumour label map (on the T1ce grid) and the clinical row.
+@dataclass
+class PhantomCase:
+    """One phantom: four images, the tumour label map (on the T1ce grid), the clinical row, and the case's
+    anatomy and lesion draws (phantom.json; empty with fixed anatomy)."""
 
-    Deterministic in (index, seed, n_sites, native, spacing, site_contrast); independent of the cohort size.
+    images: dict[str, sitk.Image]
+    seg: sitk.Image
+    row: dict
+    draws: dict = field(default_factory=dict)
+
+
+def generate_case(index: int, seed: int, n_sites: int = 4, native: bool = False, spacing: float = 1.0,
+                  site_contrast: float = 0.0,
+                  options: PhantomOptions | None = None) -> tuple[dict[str, sitk.Image], sitk.Image, dict]:
+    """One phantom: four images, the tumour label map (on the T1ce grid) and the clinical row (``draw_case``)."""
+    case = draw_case(index, seed, n_sites, native, spacing, site_contrast, options)
+    return case.images, case.seg, case.row
+
+
+def _lesion_options(rng: np.random.Generator, options: PhantomOptions, subtype: str) -> dict:
+    """Which optional lesion types this case gets: three uniforms always drawn, so each flag leaves the
+    others' choices alone."""
+    u_low, u_multi, u_cavity = rng.random(3)
+    return {"low_grade": bool(subtype != "glioblastoma" and u_low < options.low_grade),
+            "multifocal": bool(u_multi < options.multifocal),
+            "resection_cavity": bool(u_cavity < options.resection_cavity)}
+
+
+def _own_anatomy(rng: np.random.Generator, anatomy_rng: np.random.Generator, age: float, traits: Traits,
+                 options: PhantomOptions, grid: sitk.Image, coords: np.ndarray, native: bool,
+                 resected: bool) -> tuple[dict, np.ndarray, dict]:
+    """The case's own brain (docs/PHANTOM.md): tissues on ``grid``, the tumour centre (drawn from ``rng`` on the
+    anatomy without the tumour), and the record of every draw. The tumour's mass effect needs its centre, so
+    the tissues are pulled through the case's transform twice: without, then with it."""
+    draws = anatomy.draw(anatomy_rng, age, options)
+    unpushed = anatomy.case_transform(draws, grid)
+    template_points = anatomy.template_coordinates(unpushed, grid)
+    tissues = render.anatomy(grid, with_head=False, transform=unpushed)
+    centre = render.choose_centre(rng, traits, coords, tissues, template_points)
+    inserted = anatomy.inserted_volume_ml(draws, traits.radius_mm, traits.edema_mm) * (0.5 if resected else 1.0)
+    side = float(template_points[grid.TransformPhysicalPointToIndex(centre.tolist())[::-1]][0])  # template x
+    compression = anatomy.ventricle_compression_mm(inserted)
+    transform = anatomy.case_transform(draws, grid, anatomy.mass_effect(centre, inserted, grid),
+                                       anatomy.ventricle_transform(draws, side, compression))
+    tissues = render.anatomy(grid, with_head=native, transform=transform)
+    anatomy.cortical_atrophy(tissues, draws.atrophy, grid.GetSpacing()[0])
+    shift = anatomy.midline_shift_mm(centre, unpushed, transform, grid)
+    record = {**draws.to_dict(), "mass_effect": {
+        "inserted_ml": round(inserted, 2), "midline_shift_mm": round(shift, 2),
+        "side": "left" if side > 0 else "right", "ventricle_compression_mm": round(compression, 2)}}
+    return tissues, centre, record
+
+
+def draw_case(index: int, seed: int, n_sites: int = 4, native: bool = False, spacing: float = 1.0,
+              site_contrast: float = 0.0, options: PhantomOptions | None = None) -> PhantomCase:
+    """One phantom case. Deterministic in its arguments; independent of the cohort size.
+
     ``site_contrast`` > 0 gives each site tissue contrasts of its own (``sites.contrast_factors``).
+    ``options`` (default: varied anatomy) draws the case's own brain from a stream of its own, so
+    ``PhantomOptions(anatomy="fixed")`` gives the template brain and every other draw as before.
     """
     if spacing <= 0:
         raise ValueError(f"spacing must be positive, got {spacing}")
     if site_contrast < 0:
         raise ValueError(f"site contrast must be >= 0, got {site_contrast}")
+    options = options or PhantomOptions()
+    options.check()
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     site = make_site(index % n_sites)
-    row, traits = sample_patient(rng, site.index, n_sites)
+    row, traits = sample_patient(rng, site.index, n_sites, age=options.age)
     grid = render.working_grid(spacing, render.HEAD_PADDING_MM if native else 0.0)
     coords = render.physical_coordinates(grid)
-    tissues = render.anatomy(grid, with_head=native)
-    centre = render.choose_centre(rng, traits, coords, tissues)
+    record: dict = {}
+    lesion_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 3]))
+    kinds = _lesion_options(lesion_rng, options, row["subtype"])
+    if kinds["low_grade"]:
+        traits = replace(traits, enhancement=0.0, necrosis=0.0, rim_mm=0.0, edema_mm=0.3 * traits.edema_mm)
+    if options.varied:
+        tissues, centre, record = _own_anatomy(rng, np.random.default_rng(np.random.SeedSequence([seed, index, 2])),
+                                               row["age"], traits, options, grid, coords, native,
+                                               resected=kinds["resection_cavity"])
+    else:
+        tissues = render.anatomy(grid, with_head=native)
+        centre = render.choose_centre(rng, traits, coords, tissues)
     parts = render.lesion(rng, traits, centre, grid, coords, tissues)
+    if kinds["multifocal"]:
+        count = int(lesion_rng.integers(1, 3))
+        small = replace(traits, radius_mm=traits.radius_mm * float(lesion_rng.uniform(0.35, 0.55)),
+                        edema_mm=0.5 * traits.edema_mm)
+        satellites = render.satellite_centres(lesion_rng, centre, count, small.radius_mm, coords, tissues)
+        for satellite in satellites:
+            parts = render.merge(parts, render.lesion(lesion_rng, small, satellite, grid, coords, tissues))
+        record["satellites"] = [{"centre": c, "radius_mm": round(small.radius_mm, 2)} for c in satellites]
+    if kinds["resection_cavity"]:
+        cavity_mm = 0.75 * traits.radius_mm
+        parts = render.resect(parts, centre, cavity_mm, coords, tissues, grid.GetSpacing()[0])
+        record["resection_cavity"] = {"centre": centre, "radius_mm": round(cavity_mm, 2)}
+    if options.low_grade > 0:
+        record["low_grade"] = kinds["low_grade"]
     contrast = contrast_factors(site.index, site_contrast, render.COMPARTMENTS) if site_contrast > 0 else None
     clean = render.render(traits, tissues, parts, grid, rng, centre, contrast)
-    seg = sitk.GetImageFromArray(render.labels(parts))
+    label_map = render.labels(parts)
+    seg = sitk.GetImageFromArray(label_map)
     seg.CopyInformation(grid)
     del coords
+    whole = np.argwhere(np.isin(label_map, (1, 2, 3)))[:, ::-1].mean(axis=0)  # (i, j, k) of the planted tumour
+    centroid = np.array(grid.TransformContinuousIndexToPhysicalPoint(whole.tolist()))
 
     support = None if native else (tissues["brain"] > 0.5).astype(np.float32)
     images: dict[str, sitk.Image] = {}
@@ -92,6 +179,11 @@ def generate_case(index: int, seed: int, n_sites: int = 4, native: bool = False,
                   for s in SEQUENCES}
         seg = sitk.Resample(seg, acquisitions["t1ce"], pose, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         tumour_centre = np.array(pose.GetInverse().TransformPoint(centre.tolist()))
+        centroid = np.array(pose.GetInverse().TransformPoint(centroid.tolist()))
+    for lesion in [*record.get("satellites", []), record.get("resection_cavity", {})]:
+        if "centre" in lesion:  # where the lesion lies in the stored images
+            point = pose.GetInverse().TransformPoint(lesion["centre"].tolist()) if native else lesion["centre"]
+            lesion["centre"] = _rounded(point)
 
     stored = {}
     for sequence, image in images.items():
@@ -99,7 +191,7 @@ def generate_case(index: int, seed: int, n_sites: int = 4, native: bool = False,
         out = sitk.GetImageFromArray(array)
         out.CopyInformation(image)
         stored[sequence] = out
-    volumes = np.bincount(sitk.GetArrayViewFromImage(seg).ravel(), minlength=4) * np.prod(seg.GetSpacing()) / 1000
+    volumes = np.bincount(sitk.GetArrayViewFromImage(seg).ravel(), minlength=5) * np.prod(seg.GetSpacing()) / 1000
     row.update({
         "site": site.name,
         "tumour_x": round(float(tumour_centre[0]), 2), "tumour_y": round(float(tumour_centre[1]), 2),
@@ -108,7 +200,20 @@ def generate_case(index: int, seed: int, n_sites: int = 4, native: bool = False,
         "enhancing_ml": round(float(volumes[3]), 2),
         **{f"trait_{k}": (round(v, 4) if isinstance(v, float) else v) for k, v in vars(traits).items()},
     })
-    return stored, seg, row
+    if options.varied:
+        row.update({f"tumour_centroid_{axis}": value for axis, value in zip("xyz", _rounded(centroid))})
+        row["midline_shift_mm"] = record["mass_effect"]["midline_shift_mm"]
+    if options.resection_cavity > 0:
+        row["cavity_ml"] = round(float(volumes[render.LABEL_RESECTION_CAVITY]), 2)
+    if options.multifocal > 0:
+        row["foci"] = 1 + len(record.get("satellites", []))
+    if options.low_grade > 0:
+        row["low_grade"] = int(kinds["low_grade"])
+    return PhantomCase(stored, seg, row, record)
+
+
+def _rounded(point: np.ndarray) -> list[float]:
+    return [round(float(v), 2) for v in point]
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:
@@ -157,30 +262,35 @@ def _check_settings(n: int, sites: int, seed: int, fraction: float, spacing: flo
 
 def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, native: bool = False,
                     spacing: float = 1.0, progress: Progress = null_progress, native_fraction: float | None = None,
-                    site_contrast: float = 0.0) -> Path:
+                    site_contrast: float = 0.0, options: PhantomOptions | None = None) -> Path:
     """Write ``n`` phantom cases; returns the manifest. CSVs are written last, so an interrupted run
     leaves no manifest pointing at missing files.
 
     ``native_fraction`` (0..1) mixes native acquisitions into a BraTS-style cohort, so that a model
     trained on it meets both kinds of input; ``native`` is the same as a fraction of 1. ``site_contrast``
     (e.g. 0.3) makes the sites differ in tissue contrast too, a site difference that z-scoring cannot remove.
+    ``options``: each case's own anatomy (the default) or the one template brain, and optional lesion types.
     """
     fraction = 1.0 if native else (native_fraction or 0.0)
+    options = options or PhantomOptions()
     _check_settings(n, sites, seed, fraction, spacing, site_contrast)
+    options.check()
     out = Path(out_dir)
     check_destinations(folders={"--out": out})
     if out.is_dir() and any(out.iterdir()) and not (out / "phantom.json").is_file():
         raise SettingsError("--out", f"{out} holds files of its own (no phantom.json of an earlier phantom cohort); "
                                      "its manifest.csv and case folders would be overwritten: choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    clinical, manifest = [], []
+    clinical, manifest, draws = [], [], {}
     for index in range(n):
         progress("phantom", index / n, case_id(index))
         native_case = is_native(index, seed, fraction)
-        images, seg, row = generate_case(index, seed, n_sites=sites, native=native_case, spacing=spacing,
-                                         site_contrast=site_contrast)
+        case = draw_case(index, seed, n_sites=sites, native=native_case, spacing=spacing,
+                         site_contrast=site_contrast, options=options)
+        images, seg, row = case.images, case.seg, case.row
         row["acquisition"] = "native" if native_case else "brats-style"
         cid = case_id(index)
+        draws[cid] = case.draws
         folder = out / cid
         folder.mkdir(exist_ok=True)
         paths = {}
@@ -199,6 +309,10 @@ def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, 
             make_site(i).name: {name: [round(float(f), 4) for f in factors] for name, factors in
                                 contrast_factors(i, site_contrast, render.COMPARTMENTS).items()}
             for i in range(sites)}
+    if options == PhantomOptions(anatomy="fixed"):
+        settings["generator_version"] = FIXED_GENERATOR_VERSION
+    else:
+        settings.update({"anatomy": options.to_dict(), "cases": draws})
     with atomic_file(out / "phantom.json") as tmp:
         tmp.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
     _write_csv(out / "clinical.csv", clinical)

@@ -28,7 +28,7 @@ CONTRASTS = {
 }
 HEAD_SHELLS_MM = {"csf": 3.0, "skull": 5.0, "scalp": 5.0}
 HEAD_PADDING_MM = 20.0
-LABEL_NECROTIC_CORE, LABEL_EDEMA, LABEL_ENHANCING = 1, 2, 3
+LABEL_NECROTIC_CORE, LABEL_EDEMA, LABEL_ENHANCING, LABEL_RESECTION_CAVITY = 1, 2, 3, 4
 
 
 def working_grid(spacing: float, pad_mm: float = 0.0) -> sitk.Image:
@@ -55,8 +55,8 @@ def physical_coordinates(grid: sitk.Image) -> np.ndarray:
                                                                                            np.float32)
 
 
-def _on_grid(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
+def _on_grid(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform | None = None) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.Resample(image, grid, transform or sitk.Transform(), sitk.sitkLinear, 0.0,
                                                 sitk.sitkFloat32))
 
 
@@ -73,11 +73,12 @@ def smooth_noise(grid: sitk.Image, rng: np.random.Generator, scale_mm: float) ->
     return (field - field.mean()) / (field.std() + 1e-6)
 
 
-def anatomy(grid: sitk.Image, with_head: bool) -> dict[str, np.ndarray]:
-    """Tissue fractions on ``grid``: gm, wm, csf (inside the brain) and, for a head, the shells."""
-    brain = np.clip(_on_grid(sitk.Cast(load_brain_mask(), sitk.sitkFloat32), grid), 0, 1)
-    gm = np.clip(_on_grid(load_template("gm"), grid), 0, 1)
-    wm = np.clip(_on_grid(load_template("wm"), grid), 0, 1)
+def anatomy(grid: sitk.Image, with_head: bool, transform: sitk.Transform | None = None) -> dict[str, np.ndarray]:
+    """Tissue fractions on ``grid``: gm, wm, csf (inside the brain) and, for a head, the shells.
+    ``transform`` maps a grid point to its template point (the case's own anatomy; None: the template's)."""
+    brain = np.clip(_on_grid(sitk.Cast(load_brain_mask(), sitk.sitkFloat32), grid, transform), 0, 1)
+    gm = np.clip(_on_grid(load_template("gm"), grid, transform), 0, 1)
+    wm = np.clip(_on_grid(load_template("wm"), grid, transform), 0, 1)
     total = np.maximum(gm + wm, 1.0)
     gm, wm = gm / total * brain, wm / total * brain
     tissues = {"gm": gm, "wm": wm, "csf": np.clip(brain - gm - wm, 0, 1), "brain": brain}
@@ -91,11 +92,14 @@ def anatomy(grid: sitk.Image, with_head: bool) -> dict[str, np.ndarray]:
     return tissues
 
 
-def choose_centre(rng: np.random.Generator, traits: Traits, coords: np.ndarray, tissues: dict) -> np.ndarray:
-    """A white-matter point in the trait's region, deep enough for the core to stay inside the brain."""
+def choose_centre(rng: np.random.Generator, traits: Traits, coords: np.ndarray, tissues: dict,
+                  template_points: np.ndarray | None = None) -> np.ndarray:
+    """A white-matter point in the trait's region, deep enough for the core to stay inside the brain.
+    The region is judged at each voxel's ``template_points`` (its template point; None: the voxel itself)."""
     spacing = float(np.linalg.norm(coords[0, 0, 1] - coords[0, 0, 0]))
     depth = ndimage.distance_transform_edt(tissues["brain"] > 0.5, sampling=spacing)
-    ras_y, ras_z = -coords[..., 1], coords[..., 2]
+    where = coords if template_points is None else template_points
+    ras_y, ras_z = -where[..., 1], where[..., 2]
     if traits.region == "frontal":
         region = (ras_y > 15) & (ras_z > -5)
     else:
@@ -137,6 +141,33 @@ def lesion(rng: np.random.Generator, traits: Traits, centre: np.ndarray, grid: s
     return {"necrosis": necrosis * brain, "rim": rim * brain, "solid": solid * brain, "edema": edema * brain}
 
 
+def satellite_centres(rng: np.random.Generator, centre: np.ndarray, count: int, radius_mm: float,
+                      coords: np.ndarray, tissues: dict) -> list[np.ndarray]:
+    """White-matter points 25-50 mm from the main tumour, deep enough for a satellite of ``radius_mm``."""
+    spacing = float(np.linalg.norm(coords[0, 0, 1] - coords[0, 0, 0]))
+    depth = ndimage.distance_transform_edt(tissues["brain"] > 0.5, sampling=spacing)
+    distance = np.linalg.norm(coords - centre.astype(np.float32), axis=-1)
+    candidates = np.argwhere((tissues["wm"] > 0.5) & (depth > radius_mm) & (distance > 25) & (distance < 50))
+    if not len(candidates):
+        return []
+    return [coords[tuple(candidates[i])].astype(np.float64) for i in rng.integers(len(candidates), size=count)]
+
+
+def merge(parts: dict[str, np.ndarray], more: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Two lesions' compartments: the stronger at each voxel, the total within 1."""
+    merged = {name: np.maximum(parts[name], more[name]) for name in parts}
+    total = sum(merged.values())
+    return {name: value / np.maximum(total, 1.0) for name, value in merged.items()}
+
+
+def resect(parts: dict[str, np.ndarray], centre: np.ndarray, radius_mm: float, coords: np.ndarray,
+           tissues: dict, spacing: float) -> dict[str, np.ndarray]:
+    """A fluid-filled resection cavity (sphere of ``radius_mm``) replaces what lay inside it."""
+    distance = np.linalg.norm(coords - centre.astype(np.float32), axis=-1)
+    cavity = _step(1.0 - distance / radius_mm, spacing / radius_mm) * tissues["brain"]
+    return {**{name: value * (1 - cavity) for name, value in parts.items()}, "cavity": cavity}
+
+
 COMPARTMENTS = [*CONTRASTS, "rim", "solid"]
 """Every compartment with an intensity of its own (the order of a site's contrast factors)."""
 
@@ -151,6 +182,7 @@ def render(traits: Traits, tissues: dict, parts: dict, grid: sitk.Image, rng: np
     values["solid"] = (traits.t1_core, traits.t1_core + 0.1 * e, 0.88, 0.88 * traits.flair_mismatch)
     if contrast is not None:
         values = {name: tuple(float(v * f) for v, f in zip(row, contrast[name])) for name, row in values.items()}
+    values["cavity"] = values["csf"]  # a resection cavity holds CSF-like fluid
     lesion_total = np.clip(sum(parts.values()), 0, 1)
     texture = 1.0 + traits.texture * smooth_noise(grid, rng, 3.0) * (parts["solid"] + parts["rim"])
     spots = np.zeros_like(lesion_total)
@@ -169,10 +201,16 @@ def render(traits: Traits, tissues: dict, parts: dict, grid: sitk.Image, rng: np
 
 
 def labels(parts: dict) -> np.ndarray:
-    """BraTS-2023 labels: 1 necrotic/non-enhancing core, 2 edema, 3 enhancing rim."""
-    stack = np.stack([parts["edema"], parts["necrosis"] + parts["solid"], parts["rim"]])
+    """BraTS-2023 labels: 1 necrotic/non-enhancing core, 2 edema, 3 enhancing rim; with a cavity, BraTS-2024's
+    post-treatment 4 (resection cavity, as in MU-Glioma-Post)."""
+    compartments = [parts["edema"], parts["necrosis"] + parts["solid"], parts["rim"]]
+    names = [LABEL_EDEMA, LABEL_NECROTIC_CORE, LABEL_ENHANCING]
+    if "cavity" in parts:
+        compartments.append(parts["cavity"])
+        names.append(LABEL_RESECTION_CAVITY)
+    stack = np.stack(compartments)
     label = np.argmax(stack, axis=0).astype(np.uint8)
-    label = np.choose(label, [LABEL_EDEMA, LABEL_NECROTIC_CORE, LABEL_ENHANCING]).astype(np.uint8)
+    label = np.choose(label, names).astype(np.uint8)
     label[stack.sum(axis=0) <= 0.5] = 0
     return label
 

@@ -197,7 +197,7 @@ def _coarse(grid: sitk.Image, spacing_mm: float = 3.0) -> sitk.Image:
 
 
 @lru_cache(maxsize=1)
-def _ventricles() -> tuple[sitk.Image, np.ndarray]:
+def _ventricles() -> tuple[sitk.Image, np.ndarray, np.ndarray]:
     """The template's lateral ventricles on its 2 mm grid: deep CSF (> 12 mm inside the brain) off the midline
     (|x| > 3 mm) around the ventricle bodies; with each voxel's LPS coordinates."""
     grid = working_grid(2.0)
@@ -209,15 +209,26 @@ def _ventricles() -> tuple[sitk.Image, np.ndarray]:
     return grid, coords, mask
 
 
-def _wall_displacement(mask: np.ndarray, move_mm: float) -> np.ndarray:
-    """Pull-back displacement (K, J, I, 3) that moves the walls of ``mask`` outward by ``move_mm`` (inward if
-    negative), tapering to nothing 15 mm away: a point at signed distance D comes from D - move x taper(D)."""
+@lru_cache(maxsize=3)
+def _walls(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Taper and outward unit normal (along k, j, i) around both lateral ventricles (``side`` 0) or the one
+    at x of that sign: the same for every case, so computed once."""
+    _, coords, mask = _ventricles()
+    if side:
+        mask = mask & (np.sign(coords[..., 0]) == side)
     inside = ndimage.distance_transform_edt(mask, sampling=2.0)
     outside = ndimage.distance_transform_edt(~mask, sampling=2.0)
     signed = ndimage.gaussian_filter(outside - inside, 1.0)
     gradient = np.stack(np.gradient(signed, 2.0), axis=-1)  # along k, j, i
     normal = gradient / np.maximum(np.linalg.norm(gradient, axis=-1, keepdims=True), 1e-6)
     taper = np.clip(1.0 - signed / VENTRICLE_BAND_MM, 0.0, 1.0)[..., None]
+    return taper, normal
+
+
+def _wall_displacement(side: int, move_mm: float) -> np.ndarray:
+    """Pull-back displacement (K, J, I, 3) that moves the ventricles' walls outward by ``move_mm`` (inward if
+    negative), tapering to nothing 15 mm away: a point at signed distance D comes from D - move x taper(D)."""
+    taper, normal = _walls(side)
     return -move_mm * taper * normal
 
 
@@ -225,11 +236,10 @@ def ventricle_transform(draws: Draws, side: float = 0.0,
                         compression_mm: float = 0.0) -> sitk.DisplacementFieldTransform:
     """Template space: the lateral ventricles' walls moved out by the age draw; the ventricle at x = ``side``
     (sign) also pushed in by ``compression_mm`` (the tumour's mass effect)."""
-    grid, coords, mask = _ventricles()
-    index_displacement = _wall_displacement(mask, draws.ventricle_dilation_mm)
+    grid, _, _ = _ventricles()
+    index_displacement = _wall_displacement(0, draws.ventricle_dilation_mm)
     if side != 0.0 and compression_mm > 0:
-        index_displacement = index_displacement + _wall_displacement(mask & (np.sign(coords[..., 0]) == np.sign(side)),
-                                                                     -compression_mm)
+        index_displacement = index_displacement + _wall_displacement(int(np.sign(side)), -compression_mm)
     # (k, j, i) components -> physical (LPS) vectors
     direction = np.asarray(grid.GetDirection()).reshape(3, 3)
     return _field_transform(index_displacement[..., ::-1] @ direction.T, grid)

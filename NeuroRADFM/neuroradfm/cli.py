@@ -265,6 +265,19 @@ def _parser() -> argparse.ArgumentParser:
     _device_option(p)
     _progress_option(p)
 
+    p = commands.add_parser("cohort", help="a downloaded public cohort -> a checked manifest")
+    cohort = p.add_subparsers(dest="cohort_command", required=True)
+    q = cohort.add_parser("import", help="find a layout's cases under ROOT and write a manifest (+ .import.json)")
+    q.add_argument("root", type=_path, help="the cohort's folder as downloaded")
+    q.add_argument("--layout", required=True, help="brats2021, brats2023 or upenn-gbm")
+    q.add_argument("--clinical", type=_path, help="the layout's clinical table (upenn-gbm: "
+                                                  "UPENN-GBM_clinical_info_v2.1.csv)")
+    q.add_argument("--out", type=_path, required=True, help="manifest .csv to write")
+    q = cohort.add_parser("check", help="files, geometry, labels, subjects and survival of a manifest; exit 0 "
+                                        "clean, 1 warnings, 2 errors")
+    q.add_argument("manifest", type=_path)
+    q.add_argument("--strict", action="store_true", help="warnings are errors (exit 2)")
+
     p = commands.add_parser("info", help="print a model bundle's card summary")
     p.add_argument("bundle", type=_path)
     return parser
@@ -459,6 +472,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cohort(args: argparse.Namespace) -> int:
+    from neuroradfm.cohort import check_manifest, import_cohort
+
+    if args.cohort_command == "import":
+        manifest = import_cohort(args.layout, args.root, args.out, args.clinical)
+        print(f"manifest: {manifest}")
+        return 0
+    report = check_manifest(args.manifest)
+    print(report.text())
+    return report.exit_status(args.strict)
+
+
 def _info(args: argparse.Namespace) -> int:
     from neuroradfm.models.bundle import load_bundle
 
@@ -519,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _exit_on_sigterm()
     handler = {"predict": _predict, "phantom": _phantom, "train-baseline": _train_baseline, "demo": _demo,
                "pretrain": _pretrain, "fit-heads": _fit_heads, "evaluate": _evaluate,
-               "info": _info}[args.command]
+               "cohort": _cohort, "info": _info}[args.command]
     try:
         if getattr(args, "device", None) is not None:  # a device that is not there fails once, before any work
             from neuroradfm.models.encoder import resolve_device

@@ -54,7 +54,7 @@ def _separator(header: str) -> str:
     return max((",", ";", "\t"), key=header.count)
 
 
-def _records(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def csv_records(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """The header and (line, row) records, ``line`` as an editor shows it (header = line 1; a quoted cell may
     span lines; blank lines are skipped, not counted away)."""
     try:
@@ -112,7 +112,7 @@ def read_manifest(path: str | Path, check_files: bool = False) -> list[CaseEntry
     if not path.is_file():
         problem = not_a_file(path)
         raise InputError(path, "manifest not found" if problem == "file not found" else f"manifest {problem}")
-    header, records = _records(path)
+    header, records = csv_records(path)
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise InputError(path, f"manifest lacks required column(s) {', '.join(missing)}; "
@@ -156,7 +156,7 @@ def read_clinical(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, f"clinical table {not_a_file(path)}")
-    header, records = _records(path)
+    header, records = csv_records(path)
     if "case_id" not in header:
         raise InputError(path, f"clinical table lacks a case_id column (found: {', '.join(header)})")
     table: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,69 @@
+"""``neuroradfm cohort import``: a downloaded cohort -> the manifest the trainers, ``predict`` and ``evaluate`` read,
+plus a sidecar JSON that writes down where every row and value came from."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from neuroradfm import SEQUENCES
+from neuroradfm.atomic import atomic_file
+from neuroradfm.cohort.layouts import LayoutResult, brats, upenn_gbm
+from neuroradfm.errors import InputError, SettingsError
+from neuroradfm.output_paths import check_destinations
+
+LAYOUTS: dict[str, Callable[[Path, Path | None], LayoutResult]] = {
+    "brats2021": lambda root, clinical: brats(root, "brats2021"),
+    "brats2023": lambda root, clinical: brats(root, "brats2023"),
+    "upenn-gbm": upenn_gbm,
+}
+CLINICAL_TABLES = {"upenn-gbm": "UPENN-GBM_clinical_info_v2.1.csv"}
+COLUMNS = ("case_id", "subject_id", "timepoint", "site", "dataset", *SEQUENCES, "seg")
+
+
+def sidecar_path(manifest: Path) -> Path:
+    return manifest.with_name(manifest.stem + ".import.json")
+
+
+def import_cohort(layout: str, root: str | Path, out: str | Path, clinical: str | Path | None = None) -> Path:
+    """Find the cases of ``layout`` under ``root`` and write the manifest ``out`` (image paths absolute) and its
+    sidecar; returns ``out``. ``clinical``: the layout's clinical table (CLINICAL_TABLES). Nothing is written
+    when the root holds no case of the layout or a table value cannot be mapped."""
+    if layout not in LAYOUTS:
+        raise SettingsError("--layout", f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    if clinical is not None and layout not in CLINICAL_TABLES:
+        raise SettingsError("--clinical", f"the {layout} layout has no clinical table mapping; layouts with one: "
+                                          + ", ".join(f"{k} ({v})" for k, v in CLINICAL_TABLES.items()))
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise InputError(root, "cohort root is not a folder" if root.exists() else "cohort root not found")
+    if out.suffix.lower() != ".csv":
+        raise SettingsError("--out", f"the manifest is a .csv file, got {out}")
+    check_destinations(files={"--out": out})
+    result = LAYOUTS[layout](root.resolve(), None if clinical is None else Path(clinical))
+    if not result.cases:
+        raise InputError(root, f"no usable {layout} case: " + "; ".join(f"{Path(k).name}: {v}"
+                                                                         for k, v in result.skipped.items()))
+    clinical_columns = sorted({k for case in result.cases for k in case.clinical})
+    rows = [{"case_id": c.case_id, "subject_id": c.subject_id, "timepoint": c.timepoint, "site": c.site,
+             "dataset": c.dataset, **{k: str(c.paths[k]) if k in c.paths else "" for k in (*SEQUENCES, "seg")},
+             **{k: "" if c.clinical.get(k) is None else c.clinical[k] for k in clinical_columns}}
+            for c in result.cases]
+    seen: dict[str, Path] = {}
+    for case in result.cases:
+        if case.case_id in seen:
+            raise InputError(root, f"case {case.case_id} is there twice: {seen[case.case_id].parent} and "
+                                   f"{case.paths['t1'].parent}; keep one packaging of the cohort under the root")
+        seen[case.case_id] = case.paths["t1"]
+    record = {"layout": layout, "root": str(root.resolve()), "cases": len(rows), "skipped": result.skipped,
+              **result.conventions}
+    out.parent.mkdir(parents=True, exist_ok=True)  # every check passed: now the files
+    with atomic_file(sidecar_path(out)) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    with atomic_file(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:  # the manifest last
+        writer = csv.DictWriter(handle, fieldnames=[*COLUMNS, *clinical_columns])
+        writer.writeheader()
+        writer.writerows(rows)
+    return out

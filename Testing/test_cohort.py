@@ -1,0 +1,234 @@
+"""``neuroradfm cohort import`` / ``check`` on small fixture trees laid out like the downloads (DATASETS.md)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from neuroradfm.cli import main
+from neuroradfm.cohort import check_manifest, import_cohort
+from neuroradfm.errors import InputError
+from neuroradfm.io import read_manifest
+
+SUFFIXES_2021 = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"}
+SUFFIXES_2023 = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}
+
+
+def _image(path: Path, size: int = 8, spacing: float = 1.0) -> None:
+    image = sitk.GetImageFromArray(np.ones((size,) * 3, np.int16))
+    image.SetSpacing([spacing] * 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def _case(folder: Path, separator: str, suffixes: dict[str, str], skip: tuple[str, ...] = ()) -> None:
+    for key, suffix in suffixes.items():
+        if key not in skip:
+            _image(folder / f"{folder.name}{separator}{suffix}.nii.gz")
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def brats2021_tcia(tmp_path):
+    """TCIA packaging: BraTS2021_TrainingSet/<source collection>/BraTS2021_NNNNN/ (+ one case with 3 of 4)."""
+    root = tmp_path / "BraTS2021_TrainingSet"
+    _case(root / "UPENN-GBM" / "BraTS2021_00001", "_", SUFFIXES_2021)
+    _case(root / "UCSF-PDGM" / "BraTS2021_00002", "_", SUFFIXES_2021)
+    _case(root / "TCGA-GBM" / "BraTS2021_00003", "_", SUFFIXES_2021, skip=("flair",))
+    (root / "notes").mkdir()
+    return root
+
+
+def test_brats2021_tcia_packaging_gives_site_subject_and_lists_incomplete_cases(brats2021_tcia, tmp_path):
+    out = import_cohort("brats2021", brats2021_tcia, tmp_path / "out" / "brats21.csv")
+    rows = _rows(out)
+    assert [r["case_id"] for r in rows] == ["BraTS2021_00001", "BraTS2021_00002"]
+    assert [r["site"] for r in rows] == ["UPENN-GBM", "UCSF-PDGM"]
+    assert {r["dataset"] for r in rows} == {"brats2021"} and rows[0]["subject_id"] == "BraTS2021_00001"
+    assert Path(rows[0]["t1ce"]).name == "BraTS2021_00001_t1ce.nii.gz" and Path(rows[0]["seg"]).is_file()
+    sidecar = json.loads((out.parent / "brats21.import.json").read_text())
+    assert sidecar["seg_labels"] == {"1": "necrotic / non-enhancing core", "2": "edema", "4": "enhancing"}
+    (skipped,) = sidecar["skipped"].items()
+    assert skipped[0].endswith("BraTS2021_00003") and "missing sequence(s) flair" in skipped[1]
+    entries = read_manifest(out, check_files=True)  # what predict, the trainers and evaluate read
+    assert [e.clinical["subject_id"] for e in entries] == ["BraTS2021_00001", "BraTS2021_00002"]
+    report = check_manifest(out)
+    assert report.exit_status() == 0 and not report.errors and not report.warnings
+    assert report.geometry["UPENN-GBM"] == {"8x8x8 @ 1x1x1 mm LPS": 1}
+
+
+def test_brats2021_challenge_zip_has_cases_directly_under_the_root(tmp_path):
+    root = tmp_path / "RSNA_ASNR_MICCAI_BraTS2021_TrainingData"
+    _case(root / "BraTS2021_00010", "_", SUFFIXES_2021)
+    rows = _rows(import_cohort("brats2021", root, tmp_path / "m.csv"))
+    assert rows[0]["site"] == "brats2021" and rows[0]["timepoint"] == "000"
+
+
+def test_brats2023_subjects_timepoints_and_follow_ups_are_flagged(tmp_path, capsys):
+    root = tmp_path / "BraTS2024-BraTS-GLI-TrainingData" / "training_data1_v2"
+    for name in ("BraTS-GLI-00005-100", "BraTS-GLI-00005-101", "BraTS-GLI-00006-100"):
+        _case(root / name, "-", SUFFIXES_2023)
+    out = import_cohort("brats2023", root.parent, tmp_path / "gli.csv")
+    rows = _rows(out)
+    assert [(r["subject_id"], r["timepoint"]) for r in rows] == [
+        ("BraTS-GLI-00005", "100"), ("BraTS-GLI-00005", "101"), ("BraTS-GLI-00006", "100")]
+    assert {r["site"] for r in rows} == {"brats-gli"}
+    assert json.loads((tmp_path / "gli.import.json").read_text())["seg_labels"]["3"] == "enhancing"
+    report = check_manifest(out)
+    assert report.exit_status() == 1 and report.exit_status(strict=True) == 2
+    assert any("BraTS-GLI-00005" in w and "2 timepoints" in w for w in report.warnings)
+    assert main(["cohort", "check", str(out)]) == 1
+    assert main(["cohort", "check", str(out), "--strict"]) == 2
+    assert "follow-ups of one patient" in capsys.readouterr().out
+
+
+def test_import_refuses_a_root_without_the_layout_and_writes_nothing(brats2021_tcia, tmp_path, capsys):
+    out = tmp_path / "out" / "m.csv"
+    out.parent.mkdir()
+    with pytest.raises(InputError, match="holds no brats2023 case folder"):
+        import_cohort("brats2023", brats2021_tcia, out)
+    assert main(["cohort", "import", str(tmp_path / "nowhere"), "--layout", "brats2021", "--out", str(out)]) == 2
+    assert main(["cohort", "import", str(brats2021_tcia), "--layout", "upenn", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cohort root not found" in err and "unknown layout 'upenn'" in err
+    assert list(out.parent.iterdir()) == []
+    only_incomplete = tmp_path / "incomplete"
+    _case(only_incomplete / "BraTS2021_00009", "_", SUFFIXES_2021, skip=("t2",))
+    with pytest.raises(InputError, match="no usable brats2021 case: BraTS2021_00009: missing sequence"):
+        import_cohort("brats2021", only_incomplete, out)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_the_same_case_in_two_packagings_under_one_root_is_refused(tmp_path):
+    _case(tmp_path / "root" / "UPENN-GBM" / "BraTS2021_00001", "_", SUFFIXES_2021)
+    _case(tmp_path / "root" / "copy" / "BraTS2021_00001", "_", SUFFIXES_2021)
+    with pytest.raises(InputError, match="BraTS2021_00001 is there twice"):
+        import_cohort("brats2021", tmp_path / "root", tmp_path / "m.csv")
+    assert not (tmp_path / "m.csv").exists() and not (tmp_path / "m.import.json").exists()
+
+
+def test_check_finds_files_survival_and_subjects_that_cannot_be_right(tmp_path):
+    for name in ("a", "b", "c", "d"):
+        for key in ("t1", "t1ce", "t2", "flair"):
+            _image(tmp_path / name / f"{key}.nii.gz")
+    (tmp_path / "d" / "t2.nii.gz").write_text("not an image")
+    (tmp_path / "c" / "flair.nii.gz").unlink()
+    header = "case_id,subject_id,dataset,timepoint,site,t1,t1ce,t2,flair,idh1,os_days,os_event\n"
+    rows = ["a,P1,upenn-gbm,0,s1,a/t1.nii.gz,a/t1ce.nii.gz,a/t2.nii.gz,a/flair.nii.gz,1,-3,1",
+            "b,P1,brats2021,0,s2,b/t1.nii.gz,b/t1ce.nii.gz,b/t2.nii.gz,b/flair.nii.gz,0,,1",
+            "c,P3,upenn-gbm,0,s1,c/t1.nii.gz,c/t1ce.nii.gz,c/t2.nii.gz,c/flair.nii.gz,,20000,0",
+            "d,P4,upenn-gbm,0,s2,d/t1.nii.gz,d/t1ce.nii.gz,d/t2.nii.gz,d/flair.nii.gz,1,100,2"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(header + "\n".join(rows) + "\n")
+    report = check_manifest(manifest)
+    text = "\n".join(report.errors)
+    assert "a: os_days is negative (-3)" in text and "b: os_event 1 without os_days" in text
+    assert "c: os_days 20000 is beyond 30 years" in text and "c: flair file not found" in text
+    assert "d: t2 file" in text and "is not a readable image" in text
+    assert "d: os_event must be 0 (censored) or 1 (event), got 2" in text
+    assert any("subject P1 is in several datasets (brats2021, upenn-gbm)" in w for w in report.warnings)
+    assert report.labels["idh1"] == {"s1": (1, 0, 1), "s2": (1, 1, 0)}
+    assert report.exit_status() == 2 and report.missing_files == 1
+
+
+def test_an_imported_manifest_is_what_predict_reads(phantom_cohort, tiny_bundle, tmp_path, capsys):
+    """The phantom writes BraTS-2023 naming (BraTS-PHN-NNNNN-000): two of its cases imported, checked, predicted."""
+    import shutil
+
+    for folder in sorted(p for p in phantom_cohort.parent.iterdir() if p.is_dir())[:2]:
+        shutil.copytree(folder, tmp_path / "download" / folder.name)
+    manifest = import_cohort("brats2023", tmp_path / "download", tmp_path / "cohort.csv")
+    assert check_manifest(manifest).exit_status() == 0
+    assert main(["predict", str(manifest), "--model", str(tiny_bundle), "--out", str(tmp_path / "results"),
+                 "--device", "cpu", "--progress", "none"]) == 0
+    assert sorted(p.name for p in (tmp_path / "results").iterdir() if p.is_dir()) == [
+        "BraTS-PHN-00000-000", "BraTS-PHN-00001-000"]
+
+
+UPENN_CLINICAL = ("ID,Gender,Age_at_scan_years,Survival_from_surgery_days_UPDATED,Survival_Status,Survival_Censor,"
+                  "IDH1,MGMT\n") + """UPENN-GBM-00001_11,M,60.5,400,Deceased,,Wildtype,Methylated
+UPENN-GBM-00001_21,M,61,400,Deceased,,Wildtype,Not Available
+UPENN-GBM-00003_11,F,45,,Alive,1200,Mutated,Unmethylated
+UPENN-GBM-00005_11,F,Not Available,,Lost to Follow-up,,NOS/NEC,Indeterminate
+UPENN-GBM-00004_11,F,50,,Deceased - uncertain date of death,,Not Available,Indeterminate
+"""
+
+
+@pytest.fixture
+def upenn(tmp_path):
+    package = tmp_path / "PKG" / "NIfTI-files"
+    for scan, skip in (("UPENN-GBM-00001_11", ()), ("UPENN-GBM-00001_21", ()), ("UPENN-GBM-00002_11", ("FLAIR",)),
+                       ("UPENN-GBM-00003_11", ()), ("UPENN-GBM-00005_11", ())):
+        for name in ("T1", "T1GD", "T2", "FLAIR"):
+            if name not in skip:
+                _image(package / "images_structural" / scan / f"{scan}_{name}.nii.gz")
+        _image(package / "images_structural_unstripped" / scan / f"{scan}_T1_unstripped.nii.gz")
+    _image(package / "images_segm" / "UPENN-GBM-00001_11_segm.nii.gz")
+    _image(package / "automated_segm" / "UPENN-GBM-00001_11_automated_approx_segm.nii.gz")
+    _image(package / "automated_segm" / "UPENN-GBM-00003_11_automated_approx_segm.nii.gz")
+    table = tmp_path / "UPENN-GBM_clinical_info_v2.1.csv"
+    table.write_text(UPENN_CLINICAL)
+    return tmp_path / "PKG", table
+
+
+def test_upenn_gbm_scans_segmentations_and_clinical_values_one_by_one(upenn, tmp_path):
+    root, table = upenn
+    out = import_cohort("upenn-gbm", root, tmp_path / "upenn.csv", clinical=table)
+    rows = {r["case_id"]: r for r in _rows(out)}
+    assert list(rows) == ["UPENN-GBM-00001_11", "UPENN-GBM-00001_21", "UPENN-GBM-00003_11", "UPENN-GBM-00005_11"]
+    first = rows["UPENN-GBM-00001_11"]
+    assert (first["subject_id"], first["timepoint"], first["site"]) == ("UPENN-GBM-00001", "11", "upenn-gbm")
+    assert Path(first["t1ce"]).name == "UPENN-GBM-00001_11_T1GD.nii.gz"
+    assert Path(first["seg"]).name == "UPENN-GBM-00001_11_segm.nii.gz" and first["seg_source"] == "expert"
+    assert rows["UPENN-GBM-00003_11"]["seg_source"] == "automated" and rows["UPENN-GBM-00001_21"]["seg"] == ""
+    # Deceased: the days to death, event 1; Alive: Survival_Censor, event 0; no time: no survival at all
+    assert (first["os_days"], first["os_event"], first["idh1"], first["mgmt"]) == ("400.0", "1", "0", "1")
+    assert (first["age"], first["sex"]) == ("60.5", "M")
+    assert rows["UPENN-GBM-00001_21"]["mgmt"] == ""  # Not Available
+    third = rows["UPENN-GBM-00003_11"]
+    assert (third["os_days"], third["os_event"], third["idh1"], third["mgmt"]) == ("1200.0", "0", "1", "0")
+    lost = rows["UPENN-GBM-00005_11"]  # lost to follow-up without a censoring time; NOS/NEC, Indeterminate
+    assert (lost["os_days"], lost["os_event"], lost["idh1"], lost["mgmt"], lost["age"]) == ("", "", "", "", "")
+    sidecar = json.loads((tmp_path / "upenn.import.json").read_text())
+    assert "missing sequence(s) flair" in next(iter(sidecar["skipped"].values()))
+    assert sidecar["clinical"]["rows_without_images"] == ["UPENN-GBM-00004_11"]
+    assert sidecar["clinical"]["columns"]["idh1"] == {
+        "source": "IDH1", "values": {"Wildtype": 0, "Mutated": 1, "": None, "Not Available": None,
+                                     "Not Applicable": None, "Indeterminate": None, "NOS/NEC": None}}
+    assert sidecar["timepoints"]["21"] == "follow-up"
+    report = check_manifest(out)
+    assert report.errors == [] and any("UPENN-GBM-00001 (upenn-gbm) has 2 timepoints" in w for w in report.warnings)
+    assert report.labels["idh1"] == {"upenn-gbm": (1, 2, 1)}
+    entries = read_manifest(out)
+    assert entries[0].clinical["os_days"] == 400.0 and entries[0].clinical["os_event"] == 1
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("Mutated,Unmethylated", "maybe,Unmethylated"),
+     "line 4, column 'IDH1': value 'maybe' is not one of"),
+    (lambda t: t.replace("Deceased,,Wildtype,Methylated", "Deceased,,Wildtype,Methylated").replace(
+        "400,Deceased,,Wildtype,Methylated", "four hundred,Deceased,,Wildtype,Methylated"),
+     "line 2, column 'Survival_from_surgery_days_UPDATED': 'four hundred' is not a number"),
+    (lambda t: t.replace("Survival_Status", "Status"), "lacks column(s) 'Survival_Status'"),
+])
+def test_upenn_clinical_values_outside_the_mapping_stop_with_file_line_and_column(upenn, tmp_path, edit, message,
+                                                                                   capsys):
+    root, table = upenn
+    table.write_text(edit(UPENN_CLINICAL))
+    out = tmp_path / "out" / "upenn.csv"
+    assert main(["cohort", "import", str(root), "--layout", "upenn-gbm", "--clinical", str(table),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(table) in err and message in err
+    assert not out.parent.exists()
+    with pytest.raises(Exception, match="has no clinical table mapping"):
+        import_cohort("brats2021", root, out, clinical=table)

@@ -314,3 +314,30 @@ def test_resume_with_other_groups_is_refused_before_preprocessing(phantom_cohort
                                               "site-A, site-C"):
         _pretrain(relabelled, tmp_path, tmp_path / "other-cache", resume=True)
     assert (tmp_path / "ckpt.pt").read_bytes() == before and not (tmp_path / "other-cache").exists()
+
+
+def test_the_encoder_and_heads_split_keeps_every_patients_scans_together():
+    """A follow-up scan of a patient the encoder trained on must not be among the heads' held-out cases."""
+    import numpy as np
+
+    from neuroradfm.train.baseline import _split
+
+    rng = np.random.default_rng(0)
+    for seed in range(50):
+        sites = [f"site-{k}" for k in rng.integers(0, 3, size=40)]
+        subjects = [f"P{k}" for k in rng.integers(0, 18, size=40)]  # about 2 scans per patient
+        a, b = _split(sites, 0.4, seed, subjects)
+        assert sorted([*a, *b]) == list(range(40))
+        assert not {subjects[i] for i in a} & {subjects[i] for i in b}
+        for site in set(sites):  # every site still in both splits when it has two patients or more
+            patients = {subjects[i] for i in range(40) if sites[i] == site}
+            if len(patients) >= 2:
+                assert any(sites[i] == site for i in a) and any(sites[i] == site for i in b)
+    # one case per patient: the split is the case-by-case split of earlier versions (same seed, same cases)
+    sites = [f"site-{k}" for k in rng.integers(0, 3, size=30)]
+    singletons = [str(i) for i in range(30)]
+    assert all(np.array_equal(x, y) for x, y in zip(_split(sites, 0.4, 7), _split(sites, 0.4, 7, singletons)))
+    # a site of two patients, the first drawn smaller than split B's share: the second still trains the encoder
+    for seed in range(20):
+        a, b = _split(["s"] * 4, 0.4, seed, ["P1", "P2", "P2", "P2"])
+        assert len(a) and len(b)

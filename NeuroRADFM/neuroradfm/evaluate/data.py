@@ -56,7 +56,6 @@ class EvalData:
 
 CONTINUOUS = {"ki67_index": ("ki67_high", 20.0), "tp53_expression": ("tp53_expr_high", 10.0)}
 """Continuous columns (percent of stained nuclei) -> the marker binarised from them and its default cut-off."""
-SUBJECT_COLUMN = "subject_id"
 MISSPELLING_CUTOFF = 0.75
 
 
@@ -124,13 +123,6 @@ def number_column(name: str, cells: Sequence[Any], ids: Sequence[str], minimum: 
         return np.full(len(cells), np.nan), f"column {name!r} must hold {what}; found {_values(bad, bad_ids)}"
     return out, None
 
-
-def _subject_ids(entries: Sequence[CaseEntry]) -> list[str]:
-    subjects = []
-    for entry in entries:
-        value = entry.clinical.get(SUBJECT_COLUMN)
-        subjects.append(entry.case_id if value is None or str(value).strip() == "" else str(value))
-    return subjects
 
 
 def _default_subgroup(columns: dict[str, list[Any]], ids: list[str],
@@ -237,6 +229,6 @@ def eval_data(entries: Sequence[CaseEntry], *, subgroup: str | None = None,
         mask, label = np.ones(len(ids), bool), "all cases"
     else:
         mask, label = _query_subgroup(subgroup, columns, len(ids)), subgroup
-    data = EvalData(ids, _subject_ids(entries), [str(e.site) for e in entries], labels, continuous, os_days, os_event,
-                    mask, label)
+    data = EvalData(ids, [e.subject for e in entries], [str(e.site) for e in entries], labels, continuous, os_days,
+                    os_event, mask, label)
     return data, problems, notes

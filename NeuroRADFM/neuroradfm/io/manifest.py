@@ -17,6 +17,7 @@ from neuroradfm.io.loader import load_case
 from neuroradfm.output_paths import case_folders
 
 REQUIRED = ("case_id", "site", *SEQUENCES)
+SUBJECT_COLUMN = "subject_id"
 
 
 @dataclass
@@ -28,6 +29,13 @@ class CaseEntry:
 
     def load(self) -> Case:
         return load_case(self.paths, case_id=self.case_id, site=self.site, clinical=self.clinical)
+
+    @property
+    def subject(self) -> str:
+        """The patient (``subject_id``; the case id when the manifest has none): a subject's scans stay together
+        in every split."""
+        value = self.clinical.get(SUBJECT_COLUMN)
+        return self.case_id if value is None or str(value).strip() == "" else str(value)
 
 
 _MISSING = {"", "na", "n/a", "nan", "none", "null"}

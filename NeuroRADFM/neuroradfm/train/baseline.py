@@ -245,7 +245,8 @@ def manifest_cohort(entries: list[CaseEntry]) -> PreparedCohort:
     return PreparedCohort([e.case_id for e in entries], [str(e.site) for e in entries],
                           np.zeros((len(entries), 0), np.float16), labels.reshape(len(entries), len(MARKER_KEYS)),
                           np.array([_number(e.clinical.get("os_days")) for e in entries], np.float64),
-                          np.array([_number(e.clinical.get("os_event")) for e in entries], np.float64))
+                          np.array([_number(e.clinical.get("os_event")) for e in entries], np.float64),
+                          subjects=[e.subject for e in entries])
 
 
 def head_problems(cohort: PreparedCohort) -> dict[str, str]:
@@ -288,15 +289,32 @@ def min_training_cases(probe_fraction: float) -> int:
     return count
 
 
-def _split(sites: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split A (encoder) / B (heads), stratified by site so both see every site."""
+def _split(sites: list[str], fraction: float, seed: int,
+           subjects: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split A (encoder) / B (heads), stratified by site so both see every site, and by subject: all scans of a
+    patient (``subjects``; one case each when empty) go to the same split, so heads are never fitted on a
+    follow-up of a patient the encoder was trained on. With one case per subject the split is case by case."""
     rng = np.random.default_rng(seed)
-    a, b = [], []
+    subjects = subjects or [str(i) for i in range(len(sites))]
+    a: list[int] = []
+    b: list[int] = []
+    placed: dict[str, list[int]] = {}
     for site in sorted(set(sites)):
-        members = rng.permutation([i for i, s in enumerate(sites) if s == site])
+        members = [i for i, s in enumerate(sites) if s == site]
+        groups = list(dict.fromkeys(subjects[i] for i in members))  # the site's subjects, in manifest order
         n_b = _held_out(len(members), fraction)
-        b.extend(members[:n_b])
-        a.extend(members[n_b:])
+        in_b = sum(1 for i in members if placed.get(subjects[i]) is b)
+        new_in_b = []
+        for position in rng.permutation(len(groups)):
+            subject = groups[position]
+            if subject not in placed:
+                placed[subject] = b if in_b < n_b else a
+                in_b += sum(1 for i in members if subjects[i] == subject) if placed[subject] is b else 0
+                new_in_b += [subject] if placed[subject] is b else []
+        if len(new_in_b) > 1 and all(placed[subjects[i]] is b for i in members):
+            placed[new_in_b[-1]] = a  # large patients filled split B: the last one trains the encoder instead
+        for i in members:
+            placed[subjects[i]].append(i)
     return np.sort(np.array(a, int)), np.sort(np.array(b, int))
 
 
@@ -327,7 +345,7 @@ def check_training_cohort(manifest: str | Path, cohort: PreparedCohort, given: i
                                    f"{sum(held.values())} cases for the heads ({per_site}); their {HEAD_FOLDS}-fold "
                                    f"cross-validation needs at least {MIN_HEAD_CASES}: add cases, or raise "
                                    "probe_fraction")
-    _, split_b = _split(cohort.sites, fraction, _split_seed(settings))
+    _, split_b = _split(cohort.sites, fraction, _split_seed(settings), cohort.subjects)
     _require_a_head(manifest, cohort.subset(split_b), "cases held out for the heads (split B)")
 
 
@@ -386,7 +404,7 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
     check_training_cohort(manifest, manifest_cohort(entries), len(entries), settings)
     cohort = prepare_cohort(entries, settings.preprocessing, sub_progress(progress, 0.0, 0.25), cache_dir)
     check_training_cohort(manifest, cohort, len(entries), settings)  # cases that failed may have left too few
-    split_a, split_b = _split(cohort.sites, settings.probe_fraction, _split_seed(settings))
+    split_a, split_b = _split(cohort.sites, settings.probe_fraction, _split_seed(settings), cohort.subjects)
     encoder, history = train_encoder(cohort.subset(split_a), settings, device, sub_progress(progress, 0.25, 0.9),
                                      MetricsLog(metrics_path), None if start is None else start.encoder)
     progress("heads", 0.9, "fitting probes, Cox and OOD on held-out embeddings")

@@ -62,11 +62,14 @@ class PreparedCohort:
     tumour: np.ndarray | None = None
     """(N, K, J, I) uint8 tumour masks on the model grid when every case has a seg, else None."""
     failures: dict[str, str] = field(default_factory=dict)
+    subjects: list[str] = field(default_factory=list)
+    """The patient of each case (CaseEntry.subject): the case id when the manifest has no subject_id."""
 
     def subset(self, index: np.ndarray) -> PreparedCohort:
         return PreparedCohort([self.case_ids[i] for i in index], [self.sites[i] for i in index], self.inputs[index],
                               self.labels[index], self.os_days[index], self.os_event[index],
-                              None if self.tumour is None else self.tumour[index], dict(self.failures))
+                              None if self.tumour is None else self.tumour[index], dict(self.failures),
+                              [self.subjects[i] for i in index] if self.subjects else [])
 
 
 def _number(value: object) -> float:
@@ -163,7 +166,7 @@ def prepare_cohort(entries: list[CaseEntry], settings: PreprocessSettings,
                    progress: Progress = null_progress, cache_dir: str | Path | None = None) -> PreparedCohort:
     """Every case on the model grid; ``cache_dir`` keeps (and reuses) each case's arrays."""
     cache = None if cache_dir is None else Path(cache_dir)
-    ids, sites, inputs, labels, days, events, tumours, failures = [], [], [], [], [], [], [], {}
+    ids, sites, inputs, labels, days, events, tumours, failures, subjects = [], [], [], [], [], [], [], {}, []
     for index, entry in enumerate(entries):
         progress("preprocess", index / len(entries), entry.case_id)
         try:
@@ -173,6 +176,7 @@ def prepare_cohort(entries: list[CaseEntry], settings: PreprocessSettings,
             progress("preprocess", (index + 1) / len(entries), f"{entry.case_id} FAILED: {failures[entry.case_id]}")
             continue
         ids.append(entry.case_id)
+        subjects.append(entry.subject)
         sites.append(str(entry.site))
         inputs.append(channels)
         tumours.append(tumour)
@@ -184,4 +188,4 @@ def prepare_cohort(entries: list[CaseEntry], settings: PreprocessSettings,
         raise InputError(None, "no case of the cohort could be prepared: " + "; ".join(failures.values()))
     tumour = None if any(t is None for t in tumours) else np.stack(tumours)
     return PreparedCohort(ids, sites, np.stack(inputs), np.asarray(labels, np.float64),
-                          np.asarray(days), np.asarray(events), tumour, failures)
+                          np.asarray(days), np.asarray(events), tumour, failures, subjects)

@@ -232,3 +232,59 @@ def test_upenn_clinical_values_outside_the_mapping_stop_with_file_line_and_colum
     assert not out.parent.exists()
     with pytest.raises(Exception, match="has no clinical table mapping"):
         import_cohort("brats2021", root, out, clinical=table)
+
+
+UCSF_METADATA = """ID,Sex,Age at MRI,WHO CNS Grade,MGMT status,MGMT index,1p/19q,IDH,1-dead 0-alive,OS,BraTS21 ID
+UCSF-PDGM-004,M,66,4,positive,12,intact,wildtype,1,300,BraTS2021_00002
+UCSF-PDGM-433,F,41,2,negative,0,co-deletion,IDH1 p.R132H,0,1500,
+UCSF-PDGM-010,F,55,4,indeterminate,,relative co-deletion,unknown,,,
+UCSF-PDGM-500,M,70,4,unknown,,unknown,mutated (NOS),1,200,
+"""
+
+
+@pytest.fixture
+def ucsf(tmp_path):
+    root = tmp_path / "UCSF-PDGM-v5"
+    for exam, skip in (("UCSF-PDGM-0004", ()), ("UCSF-PDGM-0433", ()), ("UCSF-PDGM-0433_FU007d", ()),
+                       ("UCSF-PDGM-0010", ())):
+        for name in ("T1", "T1c", "T2", "FLAIR", "T1_bias", "FLAIR_bias", "tumor_segmentation"):
+            if name not in skip:
+                _image(root / f"{exam}_nifti" / f"{exam}_{name}.nii.gz")
+    _image(root / "UCSF-PDGM-0099_nifti" / "UCSF-PDGM-0099_T1.nii.gz")  # 1 of 4
+    table = tmp_path / "UCSF-PDGM-metadata_v5.csv"
+    table.write_text(UCSF_METADATA)
+    return root, table
+
+
+def test_ucsf_pdgm_exams_follow_ups_and_metadata_values_one_by_one(ucsf, tmp_path):
+    root, table = ucsf
+    out = import_cohort("ucsf-pdgm", root, tmp_path / "ucsf.csv", clinical=table)
+    rows = {r["case_id"]: r for r in _rows(out)}
+    assert list(rows) == ["UCSF-PDGM-0004", "UCSF-PDGM-0010", "UCSF-PDGM-0433", "UCSF-PDGM-0433_FU007d"]
+    first = rows["UCSF-PDGM-0004"]  # the metadata's 3-digit id UCSF-PDGM-004 is this exam
+    assert Path(first["t1"]).name == "UCSF-PDGM-0004_T1.nii.gz" and Path(first["t1ce"]).name.endswith("_T1c.nii.gz")
+    assert Path(first["seg"]).name == "UCSF-PDGM-0004_tumor_segmentation.nii.gz"
+    assert (first["idh1"], first["mgmt"], first["codel_1p19q"], first["os_days"], first["os_event"]) == (
+        "0", "1", "0", "300.0", "1")
+    assert (first["age"], first["sex"], first["brats21_id"]) == ("66.0", "M", "BraTS2021_00002")
+    oligo = rows["UCSF-PDGM-0433"]  # a named IDH1 mutation; alive at 1500 days
+    assert (oligo["idh1"], oligo["mgmt"], oligo["codel_1p19q"], oligo["os_days"], oligo["os_event"]) == (
+        "1", "0", "1", "1500.0", "0")
+    unknown = rows["UCSF-PDGM-0010"]  # relative co-deletion, unknown IDH, indeterminate MGMT, no survival
+    assert [unknown[k] for k in ("idh1", "mgmt", "codel_1p19q", "os_days", "os_event")] == [""] * 5
+    follow_up = rows["UCSF-PDGM-0433_FU007d"]
+    assert (follow_up["subject_id"], follow_up["timepoint"], follow_up["idh1"]) == ("UCSF-PDGM-0433", "FU007d", "")
+    sidecar = json.loads((tmp_path / "ucsf.import.json").read_text())
+    assert sidecar["clinical"]["rows_without_images"] == ["UCSF-PDGM-0500"]
+    assert sidecar["clinical"]["columns"]["codel_1p19q"]["values"]["relative co-deletion"] is None
+    assert "missing sequence(s) t1ce, t2, flair" in sidecar["skipped"][str((root / "UCSF-PDGM-0099_nifti").resolve())]
+    report = check_manifest(out)
+    assert report.errors == [] and any("UCSF-PDGM-0433 (ucsf-pdgm) has 2 timepoints" in w for w in report.warnings)
+
+
+def test_ucsf_pdgm_value_outside_the_mapping_names_file_line_and_column(ucsf, tmp_path):
+    root, table = ucsf
+    table.write_text(UCSF_METADATA.replace("negative,0,co-deletion", "weakly,0,co-deletion"))
+    with pytest.raises(InputError, match=r"line 3, column 'MGMT status': value 'weakly' is not one of"):
+        import_cohort("ucsf-pdgm", root, tmp_path / "ucsf.csv", clinical=table)
+    assert not (tmp_path / "ucsf.csv").exists()

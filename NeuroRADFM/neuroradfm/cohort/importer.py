@@ -10,7 +10,7 @@ from pathlib import Path
 
 from neuroradfm import SEQUENCES
 from neuroradfm.atomic import atomic_file
-from neuroradfm.cohort.layouts import LayoutResult, brats, upenn_gbm
+from neuroradfm.cohort.layouts import LayoutResult, brats, ucsf_pdgm, upenn_gbm
 from neuroradfm.errors import InputError, SettingsError
 from neuroradfm.output_paths import check_destinations
 
@@ -18,8 +18,9 @@ LAYOUTS: dict[str, Callable[[Path, Path | None], LayoutResult]] = {
     "brats2021": lambda root, clinical: brats(root, "brats2021"),
     "brats2023": lambda root, clinical: brats(root, "brats2023"),
     "upenn-gbm": upenn_gbm,
+    "ucsf-pdgm": ucsf_pdgm,
 }
-CLINICAL_TABLES = {"upenn-gbm": "UPENN-GBM_clinical_info_v2.1.csv"}
+CLINICAL_TABLES = {"upenn-gbm": "UPENN-GBM_clinical_info_v2.1.csv", "ucsf-pdgm": "UCSF-PDGM-metadata_v5.csv"}
 COLUMNS = ("case_id", "subject_id", "timepoint", "site", "dataset", *SEQUENCES, "seg")
 
 

@@ -179,3 +179,77 @@ def upenn_gbm(root: Path, clinical: Path | None = None) -> LayoutResult:
         conventions["clinical"] = {"table": mapping.table, "columns": mapping.used,
                                    "rows_without_images": sorted(set(table) - {c.case_id for c in cases})}
     return LayoutResult(cases, skipped, conventions)
+
+
+# UCSF-PDGM (TCIA v5): UCSF-PDGM-NNNN_nifti/UCSF-PDGM-NNNN_{T1,T1c,T2,FLAIR,tumor_segmentation}.nii.gz (4-digit id;
+# follow-ups UCSF-PDGM-NNNN_FUxxxd); the metadata CSV writes the id with 3 digits (UCSF-PDGM-004).
+UCSF_CASE = re.compile(r"(UCSF-PDGM-(\d{3,4}))(?:_(FU\d+d))?_nifti")
+UCSF_SEQUENCES = {"t1": "T1", "t1ce": "T1c", "t2": "T2", "flair": "FLAIR"}
+UCSF_MISSING = {"": None, "unknown": None, "indeterminate": None, "NA": None}
+UCSF_MGMT = {"positive": 1, "negative": 0, **UCSF_MISSING}
+UCSF_CODELETION = {"intact": 0, "co-deletion": 1, "relative co-deletion": None, **UCSF_MISSING}
+"""A relative co-deletion is not a co-deletion call: missing, not positive."""
+UCSF_EVENT = {"1": 1, "0": 0, "": None}
+UCSF_IDH_MUTANT = re.compile(r"mutat|mutant|r132|r172|idh[12]", re.IGNORECASE)
+
+
+def _ucsf_number(case_id: str) -> int:
+    return int(re.search(r"\d+$", case_id.strip()).group())
+
+
+def ucsf_clinical(table: Path) -> tuple[Mapping, dict[int, dict]]:
+    """``UCSF-PDGM-metadata_v5.csv``: one row per exam -> markers, age, sex, survival (keyed by the id's number)."""
+    mapping, records = read_table(table, "ID", ("IDH", "MGMT status", "1p/19q", "OS", "1-dead 0-alive"))
+    mapping.used["idh1"] = {"source": "IDH", "values": {"wildtype": 0, "a named IDH1/IDH2 mutation, 'mutated (NOS)'": 1,
+                                                        "unknown, indeterminate, NA or blank": None}}
+    rows = {}
+    for line, row in records:
+        idh_text = row["IDH"].strip()
+        if idh_text.lower() == "wildtype":
+            idh = 0
+        elif UCSF_IDH_MUTANT.search(idh_text):
+            idh = 1
+        else:
+            idh = mapping.value(line, row, "IDH", "idh1", {"wildtype": 0, "mutated (NOS)": 1, **UCSF_MISSING})
+        days = mapping.number(line, row, "OS", "os_days", ("", "NA", "unknown"))
+        event = mapping.value(line, row, "1-dead 0-alive", "os_event", UCSF_EVENT)
+        rows[_ucsf_number(row["ID"])] = {
+            "idh1": idh, "mgmt": mapping.value(line, row, "MGMT status", "mgmt", UCSF_MGMT),
+            "codel_1p19q": mapping.value(line, row, "1p/19q", "codel_1p19q", UCSF_CODELETION),
+            "age": mapping.number(line, row, "Age at MRI", "age", ("", "NA")) if "Age at MRI" in row else None,
+            "sex": row.get("Sex", "").strip() or None,
+            "os_days": days if event is not None else None, "os_event": event if days is not None else None,
+            "brats21_id": row.get("BraTS21 ID", "").strip() or None}
+    return mapping, rows
+
+
+def ucsf_pdgm(root: Path, clinical: Path | None = None) -> LayoutResult:
+    folders = case_folders(root, UCSF_CASE)
+    if not folders:
+        raise InputError(root, f"holds no UCSF-PDGM-NNNN_nifti/ case folder within {MAX_DEPTH} levels")
+    mapping, table = ucsf_clinical(clinical) if clinical else (None, {})
+    cases, skipped = [], {}
+    for folder in folders:
+        match = UCSF_CASE.fullmatch(folder.name)
+        exam = folder.name[: -len("_nifti")]
+        paths = {key: _image(folder, f"{exam}_{name}") for key, name in UCSF_SEQUENCES.items()}
+        missing = [key for key, path in paths.items() if path is None]
+        if missing:
+            skipped[str(folder)] = f"missing sequence(s) {', '.join(missing)}"
+            continue
+        seg = _image(folder, f"{exam}_tumor_segmentation")
+        if seg is not None:
+            paths["seg"] = seg
+        subject = f"UCSF-PDGM-{int(match.group(2)):04d}"
+        row = dict(table.get(int(match.group(2)), {})) if match.group(3) is None else {}
+        cases.append(ImportedCase(exam, subject, match.group(3) or "000", "ucsf-pdgm", "ucsf-pdgm", paths, row))
+    cases.sort(key=lambda c: (c.subject_id, c.timepoint != "000", c.timepoint))  # each baseline before its follow-ups
+    conventions = {"seg_labels": SEG_LABELS["brats2021"],
+                   "sequences": {k: f"<ID>_{v}.nii.gz" for k, v in UCSF_SEQUENCES.items()},
+                   "timepoints": {"000": "the exam of the metadata row", "FUxxxd": "follow-up (no clinical row)"}}
+    if mapping is not None:
+        conventions["clinical"] = {"table": mapping.table, "columns": mapping.used,
+                                   "rows_without_images": sorted(f"UCSF-PDGM-{n:04d}" for n in
+                                                                 set(table) - {_ucsf_number(c.subject_id)
+                                                                               for c in cases})}
+    return LayoutResult(cases, skipped, conventions)

@@ -288,3 +288,38 @@ def test_ucsf_pdgm_value_outside_the_mapping_names_file_line_and_column(ucsf, tm
     with pytest.raises(InputError, match=r"line 3, column 'MGMT status': value 'weakly' is not one of"):
         import_cohort("ucsf-pdgm", root, tmp_path / "ucsf.csv", clinical=table)
     assert not (tmp_path / "ucsf.csv").exists()
+
+
+def test_merge_drops_the_brats2021_copy_of_a_ucsf_exam_and_keeps_ids_unique(brats2021_tcia, ucsf, tmp_path, capsys):
+    root, table = ucsf
+    ucsf_manifest = import_cohort("ucsf-pdgm", root, tmp_path / "a" / "ucsf.csv", clinical=table)
+    brats_manifest = import_cohort("brats2021", brats2021_tcia, tmp_path / "b" / "brats.csv")
+    out = tmp_path / "all" / "all.csv"
+    assert main(["cohort", "merge", str(ucsf_manifest), str(brats_manifest), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "dropped brats2021:BraTS2021_00002: the same scan as the ucsf-pdgm case with brats21_id" in printed
+    rows = _rows(out)
+    assert [r["case_id"] for r in rows] == ["UCSF-PDGM-0004", "UCSF-PDGM-0010", "UCSF-PDGM-0433",
+                                            "UCSF-PDGM-0433_FU007d", "BraTS2021_00001"]
+    assert {r["dataset"] for r in rows} == {"ucsf-pdgm", "brats2021"} and rows[-1]["site"] == "UPENN-GBM"
+    assert rows[-1]["idh1"] == "" and rows[0]["idh1"] == "0"  # the union of the columns
+    entries = read_manifest(out, check_files=True)  # paths absolute: the merged manifest works from its folder
+    assert len(entries) == 5
+    assert check_manifest(out).errors == []
+    # the same subject in two datasets: kept once; the same case id for other subjects: prefixed with the dataset
+    twin = tmp_path / "c" / "brats.csv"
+    twin.parent.mkdir()
+    twin.write_text(brats_manifest.read_text().replace("brats2021,", "other,").replace(",BraTS2021_00002,000,",
+                                                                                       ",P2,000,"))
+    assert main(["cohort", "merge", str(brats_manifest), str(twin), "--out", str(tmp_path / "twin.csv")]) == 0
+    assert "dropped other:BraTS2021_00001: subject BraTS2021_00001 is already in brats2021" in capsys.readouterr().out
+    assert [r["case_id"] for r in _rows(tmp_path / "twin.csv")] == ["BraTS2021_00001", "BraTS2021_00002",
+                                                                    "other-BraTS2021_00002"]
+
+
+def test_merge_refuses_a_manifest_that_no_import_wrote_and_writes_nothing(brats2021_tcia, phantom_cohort, tmp_path,
+                                                                         capsys):
+    brats_manifest = import_cohort("brats2021", brats2021_tcia, tmp_path / "brats.csv")
+    out = tmp_path / "out" / "all.csv"
+    assert main(["cohort", "merge", str(brats_manifest), str(phantom_cohort), "--out", str(out)]) == 2
+    assert "has no dataset column" in capsys.readouterr().err and not out.parent.exists()

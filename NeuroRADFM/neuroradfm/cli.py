@@ -278,6 +278,9 @@ def _parser() -> argparse.ArgumentParser:
                                         "clean, 1 warnings, 2 errors")
     q.add_argument("manifest", type=_path)
     q.add_argument("--strict", action="store_true", help="warnings are errors (exit 2)")
+    q = cohort.add_parser("merge", help="several imported manifests -> one multi-site manifest, duplicates removed")
+    q.add_argument("manifests", nargs="+", type=_path)
+    q.add_argument("--out", type=_path, required=True, help="merged manifest .csv to write")
 
     p = commands.add_parser("info", help="print a model bundle's card summary")
     p.add_argument("bundle", type=_path)
@@ -478,6 +481,14 @@ def _cohort(args: argparse.Namespace) -> int:
 
     if args.cohort_command == "import":
         manifest = import_cohort(args.layout, args.root, args.out, args.clinical)
+        print(f"manifest: {manifest}")
+        return 0
+    if args.cohort_command == "merge":
+        from neuroradfm.cohort.merge import merge_manifests
+
+        manifest, dropped = merge_manifests(args.manifests, args.out)
+        for case, why in dropped.items():
+            print(f"dropped {case}: {why}")
         print(f"manifest: {manifest}")
         return 0
     report = check_manifest(args.manifest)

@@ -323,3 +323,38 @@ def test_merge_refuses_a_manifest_that_no_import_wrote_and_writes_nothing(brats2
     out = tmp_path / "out" / "all.csv"
     assert main(["cohort", "merge", str(brats_manifest), str(phantom_cohort), "--out", str(out)]) == 2
     assert "has no dataset column" in capsys.readouterr().err and not out.parent.exists()
+
+
+LUMIERE_TABLE = ("Patient,Survival time (weeks),Sex,Age at surgery (years),IDH (WT: wild type),IDH method,"
+                 "MGMT qualitative\n") + """Patient-001,52,male,61,WT,NGS,methylated
+Patient-002,na,female,44,R132H mut,IHC,not methylated
+Patient-003,10,female,na,na,na,na
+"""
+
+
+def test_lumiere_weeks_sessions_registered_images_and_survival_in_weeks(tmp_path):
+    imaging = tmp_path / "Imaging"
+    for name in ("T1", "CT1", "T2", "FLAIR"):
+        _image(imaging / "Patient-001" / "week-000" / f"{name}.nii.gz")  # native only
+        _image(imaging / "Patient-001" / "week-044-1" / f"{name}.nii.gz")
+        registered = imaging / "Patient-002" / "week-003" / "HD-GLIO-AUTO-segmentation" / "registered"
+        _image(registered / f"{name}_r2s_bet_reg.nii.gz")
+        _image(imaging / "Patient-002" / "week-003" / f"{name}.nii.gz")
+    _image(registered / "segmentation.nii.gz")
+    _image(imaging / "Patient-003" / "week-001" / "T1.nii.gz")  # 1 of 4
+    table = tmp_path / "LUMIERE-Demographics_Pathology.csv"
+    table.write_text(LUMIERE_TABLE)
+    out = import_cohort("lumiere", imaging, tmp_path / "lumiere.csv", clinical=table)
+    rows = {r["case_id"]: r for r in _rows(out)}
+    assert list(rows) == ["Patient-001_week-000", "Patient-001_week-044-1", "Patient-002_week-003"]
+    first = rows["Patient-001_week-000"]
+    assert (first["subject_id"], first["timepoint"]) == ("Patient-001", "week-000")
+    assert Path(first["t1ce"]).name == "CT1.nii.gz" and first["seg"] == ""
+    assert (first["os_days"], first["os_event"], first["idh1"], first["mgmt"]) == ("364.0", "", "0", "1")  # 52 weeks
+    second = rows["Patient-002_week-003"]  # the registered set, with its segmentation
+    assert Path(second["t1ce"]).name == "CT1_r2s_bet_reg.nii.gz" and Path(second["seg"]).name == "segmentation.nii.gz"
+    assert (second["os_days"], second["idh1"], second["mgmt"]) == ("", "1", "0")
+    sidecar = json.loads((tmp_path / "lumiere.import.json").read_text())
+    assert sidecar["survival"].startswith("weeks x 7") and sidecar["seg_labels"]["2"] == "enhancing (HD-GLIO)"
+    assert any(k.endswith("week-001") for k in sidecar["skipped"])
+    assert check_manifest(out).errors == []

@@ -269,10 +269,11 @@ def _parser() -> argparse.ArgumentParser:
     cohort = p.add_subparsers(dest="cohort_command", required=True)
     q = cohort.add_parser("import", help="find a layout's cases under ROOT and write a manifest (+ .import.json)")
     q.add_argument("root", type=_path, help="the cohort's folder as downloaded")
-    q.add_argument("--layout", required=True, help="brats2021, brats2023, upenn-gbm or ucsf-pdgm")
+    q.add_argument("--layout", required=True, help="brats2021, brats2023, upenn-gbm, ucsf-pdgm or lumiere")
     q.add_argument("--clinical", type=_path, help="the layout's clinical table (upenn-gbm: "
                                                   "UPENN-GBM_clinical_info_v2.1.csv; ucsf-pdgm: "
-                                                  "UCSF-PDGM-metadata_v5.csv)")
+                                                  "UCSF-PDGM-metadata_v5.csv; lumiere: "
+                                                  "LUMIERE-Demographics_Pathology.csv)")
     q.add_argument("--out", type=_path, required=True, help="manifest .csv to write")
     q = cohort.add_parser("check", help="files, geometry, labels, subjects and survival of a manifest; exit 0 "
                                         "clean, 1 warnings, 2 errors")

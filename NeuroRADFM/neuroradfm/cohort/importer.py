@@ -10,7 +10,7 @@ from pathlib import Path
 
 from neuroradfm import SEQUENCES
 from neuroradfm.atomic import atomic_file
-from neuroradfm.cohort.layouts import LayoutResult, brats, ucsf_pdgm, upenn_gbm
+from neuroradfm.cohort.layouts import LayoutResult, brats, lumiere, ucsf_pdgm, upenn_gbm
 from neuroradfm.errors import InputError, SettingsError
 from neuroradfm.output_paths import check_destinations
 
@@ -19,8 +19,10 @@ LAYOUTS: dict[str, Callable[[Path, Path | None], LayoutResult]] = {
     "brats2023": lambda root, clinical: brats(root, "brats2023"),
     "upenn-gbm": upenn_gbm,
     "ucsf-pdgm": ucsf_pdgm,
+    "lumiere": lumiere,
 }
-CLINICAL_TABLES = {"upenn-gbm": "UPENN-GBM_clinical_info_v2.1.csv", "ucsf-pdgm": "UCSF-PDGM-metadata_v5.csv"}
+CLINICAL_TABLES = {"upenn-gbm": "UPENN-GBM_clinical_info_v2.1.csv", "ucsf-pdgm": "UCSF-PDGM-metadata_v5.csv",
+                   "lumiere": "LUMIERE-Demographics_Pathology.csv"}
 COLUMNS = ("case_id", "subject_id", "timepoint", "site", "dataset", *SEQUENCES, "seg")
 
 

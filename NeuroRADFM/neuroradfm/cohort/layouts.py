@@ -253,3 +253,75 @@ def ucsf_pdgm(root: Path, clinical: Path | None = None) -> LayoutResult:
                                                                  set(table) - {_ucsf_number(c.subject_id)
                                                                                for c in cases})}
     return LayoutResult(cases, skipped, conventions)
+
+
+# LUMIERE (figshare): Imaging/Patient-NNN/week-WWW[-k]/ with T1, CT1 (post-contrast), T2, FLAIR in native space;
+# HD-GLIO-AUTO-segmentation/registered/ holds the same four skull-stripped and registered plus segmentation.nii.gz
+# (1 non-enhancing T2/FLAIR abnormality, 2 enhancing): used when complete, so images and mask share one space.
+LUMIERE_SESSION = re.compile(r"week-(\d{3})(?:-(\d+))?")
+LUMIERE_SEQUENCES = {"t1": "T1", "t1ce": "CT1", "t2": "T2", "flair": "FLAIR"}
+LUMIERE_MISSING = {"": None, "na": None}
+LUMIERE_MGMT = {"methylated": 1, "not methylated": 0, **LUMIERE_MISSING}
+DAYS_PER_WEEK = 7
+
+
+def lumiere_clinical(table: Path) -> tuple[Mapping, dict[str, dict]]:
+    """``LUMIERE-Demographics_Pathology.csv``: survival in WEEKS (x 7 -> days); no censoring column is known, so
+    ``os_event`` stays empty (a Cox model cannot use these times until it is known who died)."""
+    mapping, records = read_table(table, "Patient", ("Survival time (weeks)", "IDH (WT: wild type)",
+                                                     "MGMT qualitative"))
+    mapping.used["idh1"] = {"source": "IDH (WT: wild type)", "values": {"WT": 0, "a named mutation (e.g. R132H mut)": 1,
+                                                                       "na or blank": None}}
+    rows = {}
+    for line, row in records:
+        idh_text = row["IDH (WT: wild type)"].strip()
+        if idh_text.upper() == "WT":
+            idh = 0
+        elif "mut" in idh_text.lower():
+            idh = 1
+        else:
+            idh = mapping.value(line, row, "IDH (WT: wild type)", "idh1", {"WT": 0, **LUMIERE_MISSING})
+        weeks = mapping.number(line, row, "Survival time (weeks)", "os_days (weeks x 7)", ("", "na"))
+        rows[row["Patient"].strip()] = {
+            "idh1": idh, "mgmt": mapping.value(line, row, "MGMT qualitative", "mgmt", LUMIERE_MGMT),
+            "age": (mapping.number(line, row, "Age at surgery (years)", "age", ("", "na"))
+                    if "Age at surgery (years)" in row else None),
+            "sex": row.get("Sex", "").strip() or None,
+            "os_days": None if weeks is None else weeks * DAYS_PER_WEEK, "os_event": None}
+    return mapping, rows
+
+
+def lumiere(root: Path, clinical: Path | None = None) -> LayoutResult:
+    patients = case_folders(root, re.compile(r"Patient-\d{3}"))
+    if not patients:
+        raise InputError(root, f"holds no Patient-NNN/ folder (LUMIERE Imaging) within {MAX_DEPTH} levels")
+    mapping, table = lumiere_clinical(clinical) if clinical else (None, {})
+    cases, skipped = [], {}
+    for patient in patients:
+        for session in sorted(p for p in patient.iterdir() if p.is_dir() and LUMIERE_SESSION.fullmatch(p.name)):
+            registered = session / "HD-GLIO-AUTO-segmentation" / "registered"
+            reg = {k: _image(registered, f"{v}_r2s_bet_reg") for k, v in LUMIERE_SEQUENCES.items()}
+            if all(reg.values()):
+                paths = dict(reg)
+                seg = _image(registered, "segmentation")
+                if seg is not None:
+                    paths["seg"] = seg
+            else:
+                paths = {k: _image(session, v) for k, v in LUMIERE_SEQUENCES.items()}
+            missing = [k for k, v in paths.items() if v is None]
+            if missing:
+                skipped[str(session)] = f"missing sequence(s) {', '.join(missing)}"
+                continue
+            row = dict(table.get(patient.name, {}))
+            cases.append(ImportedCase(f"{patient.name}_{session.name}", patient.name, session.name, "lumiere",
+                                      "lumiere", paths, row))
+    conventions = {"seg_labels": {"1": "non-enhancing T2/FLAIR abnormality (HD-GLIO)", "2": "enhancing (HD-GLIO)"},
+                   "sequences": {k: f"{v}: HD-GLIO-AUTO-segmentation/registered/{v}_r2s_bet_reg when all four are "
+                                    f"there (with segmentation), else {v}.nii.gz in the week folder (native space)"
+                                 for k, v in LUMIERE_SEQUENCES.items()},
+                   "timepoints": "week-WWW[-k]: weeks since the pre-operative study; -k: several studies that week",
+                   "survival": "weeks x 7 = days; no censoring column: os_event empty"}
+    if mapping is not None:
+        conventions["clinical"] = {"table": mapping.table, "columns": mapping.used,
+                                   "rows_without_images": sorted(set(table) - {c.subject_id for c in cases})}
+    return LayoutResult(cases, skipped, conventions)

@@ -5,6 +5,7 @@ A value outside a mapping is an error naming the file, the line and the column, 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,19 @@ class Mapping:
                                          f"{', '.join(repr(k) for k in values)}")
         self.used.setdefault(ours, {"source": column, "values": dict(values)})
         return lookup[text.lower()]
+
+    def named_mutation(self, line: int, row: dict[str, str], column: str, ours: str, wildtype: str,
+                       mutant: re.Pattern, missing: dict[str, None]) -> int | None:
+        """A marker written as its wild-type word (-> 0) or as the name of a mutation (``mutant`` -> 1), as the
+        cohorts write IDH ("IDH1 p.R132H", "R132H mut"); anything else must be one of ``missing``."""
+        self.used[ours] = {"source": column, "values": {wildtype: 0, f"text matching /{mutant.pattern}/": 1,
+                                                        **missing}}
+        text = row.get(column, "").strip()
+        if text.lower() == wildtype.lower():
+            return 0
+        if mutant.search(text):
+            return 1
+        return self.value(line, row, column, ours, {wildtype: 0, **missing})
 
     def number(self, line: int, row: dict[str, str], column: str, ours: str,
                missing: tuple[str, ...] = ("",)) -> float | None:

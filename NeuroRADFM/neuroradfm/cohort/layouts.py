@@ -200,17 +200,9 @@ def _ucsf_number(case_id: str) -> int:
 def ucsf_clinical(table: Path) -> tuple[Mapping, dict[int, dict]]:
     """``UCSF-PDGM-metadata_v5.csv``: one row per exam -> markers, age, sex, survival (keyed by the id's number)."""
     mapping, records = read_table(table, "ID", ("IDH", "MGMT status", "1p/19q", "OS", "1-dead 0-alive"))
-    mapping.used["idh1"] = {"source": "IDH", "values": {"wildtype": 0, "a named IDH1/IDH2 mutation, 'mutated (NOS)'": 1,
-                                                        "unknown, indeterminate, NA or blank": None}}
     rows = {}
     for line, row in records:
-        idh_text = row["IDH"].strip()
-        if idh_text.lower() == "wildtype":
-            idh = 0
-        elif UCSF_IDH_MUTANT.search(idh_text):
-            idh = 1
-        else:
-            idh = mapping.value(line, row, "IDH", "idh1", {"wildtype": 0, "mutated (NOS)": 1, **UCSF_MISSING})
+        idh = mapping.named_mutation(line, row, "IDH", "idh1", "wildtype", UCSF_IDH_MUTANT, UCSF_MISSING)
         days = mapping.number(line, row, "OS", "os_days", ("", "NA", "unknown"))
         event = mapping.value(line, row, "1-dead 0-alive", "os_event", UCSF_EVENT)
         rows[_ucsf_number(row["ID"])] = {
@@ -262,6 +254,7 @@ LUMIERE_SESSION = re.compile(r"week-(\d{3})(?:-(\d+))?")
 LUMIERE_SEQUENCES = {"t1": "T1", "t1ce": "CT1", "t2": "T2", "flair": "FLAIR"}
 LUMIERE_MISSING = {"": None, "na": None}
 LUMIERE_MGMT = {"methylated": 1, "not methylated": 0, **LUMIERE_MISSING}
+LUMIERE_IDH_MUTANT = re.compile(r"mut", re.IGNORECASE)
 DAYS_PER_WEEK = 7
 
 
@@ -270,17 +263,10 @@ def lumiere_clinical(table: Path) -> tuple[Mapping, dict[str, dict]]:
     ``os_event`` stays empty (a Cox model cannot use these times until it is known who died)."""
     mapping, records = read_table(table, "Patient", ("Survival time (weeks)", "IDH (WT: wild type)",
                                                      "MGMT qualitative"))
-    mapping.used["idh1"] = {"source": "IDH (WT: wild type)", "values": {"WT": 0, "a named mutation (e.g. R132H mut)": 1,
-                                                                       "na or blank": None}}
     rows = {}
     for line, row in records:
-        idh_text = row["IDH (WT: wild type)"].strip()
-        if idh_text.upper() == "WT":
-            idh = 0
-        elif "mut" in idh_text.lower():
-            idh = 1
-        else:
-            idh = mapping.value(line, row, "IDH (WT: wild type)", "idh1", {"WT": 0, **LUMIERE_MISSING})
+        idh = mapping.named_mutation(line, row, "IDH (WT: wild type)", "idh1", "WT", LUMIERE_IDH_MUTANT,
+                                     LUMIERE_MISSING)
         weeks = mapping.number(line, row, "Survival time (weeks)", "os_days (weeks x 7)", ("", "na"))
         rows[row["Patient"].strip()] = {
             "idh1": idh, "mgmt": mapping.value(line, row, "MGMT qualitative", "mgmt", LUMIERE_MGMT),

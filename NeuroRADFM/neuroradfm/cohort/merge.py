@@ -35,7 +35,7 @@ def merge_manifests(manifests: list[str | Path], out: str | Path) -> tuple[Path,
         tables.append((manifest, header, [row for _, row in records]))
     brats21_elsewhere = {row["brats21_id"]: row["dataset"] for _, header, rows in tables if "brats21_id" in header
                          for row in rows if row.get("brats21_id")}
-    seen_subjects: dict[tuple[str, str], str] = {}
+    owner_of: dict[str, str] = {}  # subject -> the dataset that keeps it
     columns: list[str] = []
     merged, dropped, ids = [], {}, set()
     for manifest, header, rows in tables:
@@ -46,11 +46,10 @@ def merge_manifests(manifests: list[str | Path], out: str | Path) -> tuple[Path,
                 dropped[f"{dataset}:{case}"] = (f"the same scan as the {brats21_elsewhere[subject]} case with "
                                                 f"brats21_id {subject}")
                 continue
-            owner = next((d for (s, d) in seen_subjects if s == subject and d != dataset), None)
-            if owner is not None:
+            owner = owner_of.setdefault(subject, dataset)
+            if owner != dataset:
                 dropped[f"{dataset}:{case}"] = f"subject {subject} is already in {owner}"
                 continue
-            seen_subjects[(subject, dataset)] = case
             unique = case if case not in ids else f"{dataset}-{case}"
             if unique in ids:
                 raise InputError(manifest, f"case id {case} appears twice, also as {unique}")

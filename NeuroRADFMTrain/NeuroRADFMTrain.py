@@ -5,12 +5,14 @@ bundled core, run out of process. Two paths: self-supervised pretraining (BYOL /
 Group-DRO) followed by probes + Cox + OOD on the frozen encoder, resumable from its checkpoint; and the
 supervised stand-in encoder (``neuroradfm train-baseline``). Evaluate runs ``neuroradfm evaluate`` on the bundle
 just trained (optionally compared with a second one) out of process (NeuroRADFMLib.evaluation), puts its results
-table in the scene and opens its HTML report.
+table in the scene and opens its HTML report. The cohort (a manifest, or a dataset folder imported into the output
+folder) is checked before training, its check shown as a table; errors refuse training (NeuroRADFMLib.cohorts).
 """
 
 import os
 import shutil
 
+import ctk
 import qt
 import slicer
 from slicer.ScriptedLoadableModule import (
@@ -44,6 +46,17 @@ class NeuroRADFMTrainLogic(ScriptedLoadableModuleLogic):
         from NeuroRADFMLib.training import TrainingJob
 
         return TrainingJob(settings, python=shutil.which("PythonSlicer")).start()
+
+    def startCohortCheck(self, source):
+        """A started NeuroRADFMLib.cohorts.CohortCheckJob: import (a dataset folder) and check; ``job.result()``."""
+        from NeuroRADFMLib.cohorts import CohortCheckJob
+
+        return CohortCheckJob(source, python=shutil.which("PythonSlicer")).start()
+
+    def cohortCheckTable(self, report):
+        from NeuroRADFMLib.cohorts import check_table
+
+        return check_table(slicer.mrmlScene, report)
 
     def lossNodes(self):
         """The loss table and its chart (created once, reused)."""
@@ -84,11 +97,14 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         self.onDone = None
         self.table = None
         self.reportDialog = None
+        self.cohortCheck = None
+        self.trainAfterCheck = False
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.onPoll)
 
     def setup(self):
+        from NeuroRADFMLib.cohorts import source_choices
         from NeuroRADFMLib.devices import list_devices
         from NeuroRADFMLib.evaluation import SPLITS
         from NeuroRADFMLib.training import DRO_MODES, SSL_METHODS, pretrain_available
@@ -107,22 +123,29 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
             self.ui.deviceSelector.addItem(label, device)
         for split, label in SPLITS.items():
             self.ui.splitComboBox.addItem(label, split)
+        for layout, label in source_choices():  # a manifest, or a dataset folder of each layout the core imports
+            self.ui.layoutComboBox.addItem(label, layout)
+        self.manifestFilters = self.ui.cohortPathLineEdit.filters
         self.pretrain = pretrain_available()
         self.controls = {"ssl": self.ui.sslCheckBox, "method": self.ui.sslMethodComboBox, "dro": self.ui.droCheckBox,
                          "dro_mode": self.ui.droModeComboBox, "group_column": self.ui.groupColumnLineEdit,
                          "resume": self.ui.resumeCheckBox, "tumour_weight": self.ui.tumourWeightSpinBox,
                          "fine_tune": self.ui.fineTuneEpochsSpinBox, "report": self.ui.openReportButton,
                          "evaluate": self.ui.evaluateButton, "folds": self.ui.foldsSpinBox,
-                         "split_column": self.ui.splitColumnLineEdit}
+                         "split_column": self.ui.splitColumnLineEdit, "clinical": self.ui.clinicalPathLineEdit,
+                         "check": self.ui.checkCohortButton}
         self.defaultTips = {key: widget.toolTip for key, widget in self.controls.items()}
         self.ui.sslCheckBox.connect("toggled(bool)", self.updateControls)
         self.ui.droCheckBox.connect("toggled(bool)", self.updateControls)
         self.ui.fineTuneEpochsSpinBox.connect("valueChanged(int)", self.updateControls)
         self.ui.splitComboBox.connect("currentIndexChanged(int)", self.updateControls)
+        self.ui.layoutComboBox.connect("currentIndexChanged(int)", self.updateControls)
         for path in (self.ui.cohortPathLineEdit, self.ui.outputPathLineEdit, self.ui.evaluateBundlePathLineEdit,
-                     self.ui.compareBundlePathLineEdit):
+                     self.ui.compareBundlePathLineEdit, self.ui.clinicalPathLineEdit):
             path.connect("currentPathChanged(QString)", self.updateControls)
         self.ui.startButton.connect("clicked(bool)", self.onStart)
+        self.ui.checkCohortButton.connect("clicked(bool)", self.onCheckCohort)
+        self.ui.cohortCheckTableView.hide()
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
         self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
         self.ui.progressBar.hide()
@@ -130,6 +153,7 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
 
     def updateControls(self, *_):
         """Apply the Lib's enabled states and tooltips (what the core offers, what the choices allow)."""
+        from NeuroRADFMLib.cohorts import CHECK_RUNNING, MANIFEST_SOURCE, check_button_text, cohort_states, source_tip
         from NeuroRADFMLib.evaluation import evaluation_states
         from NeuroRADFMLib.training import control_states, method_description
 
@@ -137,11 +161,22 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         fine_tune = self.ui.fineTuneEpochsSpinBox.value > 0
         states = control_states(self.pretrain, self.ui.sslCheckBox.checked, self.ui.droCheckBox.checked, fine_tune,
                                 report=self.reportPath())
-        evaluating = self.job is not None and self.onDone == self.onEvaluated
+        kind = (None if self.job is None else "evaluate" if self.onDone == self.onEvaluated
+                else "check" if self.onDone == self.onChecked and not self.trainAfterCheck else "train")
         states.update(evaluation_states(self.ui.cohortPathLineEdit.currentPath, self.ui.outputPathLineEdit.currentPath,
                                         self.bundlePaths(), self.ui.splitComboBox.currentData,
-                                        training=self.job is not None and not evaluating, evaluating=evaluating))
-        self.ui.startButton.enabled = not evaluating
+                                        training=kind == "train", evaluating=kind == "evaluate"))
+        layout = self.ui.layoutComboBox.currentData
+        states.update(cohort_states(layout, kind))
+        if kind == "check":
+            states["evaluate"] = (False, CHECK_RUNNING)
+        else:
+            self.ui.checkCohortButton.text = check_button_text(layout)
+        self.ui.startButton.enabled = kind in (None, "train")
+        self.ui.cohortPathLineEdit.toolTip = source_tip(layout)
+        filters = self.manifestFilters if layout == MANIFEST_SOURCE else ctk.ctkPathLineEdit.Dirs
+        if self.ui.cohortPathLineEdit.filters != filters:  # browsing picks a folder for a dataset
+            self.ui.cohortPathLineEdit.filters = filters
         for key, (enabled, tip) in states.items():
             self.controls[key].enabled = enabled
             self.controls[key].toolTip = tip or self.defaultTips[key]
@@ -152,7 +187,14 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         if self.job is not None:
             self.job.cancel()
 
-    def settings(self):
+    def cohortSource(self):
+        from NeuroRADFMLib.cohorts import cohort_source, takes_clinical
+
+        layout = self.ui.layoutComboBox.currentData  # a clinical table left from another layout's choice: not used
+        return cohort_source(self.ui.cohortPathLineEdit.currentPath, layout, self.ui.clinicalPathLineEdit.currentPath
+                             if takes_clinical(layout) else "", self.ui.outputPathLineEdit.currentPath)
+
+    def settings(self, check=None):
         from pathlib import Path
 
         from NeuroRADFMLib.training import TrainingSettings
@@ -164,7 +206,8 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         fine_tune = self.ui.fineTuneEpochsSpinBox.value if ssl else 0
         out = Path(self.ui.outputPathLineEdit.currentPath) / (self.ui.bundleNameLineEdit.text or "neuroradfm-bundle")
         return TrainingSettings(
-            cohort=Path(self.ui.cohortPathLineEdit.currentPath), out=out, epochs=self.ui.epochsSpinBox.value,
+            cohort=check.manifest if check else self.cohortSource().manifest(imported=True), out=out,
+            epochs=self.ui.epochsSpinBox.value, cohort_check=check,
             device=self.ui.deviceSelector.currentData,
             tumour_weight=self.ui.tumourWeightSpinBox.value if not ssl or fine_tune else 0.0,
             cache=out.parent / "preprocessed-cache" if self.ui.cacheCheckBox.checked else None,
@@ -195,7 +238,7 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         if not self.ui.cohortPathLineEdit.currentPath or not self.ui.outputPathLineEdit.currentPath:
             raise ValueError("choose a cohort (manifest CSV or folder) and an output folder for the report")
         return EvaluationSettings(
-            cohort=Path(self.ui.cohortPathLineEdit.currentPath), bundles=[Path(b) for b in self.bundlePaths() if b],
+            cohort=self.cohortSource().manifest(imported=True), bundles=[Path(b) for b in self.bundlePaths() if b],
             out=self.evaluationOut(), split=self.ui.splitComboBox.currentData, folds=self.ui.foldsSpinBox.value,
             split_column=self.ui.splitColumnLineEdit.text, device=self.ui.deviceSelector.currentData)
 
@@ -207,10 +250,40 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         if not ensureDependencies(NeuroRADFMLogic(), self.ui.statusLabel):
             return
         with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
-            job = self.logic.startTraining(self.settings())
+            check = self.cohortCheck  # the last check, while it is of this cohort and its manifest is unchanged
+            if check is None or not check.current(self.cohortSource()):  # check (import) first; trains if clean
+                return self.runCohortCheck(train=True)
+            job = self.logic.startTraining(self.settings(check))  # refused while the check has errors
             self.table, chart = self.logic.lossNodes()
             slicer.modules.plots.logic().ShowChartInLayout(chart)
             self.startRunning(job, self.ui.startButton, self.onTrained)
+
+    def onCheckCohort(self):
+        if self.job is not None:
+            return self.cancelJob()
+        with slicer.util.tryWithErrorDisplay("Could not check the cohort.", waitCursor=True):
+            self.runCohortCheck(train=False)
+
+    def runCohortCheck(self, train):
+        """Import (a dataset folder) and check out of process; ``train``: Start training asked, train if clean."""
+        source = self.cohortSource()
+        self.trainAfterCheck = train
+        self.startRunning(self.logic.startCohortCheck(source), self.ui.startButton if train
+                          else self.ui.checkCohortButton, self.onChecked)
+        self.ui.cohortCheckLabel.text = self.ui.statusLabel.text = (
+            f"Importing {source.path} ({source.layout}), then checking it..." if source.imports
+            else f"Checking {source.path}...")
+
+    def onChecked(self, job):
+        with slicer.util.tryWithErrorDisplay("The cohort check failed."):
+            self.cohortCheck = check = job.result()
+            self.ui.cohortCheckTableView.setMRMLTableNode(self.logic.cohortCheckTable(check.report))
+            self.ui.cohortCheckTableView.show()
+            self.ui.cohortCheckLabel.text = self.ui.statusLabel.text = check.summary()
+        if self.trainAfterCheck and check.status == "warnings":
+            self.ui.statusLabel.text = "The cohort has warnings (in the table): press Start training again to train."
+        elif self.trainAfterCheck and check.current(self.cohortSource()):  # clean: train; errors: refused (dialog)
+            self.onStart()
 
     def onEvaluate(self):
         if self.job is not None:
@@ -235,8 +308,10 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
             return
         job, done = self.job, self.onDone
         self.stopRunning()
-        done(job)
-        self.updateControls()
+        try:
+            done(job)
+        finally:  # also after a failure (the dialog re-raises): the buttons say what they do again
+            self.updateControls()
 
     def onTrained(self, job):
         with slicer.util.tryWithErrorDisplay("Training failed."):

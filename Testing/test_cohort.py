@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ SUFFIXES_2023 = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg":
 
 
 def _image(path: Path, size: int = 8, spacing: float = 1.0) -> None:
-    image = sitk.GetImageFromArray(np.ones((size,) * 3, np.int16))
+    """Voxels of their own for every file name: two files hold the same scan only where a test makes them."""
+    voxels = np.random.default_rng(zlib.crc32(path.name.encode())).integers(0, 1000, (size,) * 3, dtype=np.int16)
+    image = sitk.GetImageFromArray(voxels)
     image.SetSpacing([spacing] * 3)
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path))
@@ -231,7 +234,7 @@ def test_upenn_clinical_values_outside_the_mapping_stop_with_file_line_and_colum
     assert str(table) in err and message in err
     assert not out.parent.exists()
     with pytest.raises(Exception, match="has no clinical table mapping"):
-        import_cohort("brats2021", root, out, clinical=table)
+        import_cohort("brats2023", root, out, clinical=table)
 
 
 UCSF_METADATA = """ID,Sex,Age at MRI,WHO CNS Grade,MGMT status,MGMT index,1p/19q,IDH,1-dead 0-alive,OS,BraTS21 ID
@@ -297,7 +300,8 @@ def test_merge_drops_the_brats2021_copy_of_a_ucsf_exam_and_keeps_ids_unique(brat
     out = tmp_path / "all" / "all.csv"
     assert main(["cohort", "merge", str(ucsf_manifest), str(brats_manifest), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "dropped brats2021:BraTS2021_00002: the same scan as the ucsf-pdgm case with brats21_id" in printed
+    assert ("dropped brats2021:BraTS2021_00002: the patient BraTS2021_00002 is already in ucsf-pdgm (case "
+            "UCSF-PDGM-0004)") in printed
     rows = _rows(out)
     assert [r["case_id"] for r in rows] == ["UCSF-PDGM-0004", "UCSF-PDGM-0010", "UCSF-PDGM-0433",
                                             "UCSF-PDGM-0433_FU007d", "BraTS2021_00001"]
@@ -307,14 +311,38 @@ def test_merge_drops_the_brats2021_copy_of_a_ucsf_exam_and_keeps_ids_unique(brat
     assert len(entries) == 5
     assert check_manifest(out).errors == []
     # the same subject in two datasets: kept once; the same case id for other subjects: prefixed with the dataset
-    twin = tmp_path / "c" / "brats.csv"
-    twin.parent.mkdir()
+    first, twin = tmp_path / "c" / "alpha.csv", tmp_path / "c" / "other.csv"
+    first.parent.mkdir()
+    first.write_text(brats_manifest.read_text().replace("brats2021,", "alpha,"))
     twin.write_text(brats_manifest.read_text().replace("brats2021,", "other,").replace(",BraTS2021_00002,000,",
-                                                                                       ",P2,000,"))
-    assert main(["cohort", "merge", str(brats_manifest), str(twin), "--out", str(tmp_path / "twin.csv")]) == 0
-    assert "dropped other:BraTS2021_00001: subject BraTS2021_00001 is already in brats2021" in capsys.readouterr().out
+                                                                                       ",P2,000,")
+                    .replace(",BraTS2021_00002\n", ",\n"))
+    assert main(["cohort", "merge", str(first), str(twin), "--out", str(tmp_path / "twin.csv"), "--headers-only"]) == 0
+    assert ("dropped other:BraTS2021_00001: the patient BraTS2021_00001 is already in alpha (case BraTS2021_00001)"
+            in capsys.readouterr().out)
     assert [r["case_id"] for r in _rows(tmp_path / "twin.csv")] == ["BraTS2021_00001", "BraTS2021_00002",
                                                                     "other-BraTS2021_00002"]
+    # P2 points at the same images: the voxels say it is the same scan
+    assert main(["cohort", "merge", str(first), str(twin), "--out", str(tmp_path / "twin.csv"),
+                 "--progress", "none"]) == 0
+    assert ("dropped other:BraTS2021_00002: identical T1ce voxels to the alpha case BraTS2021_00002"
+            in capsys.readouterr().out)
+    assert [r["case_id"] for r in _rows(tmp_path / "twin.csv")] == ["BraTS2021_00001", "BraTS2021_00002"]
+    report = check_manifest(_twin_manifest(first, twin, tmp_path))
+    assert any("hold identical T1ce voxels" in w and "BraTS2021_00002 (alpha)" in w for w in report.warnings)
+    assert check_manifest(_twin_manifest(first, twin, tmp_path), hashes=False).warnings == [
+        w for w in report.warnings if "identical T1ce voxels" not in w]
+
+
+def _twin_manifest(first: Path, twin: Path, tmp_path: Path) -> Path:
+    """Both manifests' rows in one file (ids made unique), as a hand-made merge would leave them."""
+    rows = _rows(first) + [{**r, "case_id": "x-" + r["case_id"]} for r in _rows(twin)]
+    out = tmp_path / "hand.csv"
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
 
 
 def test_merge_refuses_a_manifest_that_no_import_wrote_and_writes_nothing(brats2021_tcia, phantom_cohort, tmp_path,

@@ -474,7 +474,7 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
     target.write_text(page, encoding="utf-8")
     base = [shutil.which("chromium"), *CHROMIUM_FLAGS]
     dom = subprocess.run([*base, f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom", target.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, encoding="utf-8", timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     rendered = _parse(dom.stdout)
     assert rendered.sections == dict(SECTIONS)
@@ -482,7 +482,8 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
 
     shot = tmp_path / "shot.png"
     result = subprocess.run([*base, f"--user-data-dir={tmp_path / 'profile-shot'}", f"--screenshot={shot}",
-                             "--window-size=1400,2000", target.as_uri()], capture_output=True, text=True, timeout=120)
+                             "--window-size=1400,2000", target.as_uri()], capture_output=True, encoding="utf-8",
+                            timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert shot.exists() and shot.stat().st_size > 20_000
     with Image.open(shot) as image:

@@ -9,6 +9,7 @@ pytest suite against a real ``vtkMRMLScene`` from the PyPI package slicer-core. 
 - ``process``: the out-of-process core run (``PythonSlicer -m neuroradfm ...``) with JSON progress
 - ``prediction``: the NeuroRADFM module's job (nodes -> temp files -> process -> result nodes)
 - ``training``: the NeuroRADFMTrain module's job, loss curve table and plot
+- ``cohorts``: the NeuroRADFMTrain module's cohort selector: import a dataset folder, check it, the check table
 - ``bundles``: the demo bundle and a registry of trained bundles
 - ``devices``: CPU and CUDA GPUs by name
 - ``dependencies``: the first-use package check

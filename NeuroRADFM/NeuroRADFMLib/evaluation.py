@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from NeuroRADFMLib.process import CoreProcess, ProgressEvent, wait_for
+from NeuroRADFMLib.process import CoreProcess, ProcessJob
 from NeuroRADFMLib.training import REPORT_MISSING, TrainingError, resolve_manifest
 
 SPLITS = {"kfold": "k-fold cross-validation (stratified by site, grouped by subject)",
@@ -143,8 +143,10 @@ def report_url(path: str | Path) -> str:
     return Path(path).resolve().as_uri()
 
 
-class EvaluationJob:
+class EvaluationJob(ProcessJob):
     """One ``neuroradfm evaluate`` process, polled like a TrainingJob (start / poll / finished / cancel / wait)."""
+
+    what = "evaluation"
 
     def __init__(self, settings: EvaluationSettings, python: str | None = None) -> None:
         self.settings = settings
@@ -159,29 +161,9 @@ class EvaluationJob:
         self.process = CoreProcess(self.arguments[2:], python=self.python).start()  # CoreProcess adds -m neuroradfm
         return self
 
-    def poll(self) -> list[ProgressEvent]:
-        """Progress since the last call; never blocks."""
-        return [] if self.process is None else self.process.poll()
-
-    @property
-    def finished(self) -> bool:
-        if self.process is None:
-            return self.cancelled
-        return self.cancelled or self.process.finished
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.process is None else self.process.returncode
-
-    def wait(self, timeout: float | None = None, interval: float = 0.2) -> list[ProgressEvent]:
-        """Poll until finished (console and tests); returns every event. Cancels on timeout."""
-        return wait_for(self, "evaluation", timeout, interval)
-
     def cancel(self) -> None:
         """Stop the process; the core keeps its embedding cache (``<out>/cache``) so that a rerun resumes."""
-        self.cancelled = True
-        if self.process is not None:
-            self.process.cancel()
+        super().cancel()
 
     def cancel_summary(self) -> str:
         return (f"Evaluation cancelled; no new report was written. The embeddings computed so far stay in "

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,11 +66,14 @@ def core_environment(core_parent: Path = CORE_PARENT) -> dict[str, str]:
 
 
 class CoreProcess:
-    """``python -m neuroradfm <arguments>`` in its own process group, with non-blocking progress polling."""
+    """``python -m neuroradfm <arguments>`` in its own process group, with non-blocking progress polling.
+
+    ``module``: another module run the same way (``NeuroRADFMLib.cohorts``: cohort import and check, whose result
+    is one JSON line the caller reads from ``output_lines``)."""
 
     def __init__(self, arguments: Sequence[str], python: str | None = None, temp_dir: str | Path | None = None,
-                 cwd: str | Path | None = None) -> None:
-        self.command = [python or python_executable(), "-m", "neuroradfm", *map(str, arguments)]
+                 cwd: str | Path | None = None, module: str = "neuroradfm") -> None:
+        self.command = [python or python_executable(), "-m", module, *map(str, arguments)]
         self.temp_dir = None if temp_dir is None else Path(temp_dir)
         self.cwd = cwd
         self.output_lines: list[str] = []
@@ -206,3 +209,45 @@ def wait_for(job: Any, what: str, timeout: float | None = None, interval: float 
         events += job.poll()
         time.sleep(interval)
     return events + job.poll()
+
+
+def remove_new(paths: Iterable[Path], before: set[Path]) -> None:
+    """Remove what a cancelled job left half-written: the staging files and folders not there when it started."""
+    for path in set(paths) - before:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+class ProcessJob:
+    """What a job running one CoreProcess (``self.process``) shares with the others: poll / finished / returncode /
+    wait / cancel, polled by the widgets like a TrainingJob."""
+
+    what = "job"
+    process: CoreProcess | None = None
+    cancelled = False
+
+    def poll(self) -> list[ProgressEvent]:
+        """Progress since the last call; never blocks."""
+        return [] if self.process is None else self.process.poll()
+
+    @property
+    def finished(self) -> bool:
+        if self.process is None:
+            return self.cancelled
+        return self.cancelled or self.process.finished
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    def wait(self, timeout: float | None = None, interval: float = 0.2) -> list[ProgressEvent]:
+        """Poll until finished (console and tests); returns every event. Cancels on timeout."""
+        return wait_for(self, self.what, timeout, interval)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.process is not None:
+            self.process.cancel()
+

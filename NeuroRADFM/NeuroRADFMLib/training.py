@@ -18,8 +18,12 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from NeuroRADFMLib.process import CoreProcess, ProgressEvent, wait_for
+from NeuroRADFMLib.process import CoreProcess, ProgressEvent, remove_new, wait_for
+
+if TYPE_CHECKING:
+    from NeuroRADFMLib.cohorts import CohortCheck
 
 SSL_METHODS = ("byol", "dino", "mae", "moco")
 DRO_MODES = {"exponentiated": "exponentiated weights (Sagawa et al.)",
@@ -100,6 +104,9 @@ class TrainingSettings:
     fine_tune_epochs: int = 0
     """Self-supervised only: 0 fits the heads on the frozen encoder (``fit-heads``); N > 0 fine-tunes the
     pretrained encoder with the markers for N epochs (``train-baseline --init``; ``tumour_weight`` applies)."""
+    cohort_check: CohortCheck | None = None
+    """The cohort check of this manifest (NeuroRADFMLib.cohorts): training is refused while it has errors, or when
+    it is of another manifest or the manifest changed since. None: not checked here (the console, the tests)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,8 @@ def _grid_options(settings: TrainingSettings) -> list:
 def training_steps(settings: TrainingSettings, commands: set[str] | None = None) -> list[TrainingStep]:
     """The core command lines of a run, checked first so that a bad request fails before any process starts."""
     manifest = resolve_manifest(settings.cohort)
+    if settings.cohort_check is not None:
+        settings.cohort_check.require_trainable(manifest)
     paths = training_paths(settings)
     if settings.epochs < 1:
         raise TrainingError(f"epochs: {settings.epochs} (at least 1)")
@@ -360,11 +369,7 @@ class TrainingJob:
         self.cancelled = True
         if self.process is not None:
             self.process.cancel()
-        for path in set(self._staging()) - self._staging_before:
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+        remove_new(self._staging(), self._staging_before)
 
     def cancel_summary(self) -> str:
         """What a cancel left behind, for the status line."""

@@ -269,19 +269,31 @@ def _parser() -> argparse.ArgumentParser:
     cohort = p.add_subparsers(dest="cohort_command", required=True)
     q = cohort.add_parser("import", help="find a layout's cases under ROOT and write a manifest (+ .import.json)")
     q.add_argument("root", type=_path, help="the cohort's folder as downloaded")
-    q.add_argument("--layout", required=True, help="brats2021, brats2023, upenn-gbm, ucsf-pdgm or lumiere")
-    q.add_argument("--clinical", type=_path, help="the layout's clinical table (upenn-gbm: "
-                                                  "UPENN-GBM_clinical_info_v2.1.csv; ucsf-pdgm: "
-                                                  "UCSF-PDGM-metadata_v5.csv; lumiere: "
-                                                  "LUMIERE-Demographics_Pathology.csv)")
+    q.add_argument("--layout", required=True,
+                   help="brats2021, brats2023, upenn-gbm, ucsf-pdgm, mu-glioma-post, lumiere, rsna-miccai-mgmt or "
+                        "folder (ROOT/<case>/ in any naming the case loader reads)")
+    q.add_argument("--clinical", type=_path,
+                   help="the layout's clinical table: brats2021 BraTS2021_MappingToTCIA.xlsx, upenn-gbm "
+                        "UPENN-GBM_clinical_info_v2.1.csv, ucsf-pdgm UCSF-PDGM-metadata_v5.csv, mu-glioma-post "
+                        "MU-Glioma-Post_ClinicalData-July2025.xlsx, lumiere LUMIERE-Demographics_Pathology.csv, "
+                        "rsna-miccai-mgmt train_labels.csv, folder: yours (.csv or .xlsx)")
+    q.add_argument("--map", type=_path, dest="map_file",
+                   help="JSON file naming which columns and values of --clinical are ours (folder layout), or "
+                        "overriding a public layout's mapping; see the README")
     q.add_argument("--out", type=_path, required=True, help="manifest .csv to write")
     q = cohort.add_parser("check", help="files, geometry, labels, subjects and survival of a manifest; exit 0 "
                                         "clean, 1 warnings, 2 errors")
     q.add_argument("manifest", type=_path)
     q.add_argument("--strict", action="store_true", help="warnings are errors (exit 2)")
+    q.add_argument("--headers-only", action="store_true",
+                   help="read image headers only: skip comparing T1ce voxels to find one scan under two names")
+    _progress_option(q)
     q = cohort.add_parser("merge", help="several imported manifests -> one multi-site manifest, duplicates removed")
     q.add_argument("manifests", nargs="+", type=_path)
     q.add_argument("--out", type=_path, required=True, help="merged manifest .csv to write")
+    q.add_argument("--headers-only", action="store_true",
+                   help="find duplicates by subject and BraTS ids only, without comparing T1ce voxels")
+    _progress_option(q)
 
     p = commands.add_parser("info", help="print a model bundle's card summary")
     p.add_argument("bundle", type=_path)
@@ -481,18 +493,19 @@ def _cohort(args: argparse.Namespace) -> int:
     from neuroradfm.cohort import check_manifest, import_cohort
 
     if args.cohort_command == "import":
-        manifest = import_cohort(args.layout, args.root, args.out, args.clinical)
+        manifest = import_cohort(args.layout, args.root, args.out, args.clinical, args.map_file)
         print(f"manifest: {manifest}")
         return 0
     if args.cohort_command == "merge":
         from neuroradfm.cohort.merge import merge_manifests
 
-        manifest, dropped = merge_manifests(args.manifests, args.out)
+        manifest, dropped = merge_manifests(args.manifests, args.out, hashes=not args.headers_only,
+                                            progress=make_progress(args.progress))
         for case, why in dropped.items():
             print(f"dropped {case}: {why}")
         print(f"manifest: {manifest}")
         return 0
-    report = check_manifest(args.manifest)
+    report = check_manifest(args.manifest, hashes=not args.headers_only, progress=make_progress(args.progress))
     print(report.text())
     return report.exit_status(args.strict)
 

@@ -7,12 +7,15 @@ threshold on cross-validated probabilities (Youden's J), never on the fitted one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.metrics import roc_auc_score, roc_curve
-from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+from sklearn.model_selection import cross_val_predict
 
+from neuroradfm.folds import GROUP_COLUMN, Splits, case_folds, class_folds, repeated
 from neuroradfm.models.heads import MarkerHead, OodHead
 
 
@@ -24,13 +27,14 @@ def fit_scaling(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 MIN_PER_CLASS = 2
-"""Positive and negative cases a marker probe needs at the least: its stratified cross-validation holds one of
-each out while the other fold trains."""
+"""Positive and negative cases (subjects, when a subject has several cases) a marker probe needs at the least: its
+stratified cross-validation holds one of each out while the other fold trains."""
 
 
-def marker_problem(labels: np.ndarray, key: str) -> str | None:
+def marker_problem(labels: np.ndarray, key: str, subjects: Sequence[str] | None = None) -> str | None:
     """Why no probe for ``key`` can be fitted on these labels (NaN: unknown), or None when one can: a check
-    that needs no embeddings, so a cohort can be judged from its manifest before any case is preprocessed."""
+    that needs no embeddings, so a cohort can be judged from its manifest before any case is preprocessed.
+    ``subjects`` (one per label): with repeated subjects the folds are grouped, so classes are counted in subjects."""
     labels = np.asarray(labels, dtype=np.float64)
     known = labels[~np.isnan(labels)]
     other = sorted(set(known.tolist()) - {0.0, 1.0})
@@ -40,6 +44,12 @@ def marker_problem(labels: np.ndarray, key: str) -> str | None:
     if counts.min() < MIN_PER_CLASS:
         return (f"marker {key!r}: need at least {MIN_PER_CLASS} positive and {MIN_PER_CLASS} negative cases, "
                 f"got {counts.tolist()}")
+    known_subjects = None if subjects is None else np.asarray(subjects)[~np.isnan(labels)]
+    if repeated(known_subjects):
+        per_class = [len(set(known_subjects[known == c].tolist())) for c in (0.0, 1.0)]
+        if min(per_class) < MIN_PER_CLASS:
+            return (f"marker {key!r}: need at least {MIN_PER_CLASS} positive and {MIN_PER_CLASS} negative subjects "
+                    f"(cross-validation grouped by {GROUP_COLUMN}), got {per_class}")
     return None
 
 
@@ -47,7 +57,7 @@ PROBE_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 """Inverse penalties the inner cross-validation chooses among (scikit-learn's C, on standardised features)."""
 
 
-def choose_c(x: np.ndarray, y: np.ndarray, cv: StratifiedKFold) -> float:
+def choose_c(x: np.ndarray, y: np.ndarray, cv: Splits) -> float:
     """The probe's inverse penalty among PROBE_CS with the best cross-validated AUC on (x, y)."""
     search = LogisticRegressionCV(Cs=list(PROBE_CS), l1_ratios=(0.0,), cv=cv, scoring="roc_auc",
                                   class_weight="balanced", max_iter=5000, use_legacy_attributes=False).fit(x, y)
@@ -55,22 +65,28 @@ def choose_c(x: np.ndarray, y: np.ndarray, cv: StratifiedKFold) -> float:
 
 
 def fit_marker_probe(features: np.ndarray, labels: np.ndarray, key: str, *, c: float | None = None,
-                     folds: int = 5, seed: int = 0) -> MarkerHead:
+                     folds: int = 5, seed: int = 0, subjects: Sequence[str] | None = None) -> MarkerHead:
     """Class-balanced logistic probe on standardised features; rows whose label is NaN are left out.
 
     The one probe of ``fit-heads`` and of ``evaluate`` (which calls it on each outer training fold): the penalty is
     chosen by an inner stratified cross-validation of ``features`` (AUC; ``c`` fixes it instead), the decision
     threshold maximises Youden's J on the inner cross-validated probabilities (never on fitted ones). Metrics: that
-    inner cross-validation's AUC and its balanced accuracy at the threshold, and the chosen C.
+    inner cross-validation's AUC and its balanced accuracy at the threshold, and the chosen C. ``subjects`` (one per
+    row): when a subject has several cases the inner folds keep them together (``folds.class_folds``) and the metrics
+    add ``n_subjects``.
     """
-    problem = marker_problem(labels, key)
+    problem = marker_problem(labels, key, subjects)
     if problem:
         raise ValueError(problem)
     labels = np.asarray(labels, dtype=np.float64)
     known = ~np.isnan(labels)
     x, y = features[known], labels[known].astype(int)
     counts = np.bincount(y, minlength=2)
-    cv = StratifiedKFold(n_splits=min(folds, int(counts.min())), shuffle=True, random_state=seed)
+    groups = None if subjects is None else np.asarray(subjects)[known]
+    try:
+        cv = class_folds(y, folds, seed, groups)
+    except ValueError as error:
+        raise ValueError(f"marker {key!r}: {error}") from None
     c = choose_c(x, y, cv) if c is None else c
     model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
     cv_prob = cross_val_predict(model, x, y, cv=cv, method="predict_proba")[:, 1]
@@ -84,21 +100,24 @@ def fit_marker_probe(features: np.ndarray, labels: np.ndarray, key: str, *, c: f
                       threshold=threshold,
                       metrics={"cv_auc": float(roc_auc_score(y, cv_prob)),
                                "cv_balanced_accuracy": float(balanced_accuracy),
-                               "n": int(len(y)), "n_positive": int(counts[1]), "c": c})
+                               "n": int(len(y)), "n_positive": int(counts[1]), "c": c,
+                               **({"n_subjects": len(set(groups.tolist()))} if repeated(groups) else {})})
 
 
-def fit_ood(features: np.ndarray, percentile: float = 99.0, folds: int = 5, seed: int = 0) -> OodHead:
+def fit_ood(features: np.ndarray, percentile: float = 99.0, folds: int = 5, seed: int = 0,
+            subjects: Sequence[str] | None = None) -> OodHead:
     """Mahalanobis distance with a Ledoit-Wolf covariance; threshold = percentile of out-of-fold distances.
 
     A case's distance to a covariance fitted on itself is optimistic (with few cases and many features,
     much smaller than a new case's), so the threshold comes from each case's distance to the other folds'
     fit: a new case from the training distribution is then flagged about (100 - percentile) % of the time.
+    For the same reason a subject's scans (``subjects``, one per row) stay in one fold.
     """
     estimator = LedoitWolf().fit(features)
     head = OodHead(mean=estimator.location_.astype(np.float64), precision=estimator.precision_.astype(np.float64),
                    threshold=0.0, percentile=percentile)
     distances = []
-    for train, held_out in KFold(n_splits=min(folds, len(features)), shuffle=True, random_state=seed).split(features):
+    for train, held_out in case_folds(len(features), min(folds, len(features)), seed, subjects):
         fold = LedoitWolf().fit(features[train])
         fold_head = OodHead(fold.location_, fold.precision_, 0.0)
         distances += [fold_head.distance(row) for row in features[held_out]]

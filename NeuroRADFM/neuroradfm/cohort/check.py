@@ -1,6 +1,7 @@
 """``neuroradfm cohort check``: is a manifest fit to train on? Files, geometry, labels, subjects, survival.
 
-Reads image headers only (fast; a truncated .nii.gz still passes here and fails when the case loads).
+Reads image headers (a truncated .nii.gz passes here and fails when the case loads), and the voxels of the T1ce
+images whose headers agree, to find one scan under two names (``hashes=False`` skips that).
 Problems are errors (the manifest cannot be used as it is) or warnings (it can, but probably should not).
 """
 
@@ -14,8 +15,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from neuroradfm import SEQUENCES
+from neuroradfm.cohort.duplicates import identical_scans
+from neuroradfm.errors import InputError
 from neuroradfm.io import read_manifest
+from neuroradfm.io.dicom import find_series
 from neuroradfm.markers import MARKER_KEYS
+from neuroradfm.progress import Progress, null_progress
 
 MAX_SURVIVAL_DAYS = 30 * 365.25
 
@@ -56,6 +61,15 @@ def _orientation(direction: tuple[float, ...]) -> str:
 
 def _header(path: Path) -> str:
     reader = sitk.ImageFileReader()
+    if path.is_dir():  # a DICOM series folder: its first slice's header and the slice count
+        series = [s for s in find_series(path) if not s.excluded]
+        if len(series) != 1:
+            raise RuntimeError(f"a sequence folder must hold exactly one DICOM series, found {len(series)}")
+        reader.SetFileName(series[0].files[0])
+        reader.ReadImageInformation()
+        cols, rows = reader.GetSize()[:2]
+        spacing = "x".join(f"{s:g}" for s in reader.GetSpacing()[:2])
+        return f"{cols}x{rows}x{len(series[0].files)} @ {spacing} mm in-plane {_orientation(reader.GetDirection())}"
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     size = "x".join(str(n) for n in reader.GetSize())
@@ -67,26 +81,30 @@ def _number(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def check_manifest(path: str | Path) -> CheckReport:
+def check_manifest(path: str | Path, hashes: bool = True, progress: Progress = null_progress) -> CheckReport:
     """Every listed file present and readable, geometry per site, marker prevalence per site, subjects seen in
-    several datasets or at several timepoints, survival values that cannot be right."""
+    several datasets or at several timepoints, survival values that cannot be right; with ``hashes``, the same
+    scan under two case ids (identical T1ce voxels: reads the images whose headers agree)."""
     entries = read_manifest(path)
     report = CheckReport(len(entries))
+    readable: list[tuple[str, Path]] = []
     subjects: dict[str, set[str]] = defaultdict(set)
     timepoints: dict[tuple[str, str], set[str]] = defaultdict(set)
     for entry in entries:
         site = entry.site or "(no site)"
         for key, file in entry.paths.items():
-            if not file.is_file():
+            if not (file.is_file() or file.is_dir()):
                 report.errors.append(f"{entry.case_id}: {key} file not found: {file}")
                 report.missing_files += 1
                 continue
             try:
                 shape = _header(file)
-            except RuntimeError as error:
+            except (RuntimeError, InputError) as error:
                 report.errors.append(f"{entry.case_id}: {key} file {file} is not a readable image "
                                      f"({str(error).strip().splitlines()[-1]})")
                 continue
+            if key == "t1ce":
+                readable.append((entry.case_id, file))
             if key == "t1ce":
                 report.geometry.setdefault(site, Counter())[shape] += 1
         subject = entry.clinical.get("subject_id")
@@ -102,6 +120,11 @@ def check_manifest(path: str | Path) -> CheckReport:
             report.errors.append(f"{entry.case_id}: os_event must be 0 (censored) or 1 (event), got {event!r}")
         elif event is not None and days is None:
             report.errors.append(f"{entry.case_id}: os_event {event} without os_days")
+    if hashes:
+        where = {e.case_id: f"{e.case_id} ({e.clinical.get('dataset') or e.site or 'no dataset'})" for e in entries}
+        for group in identical_scans(readable, progress):
+            report.warnings.append(f"cases {', '.join(where[c] for c in group)} hold identical T1ce voxels: one "
+                                   "scan under several names; keep one (`neuroradfm cohort merge` drops copies)")
     for subject, datasets in sorted(subjects.items()):
         if len(datasets) > 1:
             report.warnings.append(f"subject {subject} is in several datasets ({', '.join(sorted(datasets))}): "

@@ -10,19 +10,30 @@ from pathlib import Path
 
 from neuroradfm import SEQUENCES
 from neuroradfm.atomic import atomic_file
+from neuroradfm.cohort.folder import generic_folder, read_map
 from neuroradfm.cohort.layouts import LayoutResult, brats, lumiere, ucsf_pdgm, upenn_gbm
+from neuroradfm.cohort.mu_glioma_post import mu_glioma_post
+from neuroradfm.cohort.rsna_miccai import rsna_miccai_mgmt
 from neuroradfm.errors import InputError, SettingsError
 from neuroradfm.output_paths import check_destinations
 
-LAYOUTS: dict[str, Callable[[Path, Path | None], LayoutResult]] = {
-    "brats2021": lambda root, clinical: brats(root, "brats2021"),
-    "brats2023": lambda root, clinical: brats(root, "brats2023"),
-    "upenn-gbm": upenn_gbm,
-    "ucsf-pdgm": ucsf_pdgm,
-    "lumiere": lumiere,
+Layout = Callable[[Path, "Path | None", dict], LayoutResult]
+"""(root, clinical table or None, the --map file's content) -> the cases found."""
+LAYOUTS: dict[str, Layout] = {
+    "brats2021": lambda root, clinical, spec: brats(root, "brats2021", clinical, spec.get("columns")),
+    "brats2023": lambda root, clinical, spec: brats(root, "brats2023"),
+    "upenn-gbm": lambda root, clinical, spec: upenn_gbm(root, clinical, spec.get("columns")),
+    "ucsf-pdgm": lambda root, clinical, spec: ucsf_pdgm(root, clinical, spec.get("columns")),
+    "mu-glioma-post": lambda root, clinical, spec: mu_glioma_post(root, clinical, spec.get("columns")),
+    "lumiere": lambda root, clinical, spec: lumiere(root, clinical, spec.get("columns")),
+    "rsna-miccai-mgmt": lambda root, clinical, spec: rsna_miccai_mgmt(root, clinical, spec.get("columns")),
+    "folder": generic_folder,
 }
-CLINICAL_TABLES = {"upenn-gbm": "UPENN-GBM_clinical_info_v2.1.csv", "ucsf-pdgm": "UCSF-PDGM-metadata_v5.csv",
-                   "lumiere": "LUMIERE-Demographics_Pathology.csv"}
+CLINICAL_TABLES = {"brats2021": "BraTS2021_MappingToTCIA.xlsx", "upenn-gbm": "UPENN-GBM_clinical_info_v2.1.csv",
+                   "ucsf-pdgm": "UCSF-PDGM-metadata_v5.csv",
+                   "mu-glioma-post": "MU-Glioma-Post_ClinicalData-July2025.xlsx",
+                   "lumiere": "LUMIERE-Demographics_Pathology.csv", "rsna-miccai-mgmt": "train_labels.csv",
+                   "folder": "your table (.csv or .xlsx) with a --map file, or one with our column names"}
 COLUMNS = ("case_id", "subject_id", "timepoint", "site", "dataset", *SEQUENCES, "seg")
 
 
@@ -30,22 +41,27 @@ def sidecar_path(manifest: Path) -> Path:
     return manifest.with_name(manifest.stem + ".import.json")
 
 
-def import_cohort(layout: str, root: str | Path, out: str | Path, clinical: str | Path | None = None) -> Path:
+def import_cohort(layout: str, root: str | Path, out: str | Path, clinical: str | Path | None = None,
+                  mapping: str | Path | None = None) -> Path:
     """Find the cases of ``layout`` under ``root`` and write the manifest ``out`` (image paths absolute) and its
-    sidecar; returns ``out``. ``clinical``: the layout's clinical table (CLINICAL_TABLES). Nothing is written
-    when the root holds no case of the layout or a table value cannot be mapped."""
+    sidecar; returns ``out``. ``clinical``: the layout's clinical table (CLINICAL_TABLES); ``mapping``: a JSON map
+    file (cohort.folder.read_map) naming the table's columns and values for the folder layout, or overriding a
+    public layout's. Nothing is written when the root holds no case of the layout or a value cannot be mapped."""
     if layout not in LAYOUTS:
         raise SettingsError("--layout", f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     if clinical is not None and layout not in CLINICAL_TABLES:
         raise SettingsError("--clinical", f"the {layout} layout has no clinical table mapping; layouts with one: "
                                           + ", ".join(f"{k} ({v})" for k, v in CLINICAL_TABLES.items()))
+    if mapping is not None and clinical is None:
+        raise SettingsError("--map", "a map file describes a clinical table: give the table with --clinical")
+    spec = read_map(Path(mapping), public_layout=layout != "folder") if mapping is not None else {}
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise InputError(root, "cohort root is not a folder" if root.exists() else "cohort root not found")
     if out.suffix.lower() != ".csv":
         raise SettingsError("--out", f"the manifest is a .csv file, got {out}")
     check_destinations(files={"--out": out})
-    result = LAYOUTS[layout](root.resolve(), None if clinical is None else Path(clinical))
+    result = LAYOUTS[layout](root.resolve(), None if clinical is None else Path(clinical), spec)
     if not result.cases:
         raise InputError(root, f"no usable {layout} case: " + "; ".join(f"{Path(k).name}: {v}"
                                                                          for k, v in result.skipped.items()))
@@ -60,6 +76,8 @@ def import_cohort(layout: str, root: str | Path, out: str | Path, clinical: str 
             raise InputError(root, f"case {case.case_id} is there twice: {seen[case.case_id].parent} and "
                                    f"{case.paths['t1'].parent}; keep one packaging of the cohort under the root")
         seen[case.case_id] = case.paths["t1"]
+    if mapping is not None:
+        result.conventions["map_file"] = str(Path(mapping).resolve())
     record = {"layout": layout, "root": str(root.resolve()), "cases": len(rows), "skipped": result.skipped,
               **result.conventions}
     out.parent.mkdir(parents=True, exist_ok=True)  # every check passed: now the files

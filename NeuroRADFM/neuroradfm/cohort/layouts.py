@@ -64,10 +64,52 @@ def case_folders(root: Path, pattern: re.Pattern) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def brats(root: Path, layout: str) -> LayoutResult:
-    """BraTS 2021 (``BraTS2021_NNNNN``; TCIA's source level gives the site) or 2023+ (``BraTS-TASK-NNNNN-TTT``:
-    subject NNNNN, timepoint TTT) case folders anywhere under ``root``."""
+# BraTS2021_MappingToTCIA.xlsx (TCIA): one row per BraTS 2021 id with its source collection, institution and the
+# patient's id in that collection (UPENN-GBM: the scan id; UCSF-PDGM: the bare number), and the Task 2 MGMT value.
+MAPPING_ID, MAPPING_COLLECTION = "BraTS2021 ID", "Data Collection (as on TCIA+additional)"
+MAPPING_SITE, MAPPING_PATIENT, MAPPING_MGMT = "Site ID", "PatientID on TCIA Radiology Portal", "MGMT value"
+NOT_IN_TCIA = {"", "none", "new-not-previously-in-tcia"}
+
+
+def _source_subject(collection: str, patient: str) -> str | None:
+    """The patient as the source dataset's own import names it, so that ``cohort merge`` sees the same subject."""
+    if patient.lower() in NOT_IN_TCIA:
+        return None
+    if collection.startswith("UPENN-GBM") and UPENN_CASE.fullmatch(patient):
+        return UPENN_CASE.fullmatch(patient).group(1)
+    if collection.startswith("UCSF-PDGM") and patient.isdigit():
+        return f"UCSF-PDGM-{int(patient):04d}"
+    if collection.startswith("TCGA"):
+        return patient  # the TCGA barcode: one patient in TCGA-GBM and TCGA-LGG is one subject
+    return f"{collection}:{patient}"
+
+
+def brats_mapping(table: Path, overrides: dict[str, dict] | None = None) -> tuple[Mapping, dict[str, dict]]:
+    """BraTS2021_MappingToTCIA.xlsx -> per BraTS 2021 id: institution (site), source patient (subject), MGMT."""
+    mapping, records = read_table(table, MAPPING_ID, (MAPPING_COLLECTION, MAPPING_SITE, MAPPING_PATIENT,
+                                                      MAPPING_MGMT), overrides=overrides)
+    rows = {}
+    for line, row in records:
+        number = re.fullmatch(r"(?:BraTS2021_)?(\d{1,5})", row[MAPPING_ID])
+        if number is None:
+            raise InputError(table, f"{mapping.line_word} {line}, column {MAPPING_ID!r}: {row[MAPPING_ID]!r} is not "
+                                    "a BraTS 2021 id")
+        site = mapping.number(line, row, MAPPING_SITE, "site (institution)", ("", "NA"))
+        collection = row[MAPPING_COLLECTION]
+        rows[f"BraTS2021_{int(number.group(1)):05d}"] = {
+            "mgmt": mapping.value(line, row, MAPPING_MGMT, "mgmt", {"0": 0, "1": 1, "": None, "NA": None}),
+            "site": None if site is None else f"brats21-site-{site:g}",
+            "subject_id": _source_subject(collection, row[MAPPING_PATIENT]),
+            "tcia_collection": collection or None, "tcia_patient_id": row[MAPPING_PATIENT] or None}
+    return mapping, rows
+
+
+def brats(root: Path, layout: str, clinical: Path | None = None,
+          overrides: dict[str, dict] | None = None) -> LayoutResult:
+    """BraTS 2021 (``BraTS2021_NNNNN``; the TCIA mapping sheet or TCIA's source level gives the site) or 2023+
+    (``BraTS-TASK-NNNNN-TTT``: subject NNNNN, timepoint TTT) case folders anywhere under ``root``."""
     pattern = BRATS2021_CASE if layout == "brats2021" else BRATS2023_CASE
+    mapping, table = brats_mapping(clinical, overrides) if clinical else (None, {})
     folders = case_folders(root, pattern)
     if not folders:
         example = "BraTS2021_00000/" if layout == "brats2021" else "BraTS-GLI-00000-000/"
@@ -79,17 +121,24 @@ def brats(root: Path, layout: str) -> LayoutResult:
         except InputError as error:
             skipped[str(folder)] = error.problem
             continue
+        row: dict[str, object] = {}
         if layout == "brats2021":
-            subject, timepoint = folder.name, "000"
             source = folder.parent.name
-            site = source if source in BRATS2021_SOURCES else "brats2021"
+            row = {"brats21_id": folder.name, **table.get(folder.name, {})}
+            subject, timepoint = row.pop("subject_id", None) or folder.name, "000"
+            site = row.pop("site", None) or (source if source in BRATS2021_SOURCES else "brats2021")
         else:
             match = pattern.fullmatch(folder.name)
             subject, timepoint = f"BraTS-{match.group(1)}-{match.group(2)}", match.group(3)
             site = f"brats-{match.group(1).lower()}"
-        cases.append(ImportedCase(folder.name, subject, timepoint, site, layout, paths))
-    return LayoutResult(cases, skipped, {"seg_labels": SEG_LABELS[layout],
-                                         "sequences": {s: f"{s} of the BraTS naming" for s in SEQUENCES}})
+        cases.append(ImportedCase(folder.name, subject, timepoint, site, layout, paths, row))
+    conventions = {"seg_labels": SEG_LABELS[layout], "sequences": {s: f"{s} of the BraTS naming" for s in SEQUENCES}}
+    if mapping is not None:
+        conventions["clinical"] = {"table": mapping.table, "columns": mapping.used,
+                                   "subject_id": "the source collection's patient (UPENN-GBM-NNNNN, "
+                                                 "UCSF-PDGM-NNNN, the TCGA barcode, collection:id), else the case",
+                                   "rows_without_images": sorted(set(table) - {c.case_id for c in cases})}
+    return LayoutResult(cases, skipped, conventions)
 
 
 # UPENN-GBM (TCIA, NIfTI package): images_structural/<ID>/<ID>_{T1,T1GD,T2,FLAIR}.nii.gz; ID UPENN-GBM-NNNNN_11
@@ -125,10 +174,10 @@ def _find_folder(root: Path, name: str) -> Path | None:
     return None
 
 
-def upenn_clinical(table: Path) -> tuple[Mapping, dict[str, dict]]:
+def upenn_clinical(table: Path, overrides: dict[str, dict] | None = None) -> tuple[Mapping, dict[str, dict]]:
     """``UPENN-GBM_clinical_info_v2.1.csv``: one row per scan ID -> markers, age, sex and survival."""
     mapping, records = read_table(table, "ID", ("IDH1", "MGMT", "Survival_Status", "Survival_Censor",
-                                                "Survival_from_surgery_days_UPDATED"))
+                                                "Survival_from_surgery_days_UPDATED"), overrides=overrides)
     rows = {}
     for line, row in records:
         event = mapping.value(line, row, "Survival_Status", "os_event", UPENN_STATUS)
@@ -148,13 +197,13 @@ def upenn_clinical(table: Path) -> tuple[Mapping, dict[str, dict]]:
     return mapping, rows
 
 
-def upenn_gbm(root: Path, clinical: Path | None = None) -> LayoutResult:
+def upenn_gbm(root: Path, clinical: Path | None = None, overrides: dict[str, dict] | None = None) -> LayoutResult:
     structural = _find_folder(root, "images_structural")
     if structural is None:
         raise InputError(root, "holds no images_structural/ folder (the UPENN-GBM NIfTI package's skull-stripped "
                                f"images) within {MAX_DEPTH} levels")
     package = structural.parent
-    mapping, table = upenn_clinical(clinical) if clinical else (None, {})
+    mapping, table = upenn_clinical(clinical, overrides) if clinical else (None, {})
     cases, skipped = [], {}
     for folder in case_folders(structural, UPENN_CASE):
         scan = folder.name
@@ -197,9 +246,10 @@ def _ucsf_number(case_id: str) -> int:
     return int(re.search(r"\d+$", case_id.strip()).group())
 
 
-def ucsf_clinical(table: Path) -> tuple[Mapping, dict[int, dict]]:
+def ucsf_clinical(table: Path, overrides: dict[str, dict] | None = None) -> tuple[Mapping, dict[int, dict]]:
     """``UCSF-PDGM-metadata_v5.csv``: one row per exam -> markers, age, sex, survival (keyed by the id's number)."""
-    mapping, records = read_table(table, "ID", ("IDH", "MGMT status", "1p/19q", "OS", "1-dead 0-alive"))
+    mapping, records = read_table(table, "ID", ("IDH", "MGMT status", "1p/19q", "OS", "1-dead 0-alive"),
+                                  overrides=overrides)
     rows = {}
     for line, row in records:
         idh = mapping.named_mutation(line, row, "IDH", "idh1", "wildtype", UCSF_IDH_MUTANT, UCSF_MISSING)
@@ -215,11 +265,11 @@ def ucsf_clinical(table: Path) -> tuple[Mapping, dict[int, dict]]:
     return mapping, rows
 
 
-def ucsf_pdgm(root: Path, clinical: Path | None = None) -> LayoutResult:
+def ucsf_pdgm(root: Path, clinical: Path | None = None, overrides: dict[str, dict] | None = None) -> LayoutResult:
     folders = case_folders(root, UCSF_CASE)
     if not folders:
         raise InputError(root, f"holds no UCSF-PDGM-NNNN_nifti/ case folder within {MAX_DEPTH} levels")
-    mapping, table = ucsf_clinical(clinical) if clinical else (None, {})
+    mapping, table = ucsf_clinical(clinical, overrides) if clinical else (None, {})
     cases, skipped = [], {}
     for folder in folders:
         match = UCSF_CASE.fullmatch(folder.name)
@@ -258,11 +308,11 @@ LUMIERE_IDH_MUTANT = re.compile(r"mut", re.IGNORECASE)
 DAYS_PER_WEEK = 7
 
 
-def lumiere_clinical(table: Path) -> tuple[Mapping, dict[str, dict]]:
+def lumiere_clinical(table: Path, overrides: dict[str, dict] | None = None) -> tuple[Mapping, dict[str, dict]]:
     """``LUMIERE-Demographics_Pathology.csv``: survival in WEEKS (x 7 -> days); no censoring column is known, so
     ``os_event`` stays empty (a Cox model cannot use these times until it is known who died)."""
     mapping, records = read_table(table, "Patient", ("Survival time (weeks)", "IDH (WT: wild type)",
-                                                     "MGMT qualitative"))
+                                                     "MGMT qualitative"), overrides=overrides)
     rows = {}
     for line, row in records:
         idh = mapping.named_mutation(line, row, "IDH (WT: wild type)", "idh1", "WT", LUMIERE_IDH_MUTANT,
@@ -277,11 +327,11 @@ def lumiere_clinical(table: Path) -> tuple[Mapping, dict[str, dict]]:
     return mapping, rows
 
 
-def lumiere(root: Path, clinical: Path | None = None) -> LayoutResult:
+def lumiere(root: Path, clinical: Path | None = None, overrides: dict[str, dict] | None = None) -> LayoutResult:
     patients = case_folders(root, re.compile(r"Patient-\d{3}"))
     if not patients:
         raise InputError(root, f"holds no Patient-NNN/ folder (LUMIERE Imaging) within {MAX_DEPTH} levels")
-    mapping, table = lumiere_clinical(clinical) if clinical else (None, {})
+    mapping, table = lumiere_clinical(clinical, overrides) if clinical else (None, {})
     cases, skipped = [], {}
     for patient in patients:
         for session in sorted(p for p in patient.iterdir() if p.is_dir() and LUMIERE_SESSION.fullmatch(p.name)):

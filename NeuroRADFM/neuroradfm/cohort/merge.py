@@ -1,8 +1,10 @@
 """``neuroradfm cohort merge``: several imported manifests -> one multi-site manifest, duplicates removed.
 
-A case is a duplicate when another dataset already holds the same scan: the same ``subject_id`` in two datasets,
-or a BraTS 2021 case that another dataset names in its ``brats21_id`` column (UCSF-PDGM's metadata does; the
-BraTS 2021 copy is dropped, the source dataset with its clinical table kept). Every dropped case is listed.
+A case is a duplicate when another dataset already holds its patient: the same ``subject_id`` or the same
+``brats21_id`` (UCSF-PDGM's metadata names the BraTS 2021 copy of an exam; BraTS 2021 imported with the TCIA
+mapping sheet names the source patient; the Kaggle MGMT cases are BraTS 2021 ids), or, with ``hashes``, a T1ce with
+identical voxels. The source datasets are merged first, so the BraTS copies are the ones dropped and the source
+with its clinical table is kept; otherwise the first manifest given wins. Every dropped case is listed.
 """
 
 from __future__ import annotations
@@ -11,12 +13,37 @@ import csv
 from pathlib import Path
 
 from neuroradfm.atomic import atomic_file
+from neuroradfm.cohort.duplicates import identical_scans
 from neuroradfm.errors import InputError, SettingsError
 from neuroradfm.io.manifest import csv_records, read_manifest
 from neuroradfm.output_paths import check_destinations
+from neuroradfm.progress import Progress, null_progress
+
+REDISTRIBUTIONS = ("brats2021", "rsna-miccai-mgmt")
+"""Datasets that re-distribute other collections' patients under BraTS ids: merged after the sources, in this
+order (BraTS 2021's NIfTI are processed and segmented; the Kaggle DICOM are not)."""
 
 
-def merge_manifests(manifests: list[str | Path], out: str | Path) -> tuple[Path, dict[str, str]]:
+def _rank(dataset: str) -> int:
+    return REDISTRIBUTIONS.index(dataset) + 1 if dataset in REDISTRIBUTIONS else 0
+
+
+def _drop_identical(merged: list[dict], dropped: dict[str, str], progress: Progress) -> list[dict]:
+    """The rows left once every T1ce with the voxels of a case kept from another dataset is dropped."""
+    gone = set()
+    for group in identical_scans([(i, Path(row["t1ce"])) for i, row in enumerate(merged)], progress):
+        group.sort(key=lambda i: (_rank(merged[i]["dataset"]), i))  # a source's scan before its copies
+        keep = merged[group[0]]
+        for i in group[1:]:
+            if merged[i]["dataset"] != keep["dataset"]:
+                dropped[f"{merged[i]['dataset']}:{merged[i]['case_id']}"] = (
+                    f"identical T1ce voxels to the {keep['dataset']} case {keep['case_id']}")
+                gone.add(i)
+    return [row for i, row in enumerate(merged) if i not in gone]
+
+
+def merge_manifests(manifests: list[str | Path], out: str | Path, hashes: bool = True,
+                    progress: Progress = null_progress) -> tuple[Path, dict[str, str]]:
     """Write the merged manifest ``out`` (image paths absolute); returns it and the dropped cases (case -> why)."""
     if len(manifests) < 2:
         raise SettingsError("manifests", "give two manifests or more to merge")
@@ -32,29 +59,36 @@ def merge_manifests(manifests: list[str | Path], out: str | Path) -> tuple[Path,
             raise InputError(manifest, "has no dataset column: merge manifests written by `neuroradfm cohort import`")
         for entry, (_, row) in zip(entries, records):
             row.update({k: str(p) for k, p in entry.paths.items()})  # absolute, wherever the manifest was
-        tables.append((manifest, header, [row for _, row in records]))
-    brats21_elsewhere = {row["brats21_id"]: row["dataset"] for _, header, rows in tables if "brats21_id" in header
-                         for row in rows if row.get("brats21_id")}
-    owner_of: dict[str, str] = {}  # subject -> the dataset that keeps it
+        datasets = {row["dataset"] for _, row in records}
+        tables.append((manifest, header, [row for _, row in records], min(map(_rank, datasets), default=0)))
+    tables.sort(key=lambda table: table[3])  # the source datasets first: they keep their patients
+    owner_of: dict[str, tuple[str, str]] = {}  # identity -> (dataset, case) that keeps it
     columns: list[str] = []
-    merged, dropped, ids = [], {}, set()
-    for manifest, header, rows in tables:
+    kept, dropped, source = [], {}, {}
+    for manifest, header, rows, _ in tables:
         columns += [c for c in header if c not in columns]
         for row in rows:
-            case, dataset, subject = row["case_id"], row["dataset"], row.get("subject_id") or row["case_id"]
-            if dataset == "brats2021" and subject in brats21_elsewhere:
-                dropped[f"{dataset}:{case}"] = (f"the same scan as the {brats21_elsewhere[subject]} case with "
-                                                f"brats21_id {subject}")
+            case, dataset = row["case_id"], row["dataset"]
+            identities = [row.get("subject_id") or case, *([row["brats21_id"]] if row.get("brats21_id") else [])]
+            owners = [(name, owner_of[name]) for name in identities if owner_of.get(name, (dataset,))[0] != dataset]
+            if owners:
+                name, (owner, first) = owners[0]
+                dropped[f"{dataset}:{case}"] = f"the patient {name} is already in {owner} (case {first})"
                 continue
-            owner = owner_of.setdefault(subject, dataset)
-            if owner != dataset:
-                dropped[f"{dataset}:{case}"] = f"subject {subject} is already in {owner}"
-                continue
-            unique = case if case not in ids else f"{dataset}-{case}"
-            if unique in ids:
-                raise InputError(manifest, f"case id {case} appears twice, also as {unique}")
-            ids.add(unique)
-            merged.append({**row, "case_id": unique})
+            for name in identities:
+                owner_of.setdefault(name, (dataset, case))
+            kept.append(row)
+            source[id(row)] = manifest
+    if hashes:
+        kept = _drop_identical(kept, dropped, progress)
+    merged, ids = [], set()
+    for row in kept:
+        case = row["case_id"]
+        unique = case if case not in ids else f"{row['dataset']}-{case}"
+        if unique in ids:
+            raise InputError(source[id(row)], f"case id {case} appears twice, also as {unique}")
+        ids.add(unique)
+        merged.append({**row, "case_id": unique})
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")

@@ -6,8 +6,9 @@ compares between bundles. Features are standardised with the whole training fold
 The probe is the class-balanced logistic regression of ``probes.fit_marker_probe`` with its penalty chosen ONCE
 per fold by the same inner cross-validation on all the fold's labelled training cases (``probes.choose_c``) and kept
 for every subsample of that fold: a subsample of one or a few cases per class cannot be cross-validated, and a
-curve drawn at one penalty shows the effect of fewer labels alone (a fold with a single labelled case of a class
-uses FALLBACK_C). The AUC needs no threshold.
+curve drawn at one penalty shows the effect of fewer labels alone (a fold with a single labelled case of a class, or
+a single subject of it when a subject has several cases and the inner folds are grouped by subject, uses FALLBACK_C).
+The AUC needs no threshold.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold
 
 from neuroradfm.evaluate.data import EvalData, Folds
 from neuroradfm.evaluate.markers_eval import not_evaluable
+from neuroradfm.folds import class_folds
 from neuroradfm.probes import choose_c, fit_scaling
 
 INNER_FOLDS = 5
@@ -30,6 +31,19 @@ def _fit_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, c:
     """Test-case decision scores (monotone in the probability, which is all the AUC needs)."""
     model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(x_train, y_train.astype(int))
     return model.decision_function(x_test)
+
+
+def _fold_c(x_train: np.ndarray, y_train: np.ndarray, subjects: np.ndarray, seed: int) -> float:
+    """The fold's penalty by ``choose_c`` on inner folds grouped by subject when one has several cases (a follow-up
+    scan in the other inner part would favour a weak penalty); FALLBACK_C when a class has a single case or, grouped,
+    a single subject."""
+    if np.bincount(y_train, minlength=2).min() < 2:
+        return FALLBACK_C
+    try:
+        cv = class_folds(y_train, INNER_FOLDS, seed, subjects)
+    except ValueError:
+        return FALLBACK_C
+    return choose_c(x_train, y_train, cv)
 
 
 def _per_class_sample(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -60,6 +74,7 @@ def data_efficiency(features: np.ndarray, data: EvalData, folds: Folds, *,
     runs) of probes fitted on k labelled cases per class and on stratified fractions of the labelled training cases.
     A fold whose test cases lack a class gives no run; a fold with fewer than k cases of a class skips that k."""
     features = np.asarray(features, np.float64)
+    subjects = np.asarray(data.subjects)
     results: dict = {}
     for key, labels in data.labels.items():
         labels = np.asarray(labels, np.float64)
@@ -83,9 +98,7 @@ def data_efficiency(features: np.ndarray, data: EvalData, folds: Folds, *,
             mean, scale = fit_scaling(features[train])
             x_train = (features[train_known] - mean) / scale
             x_test = (features[test_known] - mean) / scale
-            c = (choose_c(x_train, y_train, StratifiedKFold(min(INNER_FOLDS, train_pos, train_neg), shuffle=True,
-                                                            random_state=seeds[0]))
-                 if min(train_pos, train_neg) >= 2 else FALLBACK_C)
+            c = _fold_c(x_train, y_train, subjects[train_known], seeds[0])
             for seed in seeds:
                 rng = np.random.default_rng([seed, number])
                 for k in per_class:

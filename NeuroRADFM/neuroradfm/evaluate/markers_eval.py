@@ -2,9 +2,9 @@
 
 Each outer training fold is standardised on its own rows and gets the very probe ``fit-heads`` fits
 (``probes.fit_marker_probe``: class-balanced logistic regression, penalty and threshold from an inner cross-validation
-of the training fold only), so the test labels choose nothing. The test cases' probabilities and calls are pooled over
-the folds and scored pooled and per site; a fold or a scope that is too small is reported as "not evaluable" with its
-counts, never dropped silently.
+of the training fold only, grouped by subject like the outer folds), so the test labels choose nothing. The test
+cases' probabilities and calls are pooled over the folds and scored pooled and per site; a fold or a scope that is
+too small is reported as "not evaluable" with its counts, never dropped silently.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sklearn.metrics import balanced_accuracy_score, brier_score_loss, recall_sc
 
 from neuroradfm.evaluate.data import EvalData, Folds
 from neuroradfm.evaluate.statistics import auc, bootstrap_ci, expected_calibration_error, reliability, safe
+from neuroradfm.folds import case_folds, repeated
 from neuroradfm.probes import fit_marker_probe, fit_scaling, marker_problem
 
 MIN_PER_CLASS_SCORED = 2
@@ -33,6 +34,8 @@ MIN_CONTINUOUS_TRAINING = 3
 
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 4, 13))
 """Ridge penalties the probe's internal (efficient leave-one-out) cross-validation chooses among."""
+RIDGE_GROUPED_FOLDS = 5
+"""Folds of that cross-validation when it is grouped by subject (leave-one-out would split a subject's scans)."""
 
 
 def not_evaluable(reason: str) -> dict:
@@ -97,6 +100,7 @@ def evaluate_markers(features: np.ndarray, data: EvalData, folds: Folds, *, seed
     (NaN where a case was in no evaluated test fold or its label is unknown), which the bundle comparison pairs."""
     features = np.asarray(features, np.float64)
     sites = np.asarray(data.sites)
+    subjects = np.asarray(data.subjects)  # the inner folds of each probe keep a subject's scans together
     n = len(data)
     tested_sites = sorted({str(s) for _, test in folds for s in sites[np.asarray(test, int)]})
     results: dict = {}
@@ -124,7 +128,11 @@ def evaluate_markers(features: np.ndarray, data: EvalData, folds: Folds, *, seed
                 skipped.append(f"fold {number}: no test case has a known {key} label")
                 continue
             train_std, test_std = _standardise(features, train, test)
-            head = fit_marker_probe(train_std, labels[train], key, seed=seed)
+            try:
+                head = fit_marker_probe(train_std, labels[train], key, seed=seed, subjects=subjects[train])
+            except ValueError as error:  # too few subjects of a class for inner folds grouped by subject
+                skipped.append(f"fold {number}: {error}")
+                continue
             p = expit(test_std @ head.coef + head.intercept)
             prob[test] = p
             call[test] = p >= head.threshold
@@ -173,12 +181,23 @@ def _continuous_scope(target: str, scope: str, y: np.ndarray, prediction: np.nda
             "p_value": safe(result.pvalue)}
 
 
+def _ridge(subjects: np.ndarray, seed: int) -> RidgeCV:
+    """The continuous probe: RidgeCV's efficient leave-one-out choice of alpha, or, when a subject of the training
+    rows has several cases (leave-one-out would keep its other scans in training), the same mean squared error over
+    folds grouped by subject (``folds.case_folds``)."""
+    if not repeated(subjects):
+        return RidgeCV(alphas=RIDGE_ALPHAS)
+    return RidgeCV(alphas=RIDGE_ALPHAS, scoring="neg_mean_squared_error",
+                   cv=case_folds(len(subjects), RIDGE_GROUPED_FOLDS, seed, subjects))
+
+
 def evaluate_continuous(features: np.ndarray, data: EvalData, folds: Folds, *, seed: int = 0,
                         n_boot: int = 1000) -> dict:
     """Out-of-fold ridge probes for the continuous targets (``results[label]["continuous"]``): Spearman's rho between
     the known values and the predictions, pooled (top level) and per site."""
     features = np.asarray(features, np.float64)
     sites = np.asarray(data.sites)
+    subjects = np.asarray(data.subjects)
     n = len(data)
     tested_sites = sorted({str(s) for _, test in folds for s in sites[np.asarray(test, int)]})
     results: dict = {}
@@ -200,7 +219,11 @@ def evaluate_continuous(features: np.ndarray, data: EvalData, folds: Folds, *, s
                 continue
             train_std, test_std = _standardise(features, train, test)
             known_std = train_std[~np.isnan(values[train])]
-            model = RidgeCV(alphas=RIDGE_ALPHAS).fit(known_std, values[known_train])
+            try:
+                model = _ridge(subjects[known_train], seed).fit(known_std, values[known_train])
+            except ValueError as error:
+                skipped.append(f"fold {number}: {target}: {error}")
+                continue
             prediction[test] = model.predict(test_std)
             alphas.append(float(model.alpha_))
         tested = ~np.isnan(prediction)

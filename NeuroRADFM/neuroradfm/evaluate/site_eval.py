@@ -4,7 +4,8 @@ not the scanner, so cases of different sites ought to mix.
 Two numbers (both from scikit-learn) and two maps: the silhouette of the site grouping on the leading principal
 components (near 0 or below: sites overlap; towards 1: sites form their own clusters), the cross-validated balanced
 accuracy of a linear classifier that predicts the site (at chance: nothing linear tells the sites apart), and 2-D
-PCA and t-SNE coordinates of every case for the report's scatter plots.
+PCA and t-SNE coordinates of every case for the report's scatter plots. The classifier's folds keep a subject's scans
+together: a follow-up scan in training would identify its twin's site by the patient, not by the scanner.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.manifold import TSNE
 from sklearn.metrics import balanced_accuracy_score, silhouette_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from neuroradfm.evaluate.data import EvalData
 from neuroradfm.evaluate.statistics import safe
+from neuroradfm.folds import GROUP_COLUMN, class_folds, repeated
 from neuroradfm.probes import fit_scaling
 
 
@@ -63,8 +65,8 @@ def site_invariance(features: np.ndarray, data: EvalData, *, seed: int = 0, colo
     standardised features, the cross-validated balanced accuracy of a class-balanced logistic site classifier
     (lower: more site-invariant; ``chance`` = 1 / number of sites), 2-D PCA and t-SNE maps per case.
 
-    With one site, or a site of a single case, the two site numbers are None and the entry is "not evaluable" with
-    the reason; the maps are still given.
+    With one site, or a site of a single case (or, when a subject has several cases, of a single subject), the two
+    site numbers are None and the entry is "not evaluable" with the reason; the maps are still given.
     """
     x = np.asarray(features, np.float64)
     n, d = x.shape
@@ -93,11 +95,15 @@ def site_invariance(features: np.ndarray, data: EvalData, *, seed: int = 0, colo
     if problem:
         return {**result, "status": "not evaluable", "reason": problem}
     labels = np.asarray(sites, dtype=object)
+    try:
+        cv = class_folds(labels, folds, seed, data.subjects)
+    except ValueError as error:  # a site of a single subject: no grouped fold can hold it out
+        return {**result, "status": "not evaluable", "reason": f"site invariance: {error}"}
     result["silhouette_pca"] = safe(silhouette_score(scores, labels))
-    splits = int(min(folds, min(Counter(sites).values())))
     classifier = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000))
-    predicted = cross_val_predict(classifier, x, labels,
-                                  cv=StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed))
+    predicted = cross_val_predict(classifier, x, labels, cv=cv)
     result["site_classifier_balanced_accuracy"] = safe(balanced_accuracy_score(labels, predicted))
-    result["site_classifier_folds"] = splits
+    result["site_classifier_folds"] = len(cv)
+    if repeated(data.subjects):
+        result["site_classifier_grouped_by"] = GROUP_COLUMN
     return result

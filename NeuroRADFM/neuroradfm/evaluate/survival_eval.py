@@ -148,6 +148,7 @@ def evaluate_survival(features: np.ndarray, data: EvalData, folds: Folds, *, see
     features = np.asarray(features, np.float64)
     days = np.asarray(data.os_days, np.float64)
     events = np.asarray(data.os_event, np.float64)
+    subjects = np.asarray(data.subjects)  # fit_cox's own folds keep a subject's scans together
     cases = np.asarray(data.subgroup, bool) & ~np.isnan(days) & ~np.isnan(events)
     n_cases, n_events = int(cases.sum()), int(events[cases].sum())
     header = {"subgroup": data.subgroup_label, "n": n_cases, "events": n_events}
@@ -167,7 +168,7 @@ def evaluate_survival(features: np.ndarray, data: EvalData, folds: Folds, *, see
         fit_rows = train[cases[train]]
         try:
             head: CoxHead = fit_cox((features[fit_rows] - mean) / scale, days[fit_rows], events[fit_rows],
-                                    folds=HEAD_FOLDS, seed=seed)
+                                    folds=HEAD_FOLDS, seed=seed, subjects=subjects[fit_rows])
         except ValueError as error:
             folds_not_evaluable.append(f"fold {number}: {error}")
             continue

@@ -56,6 +56,17 @@ def _check_extents(images: dict[str, sitk.Image], sources: dict[str, str]) -> No
                                            "patient and study?")
 
 
+def read_sequence(path: Path) -> sitk.Image:
+    """An image file, or a folder that holds exactly one DICOM series."""
+    if not path.is_dir():
+        return read_image(path)
+    series = [s for s in find_series(path) if not s.excluded]
+    if len(series) != 1:
+        found = "; ".join(s.summary() for s in series) or "no DICOM series"
+        raise InputError(path, f"a sequence folder must hold exactly one DICOM series, found {found}")
+    return read_series(series[0])
+
+
 def _refuse_repeats(where: Path | None, chosen: Mapping[str, str], what: str) -> None:
     """One file or DICOM series given for two sequences (or as the segmentation) is a mistake, not a case."""
     keys: dict[str, list[str]] = {}
@@ -76,7 +87,8 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
               clinical: Mapping[str, Any] | None = None, sequences: Mapping[str, str] | None = None) -> Case:
     """Load one patient's four sequences from explicit files, a BraTS folder or a DICOM study.
 
-    ``source``: a mapping t1/t1ce/t2/flair (optional seg) -> image file, a BraTS case folder
+    ``source``: a mapping t1/t1ce/t2/flair (optional seg) -> image file or a folder holding that sequence's one
+    DICOM series (the Kaggle RSNA-MICCAI packaging: one folder per sequence), a BraTS case folder
     (2021 ``*_t1ce.nii.gz`` or 2023+ ``*-t1c.nii.gz`` naming) or a DICOM study folder (any nesting).
     ``sequences`` overrides the DICOM assignment: sequence -> SeriesInstanceUID (or its last
     digits as listed in errors) or exact SeriesDescription. Every problem is an InputError.
@@ -91,7 +103,7 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
         if extra or missing:
             raise InputError(None, f"explicit files need exactly {', '.join(SEQUENCES)} (and optional seg); "
                                    f"missing {missing}, unexpected {sorted(extra)}")
-        absent = {k: (p, problem) for k, p in paths.items() if (problem := not_a_file(p)) is not None}
+        absent = {k: (p, problem) for k, p in paths.items() if not p.is_dir() and (problem := not_a_file(p))}
         if len(absent) == 1:
             raise InputError(*next(iter(absent.values())))
         if absent and all(problem == "file not found" for _, problem in absent.values()):
@@ -131,7 +143,7 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
     inputs += paths.values()
     _refuse_repeats(None, {key: str(path.resolve()) for key, path in paths.items()}, "file")
     for key, path in paths.items():
-        images[key] = read_image(path)
+        images[key] = read_sequence(path)
         sources[key] = str(path)
     _check_extents({k: images[k] for k in SEQUENCES}, sources)
     seg = images.pop("seg", None)

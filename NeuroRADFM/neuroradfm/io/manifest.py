@@ -111,10 +111,11 @@ def _bad_characters(text: str) -> bool:
 def read_manifest(path: str | Path, check_files: bool = False) -> list[CaseEntry]:
     """Entries of a manifest CSV; image paths are relative to the manifest's folder unless absolute.
 
-    Required columns: case_id, site, t1, t1ce, t2, flair; optional seg; every other column is
-    clinical data. Messages point at lines as an editor numbers them (header = line 1). Case ids must be
-    unique, also once made into folder names (neuroradfm.output_paths). Missing image files surface when a
-    case loads (one failing case does not stop a batch) unless ``check_files`` asks to list them all now.
+    Required columns: case_id, site, t1, t1ce, t2, flair; optional seg; every other column is clinical data. An
+    image path is a file or a folder holding one DICOM series. Messages point at lines as an editor numbers them
+    (header = line 1). Case ids must be unique, also once made into folder names (neuroradfm.output_paths).
+    Missing image files surface when a case loads (one failing case does not stop a batch) unless ``check_files``
+    asks to list them all now.
     """
     path = Path(path)
     if not path.is_file():
@@ -148,7 +149,8 @@ def read_manifest(path: str | Path, check_files: bool = False) -> list[CaseEntry
             paths = {c: path.parent / Path(row[c]).expanduser() for c in file_columns if row[c]}
         except RuntimeError as error:  # "~someone/..." for a user this machine does not know
             raise InputError(path, f"line {line}: a path cannot be expanded ({error})") from None
-        absent += [f"{row['case_id']} {c}: {p}" for c, p in paths.items() if check_files and not p.is_file()]
+        absent += [f"{row['case_id']} {c}: {p}" for c, p in paths.items()
+                   if check_files and not (p.is_file() or p.is_dir())]
         clinical = {k: _value(v) for k, v in row.items() if k not in REQUIRED and k != "seg"}
         entries.append(CaseEntry(row["case_id"], row["site"] or None, paths, clinical))
     case_folders([e.case_id for e in entries], {case_id: f"line {found[0]}" for case_id, found in lines.items()},

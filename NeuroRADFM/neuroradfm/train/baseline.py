@@ -34,6 +34,7 @@ from torch import nn
 import neuroradfm
 from neuroradfm import CAM_LAYERS
 from neuroradfm.errors import InputError, SettingsError
+from neuroradfm.folds import GROUP_COLUMN, repeated
 from neuroradfm.io import CaseEntry, read_manifest
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.metrics import MetricsLog
@@ -220,22 +221,32 @@ def fit_heads(embeddings: np.ndarray, cohort: PreparedCohort, seed: int = 0,
                                f"cross-validation, got {len(embeddings)}")
     mean, scale = fit_scaling(embeddings)
     standardised = (embeddings - mean) / scale
+    subjects = cohort.subjects or None  # the folds keep a subject's scans together (neuroradfm.folds)
     skipped: dict[str, str] = {}
     markers = []
     for column, key in enumerate(MARKER_KEYS):
         try:
             markers.append(fit_marker_probe(standardised, cohort.labels[:, column], key, folds=HEAD_FOLDS,
-                                            seed=seed))
+                                            seed=seed, subjects=subjects))
         except ValueError as error:
             skipped[key] = str(error)
     try:
-        cox = fit_cox(standardised, cohort.os_days, cohort.os_event, folds=HEAD_FOLDS, seed=seed)
+        cox = fit_cox(standardised, cohort.os_days, cohort.os_event, folds=HEAD_FOLDS, seed=seed, subjects=subjects)
     except ValueError as error:
         cox, skipped["survival"] = None, str(error)
     if not markers and cox is None:
         raise InputError(None, f"no marker probe and no survival model could be fitted on {len(embeddings)} cases: "
                                + "; ".join(skipped.values()))
-    return Heads(mean, scale, markers, cox, fit_ood(standardised, folds=HEAD_FOLDS), cam_reference, cam_layer), skipped
+    ood = fit_ood(standardised, folds=HEAD_FOLDS, subjects=subjects)
+    return Heads(mean, scale, markers, cox, ood, cam_reference, cam_layer), skipped
+
+
+def heads_cv(cohort: PreparedCohort) -> dict[str, Any]:
+    """The card's record that the heads' cross-validation was grouped by subject (``{"heads_cv": ...}``), when a
+    subject of ``cohort`` has several cases; empty otherwise, so cards of one case per subject are unchanged."""
+    if not repeated(cohort.subjects):
+        return {}
+    return {"heads_cv": {"folds": HEAD_FOLDS, "grouped_by": GROUP_COLUMN, "subjects": len(set(cohort.subjects))}}
 
 
 def manifest_cohort(entries: list[CaseEntry]) -> PreparedCohort:
@@ -252,8 +263,10 @@ def manifest_cohort(entries: list[CaseEntry]) -> PreparedCohort:
 def head_problems(cohort: PreparedCohort) -> dict[str, str]:
     """Why each head (a marker key, or "survival") cannot be fitted on ``cohort``'s targets: what ``fit_heads``
     will skip; empty when every head can be fitted."""
-    problems = {key: marker_problem(cohort.labels[:, column], key) for column, key in enumerate(MARKER_KEYS)}
-    problems["survival"] = survival_problem(cohort.os_days, cohort.os_event)
+    subjects = cohort.subjects or None
+    problems = {key: marker_problem(cohort.labels[:, column], key, subjects)
+                for column, key in enumerate(MARKER_KEYS)}
+    problems["survival"] = survival_problem(cohort.os_days, cohort.os_event, subjects)
     return {key: problem for key, problem in problems.items() if problem}
 
 
@@ -424,7 +437,7 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
         "manifest": manifest.name, "manifest_hash": file_hash(manifest),
         "cases_encoder": len(split_a), "cases_heads": len(split_b), "failed_cases": cohort.failures,
         "heads_case_ids": [cohort.case_ids[i] for i in split_b],
-        "sites": sorted(set(cohort.sites)), "skipped_heads": skipped,
+        "sites": sorted(set(cohort.sites)), "skipped_heads": skipped, **heads_cv(probe_cohort),
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("encoder", "preprocessing")},
         "loss_per_epoch": history,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

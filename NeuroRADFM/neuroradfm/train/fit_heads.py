@@ -24,7 +24,7 @@ from neuroradfm.models.bundle import BUNDLE_FILES, load_bundle, save_bundle
 from neuroradfm.models.encoder import resolve_device
 from neuroradfm.output_paths import check_destination, check_destinations
 from neuroradfm.progress import Progress, null_progress, sub_progress
-from neuroradfm.train.baseline import DEFAULT_CAM_LAYER, check_heads_cohort, embed, fit_heads, manifest_cohort
+from neuroradfm.train.baseline import DEFAULT_CAM_LAYER, check_heads_cohort, embed, fit_heads, heads_cv, manifest_cohort
 from neuroradfm.train.cohort import file_hash, prepare_cohort
 
 
@@ -56,7 +56,7 @@ def fit_heads_bundle(model: str | Path, manifest: str | Path, out: str | Path, c
     training = dict(bundle.card.get("training", {}))
     training["heads"] = {"manifest": manifest.name, "manifest_hash": file_hash(manifest),
                          "cases": len(cohort.case_ids), "failed_cases": cohort.failures, "skipped_heads": skipped,
-                         "sites": sorted(set(cohort.sites)), "seed": seed, "encoder_bundle_hash":
+                         "sites": sorted(set(cohort.sites)), **heads_cv(cohort), "seed": seed, "encoder_bundle_hash":
                          bundle.card.get("content_hash"),
                          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                          "software": {"neuroradfm": neuroradfm.__version__, "torch": torch.__version__}}

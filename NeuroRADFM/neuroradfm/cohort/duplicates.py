@@ -1,0 +1,61 @@
+"""The same scan under two names: BraTS 2021 re-distributes UPENN-GBM, UCSF-PDGM and TCGA scans under its own ids.
+Without a mapping sheet, identical voxels are the evidence: a SHA-256 of the T1ce's pixel type, size and values
+(not of the file, whose bytes change with every recompression). Only images whose headers already agree are read."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from neuroradfm.errors import InputError
+from neuroradfm.io.dicom import find_series
+from neuroradfm.io.loader import read_sequence
+from neuroradfm.progress import Progress, null_progress
+
+
+def header_key(path: Path) -> tuple:
+    """Size, spacing and pixel type from the header alone (a DICOM folder: its first file's and its slice count)."""
+    reader = sitk.ImageFileReader()
+    if path.is_dir():
+        series = [s for s in find_series(path) if not s.excluded]
+        if len(series) != 1:
+            raise InputError(path, f"a sequence folder must hold exactly one DICOM series, found {len(series)}")
+        reader.SetFileName(series[0].files[0])
+        reader.ReadImageInformation()
+        return (*reader.GetSize()[:2], len(series[0].files), *(round(s, 4) for s in reader.GetSpacing()[:2]),
+                reader.GetPixelIDValue(), "dicom")
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return (*reader.GetSize(), *(round(s, 4) for s in reader.GetSpacing()), reader.GetPixelIDValue())
+
+
+def voxel_digest(path: Path) -> str:
+    image = read_sequence(path)
+    digest = hashlib.sha256(f"{image.GetPixelIDTypeAsString()} {image.GetSize()}".encode())
+    digest.update(sitk.GetArrayViewFromImage(image).tobytes())
+    return digest.hexdigest()
+
+
+def identical_scans(images: Sequence[tuple[Hashable, Path]],
+                    progress: Progress = null_progress) -> list[list[Hashable]]:
+    """Groups (two or more) of the keys whose images hold identical voxels; unreadable images are left out (the
+    file checks report them)."""
+    by_header: dict[tuple, list[tuple[Hashable, Path]]] = defaultdict(list)
+    for key, path in images:
+        try:
+            by_header[header_key(path)].append((key, path))
+        except (RuntimeError, InputError, OSError):
+            continue
+    candidates = [item for group in by_header.values() if len(group) > 1 for item in group]
+    by_digest: dict[str, list[Hashable]] = defaultdict(list)
+    for done, (key, path) in enumerate(candidates, start=1):
+        try:
+            by_digest[voxel_digest(path)].append(key)
+        except (RuntimeError, InputError, OSError):
+            pass
+        progress("comparing scans", done / len(candidates), f"{done}/{len(candidates)} images read")
+    return [keys for keys in by_digest.values() if len(keys) > 1]

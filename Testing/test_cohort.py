@@ -13,7 +13,8 @@ import SimpleITK as sitk
 
 from neuroradfm.cli import main
 from neuroradfm.cohort import check_manifest, import_cohort
-from neuroradfm.errors import InputError
+from neuroradfm.cohort.merge import merge_manifests
+from neuroradfm.errors import InputError, SettingsError
 from neuroradfm.io import read_manifest
 
 SUFFIXES_2021 = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"}
@@ -109,6 +110,44 @@ def test_import_refuses_a_root_without_the_layout_and_writes_nothing(brats2021_t
     with pytest.raises(InputError, match="no usable brats2021 case: BraTS2021_00009: missing sequence"):
         import_cohort("brats2021", only_incomplete, out)
     assert list(out.parent.iterdir()) == []
+
+
+def test_the_output_never_replaces_an_input_or_a_file_it_did_not_write(upenn, brats2021_tcia, tmp_path,
+                                                                       capsys):
+    root, table = upenn
+    before = table.read_bytes()
+    assert main(["cohort", "import", str(root), "--layout", "upenn-gbm", "--clinical", str(table),
+                 "--out", str(table)]) == 2
+    assert "would replace an input of this run (--clinical" in capsys.readouterr().err
+    assert table.read_bytes() == before
+    mapping = tmp_path / "m.import.json"  # the map file where the sidecar of m.csv would go
+    mapping.write_text('{"columns": {}}')
+    assert main(["cohort", "import", str(root), "--layout", "upenn-gbm", "--clinical", str(table), "--map",
+                 str(mapping), "--out", str(tmp_path / "m.csv")]) == 2
+    assert "would replace an input of this run (--map" in capsys.readouterr().err
+    assert mapping.read_text() == '{"columns": {}}' and not (tmp_path / "m.csv").exists()
+    mapping.unlink()
+    users = tmp_path / "notes.csv"
+    users.write_text("my,own\n1,2\n")
+    assert main(["cohort", "import", str(root), "--layout", "upenn-gbm", "--out", str(users)]) == 2
+    assert "exists and is not a manifest written by `neuroradfm cohort import`" in capsys.readouterr().err
+    assert users.read_text() == "my,own\n1,2\n"
+    out = import_cohort("upenn-gbm", root, tmp_path / "m.csv")
+    assert import_cohort("upenn-gbm", root, out) == out  # an earlier import is replaced
+    other = import_cohort("brats2021", brats2021_tcia, tmp_path / "n.csv")
+    with pytest.raises(SettingsError, match="would replace an input of this run \\(manifest 2"):
+        merge_manifests([out, other], other)
+    twice = import_cohort("upenn-gbm", root, tmp_path / "again.csv")
+    with pytest.raises(SettingsError, match="not a manifest written by `neuroradfm cohort merge`"):
+        merge_manifests([out, other], twice)  # an import's manifest is not a merge's to replace
+    with pytest.raises(InputError, match="upenn-gbm case UPENN-GBM-00001_11 is in .*m.csv and .*again.csv"):
+        merge_manifests([out, twice], tmp_path / "all.csv")
+    assert not (tmp_path / "all.csv").exists()
+    merged, dropped = merge_manifests([other, out], tmp_path / "all.csv", hashes=False)
+    record = json.loads((tmp_path / "all.merge.json").read_text())
+    assert record["manifests"] == [str(other.resolve()), str(out.resolve())] and record["voxel_hashes"] is False
+    assert record["dropped"] == dropped and record["cases"] == len(_rows(merged)) == 6
+    assert merge_manifests([other, out], merged, hashes=False)[0] == merged  # its own earlier result: replaced
 
 
 def test_the_same_case_in_two_packagings_under_one_root_is_refused(tmp_path):
@@ -215,13 +254,29 @@ def test_upenn_gbm_scans_segmentations_and_clinical_values_one_by_one(upenn, tmp
     assert entries[0].clinical["os_days"] == 400.0 and entries[0].clinical["os_event"] == 1
 
 
+def test_upenn_clinical_v1_gives_times_without_inventing_events(upenn, tmp_path):
+    root, table = upenn
+    table.write_text("ID,Gender,Age_at_scan_years,Survival_from_surgery_days,IDH1,MGMT\n"
+                     "UPENN-GBM-00001_11,M,60.5,400,Wildtype,Methylated\n"
+                     "UPENN-GBM-00003_11,F,45,Not Available,Mutated,Unmethylated\n")
+    out = import_cohort("upenn-gbm", root, tmp_path / "v1.csv", clinical=table)
+    rows = {r["case_id"]: r for r in _rows(out)}
+    assert (rows["UPENN-GBM-00001_11"]["os_days"], rows["UPENN-GBM-00001_11"]["os_event"]) == ("400.0", "")
+    assert rows["UPENN-GBM-00003_11"]["os_days"] == "" and rows["UPENN-GBM-00003_11"]["idh1"] == "1"
+    columns = json.loads((tmp_path / "v1.import.json").read_text())["clinical"]["columns"]
+    assert columns["os_days (v1.x: no status column, os_event empty)"] == {
+        "source": "Survival_from_surgery_days", "values": "number"}
+    assert check_manifest(out, hashes=False).errors == []
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.replace("Mutated,Unmethylated", "maybe,Unmethylated"),
      "line 4, column 'IDH1': value 'maybe' is not one of"),
     (lambda t: t.replace("Deceased,,Wildtype,Methylated", "Deceased,,Wildtype,Methylated").replace(
         "400,Deceased,,Wildtype,Methylated", "four hundred,Deceased,,Wildtype,Methylated"),
      "line 2, column 'Survival_from_surgery_days_UPDATED': 'four hundred' is not a number"),
-    (lambda t: t.replace("Survival_Status", "Status"), "lacks column(s) 'Survival_Status'"),
+    (lambda t: t.replace("Survival_Status", "Status"), "lacks the survival columns of v2.1"),
+    (lambda t: t.replace("IDH1", "IDH"), "lacks column(s) 'IDH1'"),
 ])
 def test_upenn_clinical_values_outside_the_mapping_stop_with_file_line_and_column(upenn, tmp_path, edit, message,
                                                                                    capsys):

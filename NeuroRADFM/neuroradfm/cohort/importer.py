@@ -37,8 +37,25 @@ CLINICAL_TABLES = {"brats2021": "BraTS2021_MappingToTCIA.xlsx", "upenn-gbm": "UP
 COLUMNS = ("case_id", "subject_id", "timepoint", "site", "dataset", *SEQUENCES, "seg")
 
 
-def sidecar_path(manifest: Path) -> Path:
-    return manifest.with_name(manifest.stem + ".import.json")
+def sidecar_path(manifest: Path, kind: str = "import") -> Path:
+    """``<stem>.import.json`` (written by import) or ``<stem>.merge.json`` (by merge) beside the manifest."""
+    return manifest.with_name(f"{manifest.stem}.{kind}.json")
+
+
+def check_manifest_out(out: Path, kind: str, inputs: dict[str, Path | None]) -> None:
+    """Before any work: ``out`` is a .csv that replaces no input of the run and no file of the user's (an existing
+    manifest is replaced only when its ``kind`` sidecar says this command wrote it)."""
+    if out.suffix.lower() != ".csv":
+        raise SettingsError("--out", f"the manifest is a .csv file, got {out}")
+    check_destinations(files={"--out": out})
+    for what, path in inputs.items():
+        if path is not None and path.exists() and any(p.exists() and p.samefile(path)
+                                                      for p in (out, sidecar_path(out, kind))):
+            raise SettingsError("--out", f"{out} would replace an input of this run ({what} {path}); choose "
+                                         "another file")
+    if out.exists() and not sidecar_path(out, kind).is_file():
+        raise SettingsError("--out", f"{out} exists and is not a manifest written by `neuroradfm cohort {kind}` "
+                                     f"(no {sidecar_path(out, kind).name} beside it); not replaced")
 
 
 def import_cohort(layout: str, root: str | Path, out: str | Path, clinical: str | Path | None = None,
@@ -58,9 +75,8 @@ def import_cohort(layout: str, root: str | Path, out: str | Path, clinical: str 
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise InputError(root, "cohort root is not a folder" if root.exists() else "cohort root not found")
-    if out.suffix.lower() != ".csv":
-        raise SettingsError("--out", f"the manifest is a .csv file, got {out}")
-    check_destinations(files={"--out": out})
+    check_manifest_out(out, "import", {"--clinical": None if clinical is None else Path(clinical),
+                                       "--map": None if mapping is None else Path(mapping)})
     result = LAYOUTS[layout](root.resolve(), None if clinical is None else Path(clinical), spec)
     if not result.cases:
         raise InputError(root, f"no usable {layout} case: " + "; ".join(f"{Path(k).name}: {v}"

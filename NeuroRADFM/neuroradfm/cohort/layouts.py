@@ -174,21 +174,35 @@ def _find_folder(root: Path, name: str) -> Path | None:
     return None
 
 
+UPENN_V2_SURVIVAL = ("Survival_Status", "Survival_Censor", "Survival_from_surgery_days_UPDATED")
+UPENN_V1_SURVIVAL = "Survival_from_surgery_days"
+"""v1.x tables: days without a status column; which times are deaths is not stated, so no event is invented."""
+
+
 def upenn_clinical(table: Path, overrides: dict[str, dict] | None = None) -> tuple[Mapping, dict[str, dict]]:
-    """``UPENN-GBM_clinical_info_v2.1.csv``: one row per scan ID -> markers, age, sex and survival."""
-    mapping, records = read_table(table, "ID", ("IDH1", "MGMT", "Survival_Status", "Survival_Censor",
-                                                "Survival_from_surgery_days_UPDATED"), overrides=overrides)
+    """``UPENN-GBM_clinical_info_v2.1.csv`` (or v1.x): one row per scan ID -> markers, age, sex and survival."""
+    mapping, records = read_table(table, "ID", ("IDH1", "MGMT"), overrides=overrides)
+    header = set(records[0][1]) if records else set()
+    version2 = set(UPENN_V2_SURVIVAL) <= header
+    if not version2 and UPENN_V1_SURVIVAL not in header:
+        raise InputError(table, f"clinical table lacks the survival columns of v2.1 ({', '.join(UPENN_V2_SURVIVAL)}) "
+                                f"and of v1.x ({UPENN_V1_SURVIVAL})")
     rows = {}
     for line, row in records:
-        event = mapping.value(line, row, "Survival_Status", "os_event", UPENN_STATUS)
-        days = None
+        if not version2:
+            days = mapping.number(line, row, UPENN_V1_SURVIVAL, "os_days (v1.x: no status column, os_event empty)",
+                                  ("", "Not Available"))
+            event = None
+        else:
+            event = mapping.value(line, row, "Survival_Status", "os_event", UPENN_STATUS)
+            days = None
         if event == 1:
             days = mapping.number(line, row, "Survival_from_surgery_days_UPDATED", "os_days (deaths)")
         elif event == 0:
             days = mapping.number(line, row, "Survival_Censor", "os_days (censored)")
         if days is None:
             event = None  # an event without a time cannot be used
-        rows[row["ID"].strip()] = {
+        rows[row["ID"]] = {
             "idh1": mapping.value(line, row, "IDH1", "idh1", UPENN_IDH1),
             "mgmt": mapping.value(line, row, "MGMT", "mgmt", UPENN_MGMT),
             "age": mapping.number(line, row, "Age_at_scan_years", "age", ("", "Not Available")),

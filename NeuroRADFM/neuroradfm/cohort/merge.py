@@ -10,13 +10,14 @@ with its clinical table is kept; otherwise the first manifest given wins. Every 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 from neuroradfm.atomic import atomic_file
 from neuroradfm.cohort.duplicates import identical_scans
+from neuroradfm.cohort.importer import check_manifest_out, sidecar_path
 from neuroradfm.errors import InputError, SettingsError
 from neuroradfm.io.manifest import csv_records, read_manifest
-from neuroradfm.output_paths import check_destinations
 from neuroradfm.progress import Progress, null_progress
 
 REDISTRIBUTIONS = ("brats2021", "rsna-miccai-mgmt")
@@ -48,9 +49,7 @@ def merge_manifests(manifests: list[str | Path], out: str | Path, hashes: bool =
     if len(manifests) < 2:
         raise SettingsError("manifests", "give two manifests or more to merge")
     out = Path(out)
-    if out.suffix.lower() != ".csv":
-        raise SettingsError("--out", f"the manifest is a .csv file, got {out}")
-    check_destinations(files={"--out": out})
+    check_manifest_out(out, "merge", {f"manifest {n}": Path(m) for n, m in enumerate(manifests, start=1)})
     tables = []
     for manifest in map(Path, manifests):
         entries = read_manifest(manifest)  # every check of a manifest, with its line numbers
@@ -62,6 +61,13 @@ def merge_manifests(manifests: list[str | Path], out: str | Path, hashes: bool =
         datasets = {row["dataset"] for _, row in records}
         tables.append((manifest, header, [row for _, row in records], min(map(_rank, datasets), default=0)))
     tables.sort(key=lambda table: table[3])  # the source datasets first: they keep their patients
+    where: dict[tuple[str, str], Path] = {}
+    for manifest, _, rows, _ in tables:
+        for row in rows:
+            first = where.setdefault((row["dataset"], row["case_id"]), manifest)
+            if first != manifest:
+                raise InputError(manifest, f"{row['dataset']} case {row['case_id']} is in {first} and {manifest}: "
+                                           "merge each import once")
     owner_of: dict[str, tuple[str, str]] = {}  # identity -> (dataset, case) that keeps it
     columns: list[str] = []
     kept, dropped, source = [], {}, {}
@@ -90,6 +96,10 @@ def merge_manifests(manifests: list[str | Path], out: str | Path, hashes: bool =
         ids.add(unique)
         merged.append({**row, "case_id": unique})
     out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"manifests": [str(Path(m).resolve()) for m in manifests], "voxel_hashes": hashes, "cases": len(merged),
+              "dropped": dropped}
+    with atomic_file(sidecar_path(out, "merge")) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     with atomic_file(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()

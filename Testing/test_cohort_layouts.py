@@ -97,6 +97,8 @@ def test_mu_glioma_post_timepoints_and_the_xlsx_values_one_by_one(mu, tmp_path):
     report = check_manifest(out)
     assert report.exit_status() == 1 and report.errors == []  # a follow-up is a warning
     assert report.labels["egfr"] == {"mu-glioma-post": (1, 1, 1)}
+    case = read_manifest(out)[0].load()  # what the trainers, predict and evaluate do with each row
+    assert case.seg is not None and case.clinical["subject_id"] == "PatientID_0001" and case.clinical["tert"] == 1
 
 
 def test_mu_glioma_post_value_outside_the_codes_names_row_and_column_and_a_map_file_fixes_it(mu, tmp_path, capsys):
@@ -388,3 +390,17 @@ def test_a_folder_import_is_what_train_baseline_pretrain_and_evaluate_read(phant
     assert (tmp_path / "encoder" / "card.json").is_file()
     record = json.loads((tmp_path / "evaluation" / "report" / "metrics.json").read_text())["data"]
     assert (record["cases_used"], record["subjects"], record["sites"]) == (16, 16, {"site-A": 8, "site-B": 8})
+
+
+def test_case_folders_whose_names_no_reader_accepts_stop_the_import(tmp_path):
+    root = tmp_path / "mixed"
+    _case(root / "Case_A", "_", SUFFIXES_2021)
+    _case(root / "case_a", "_", SUFFIXES_2021)  # one output folder on a case-insensitive disk
+    with pytest.raises(InputError, match="would share one output folder") as raised:
+        import_cohort("folder", root, tmp_path / "out" / "m.csv")
+    assert "Case_A" in str(raised.value) and not (tmp_path / "out").exists()
+    shutil.rmtree(root / "case_a")
+    _case(root / "tab\there", "_", SUFFIXES_2021)
+    with pytest.raises(InputError, match=r"control characters .* case\(s\) 'tab\\there'"):
+        import_cohort("folder", root, tmp_path / "out" / "m.csv")
+    assert not (tmp_path / "out").exists()

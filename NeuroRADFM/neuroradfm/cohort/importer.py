@@ -15,7 +15,8 @@ from neuroradfm.cohort.layouts import LayoutResult, brats, lumiere, ucsf_pdgm, u
 from neuroradfm.cohort.mu_glioma_post import mu_glioma_post
 from neuroradfm.cohort.rsna_miccai import rsna_miccai_mgmt
 from neuroradfm.errors import InputError, SettingsError
-from neuroradfm.output_paths import check_destinations
+from neuroradfm.io.manifest import control_characters
+from neuroradfm.output_paths import case_folders, check_destinations
 
 Layout = Callable[[Path, "Path | None", dict], LayoutResult]
 """(root, clinical table or None, the --map file's content) -> the cases found."""
@@ -92,6 +93,13 @@ def import_cohort(layout: str, root: str | Path, out: str | Path, clinical: str 
             raise InputError(root, f"case {case.case_id} is there twice: {seen[case.case_id].parent} and "
                                    f"{case.paths['t1'].parent}; keep one packaging of the cohort under the root")
         seen[case.case_id] = case.paths["t1"]
+    unusable = [f"{c.case_id!r} ({c.paths['t1'].parent})" for c in result.cases
+                if any(map(control_characters, (c.case_id, c.site, *map(str, c.paths.values()))))]
+    if unusable:
+        raise InputError(root, "control characters (a line break, a tab...) in the id, site or file names of "
+                               f"case(s) {', '.join(unusable)}: rename those folders or files")
+    case_folders([c.case_id for c in result.cases], {c.case_id: str(c.paths["t1"].parent) for c in result.cases},
+                 source=root)  # ids the readers accept: each gives its own output folder
     if mapping is not None:
         result.conventions["map_file"] = str(Path(mapping).resolve())
     record = {"layout": layout, "root": str(root.resolve()), "cases": len(rows), "skipped": result.skipped,

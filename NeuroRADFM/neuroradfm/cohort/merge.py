@@ -18,6 +18,7 @@ from neuroradfm.cohort.duplicates import identical_scans
 from neuroradfm.cohort.importer import check_manifest_out, sidecar_path
 from neuroradfm.errors import InputError, SettingsError
 from neuroradfm.io.manifest import csv_records, read_manifest
+from neuroradfm.output_paths import case_folders
 from neuroradfm.progress import Progress, null_progress
 
 REDISTRIBUTIONS = ("brats2021", "rsna-miccai-mgmt")
@@ -95,6 +96,7 @@ def merge_manifests(manifests: list[str | Path], out: str | Path, hashes: bool =
             raise InputError(source[id(row)], f"case id {case} appears twice, also as {unique}")
         ids.add(unique)
         merged.append({**row, "case_id": unique})
+    case_folders([row["case_id"] for row in merged], source=out)  # the prefixed ids, too, give folders of their own
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"manifests": [str(Path(m).resolve()) for m in manifests], "voxel_hashes": hashes, "cases": len(merged),
               "dropped": dropped}

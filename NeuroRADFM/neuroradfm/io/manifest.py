@@ -104,7 +104,8 @@ def csv_records(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]
     return header or [], records
 
 
-def _bad_characters(text: str) -> bool:
+def control_characters(text: str) -> bool:
+    """Line breaks, NULs and other control characters: never part of a case id, a site or a path we accept."""
     return any(unicodedata.category(c) == "Cc" for c in text)
 
 
@@ -142,7 +143,7 @@ def read_manifest(path: str | Path, check_files: bool = False) -> list[CaseEntry
         if empty:
             raise InputError(path, f"line {line}: empty {', '.join(empty)} (case_id and the four image paths "
                                    "are required)")
-        control = [c for c in ("case_id", "site", *file_columns) if _bad_characters(row[c])]
+        control = [c for c in ("case_id", "site", *file_columns) if control_characters(row[c])]
         if control:
             raise InputError(path, f"line {line}: control characters in {', '.join(control)}")
         try:

@@ -162,6 +162,19 @@ def _image(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def named_images(folder: Path, stems: dict[str, str], seg: str | None, skipped: dict[str, str]
+                 ) -> dict[str, Path] | None:
+    """The four sequences named ``stems`` in ``folder`` (and the segmentation ``seg`` when it is there); None, the
+    folder listed in ``skipped`` with the missing sequences, when one is not."""
+    paths = {key: _image(folder, stem) for key, stem in stems.items()}
+    missing = [key for key, path in paths.items() if path is None]
+    if missing:
+        skipped[str(folder)] = f"missing sequence(s) {', '.join(missing)}"
+        return None
+    mask = _image(folder, seg) if seg else None
+    return {**paths, **({"seg": mask} if mask else {})}
+
+
 def _find_folder(root: Path, name: str) -> Path | None:
     if root.name == name:
         return root
@@ -221,10 +234,8 @@ def upenn_gbm(root: Path, clinical: Path | None = None, overrides: dict[str, dic
     cases, skipped = [], {}
     for folder in case_folders(structural, UPENN_CASE):
         scan = folder.name
-        paths = {key: _image(folder, f"{scan}_{name}") for key, name in UPENN_SEQUENCES.items()}
-        missing = [key for key, path in paths.items() if path is None]
-        if missing:
-            skipped[str(folder)] = f"missing sequence(s) {', '.join(missing)}"
+        paths = named_images(folder, {k: f"{scan}_{v}" for k, v in UPENN_SEQUENCES.items()}, None, skipped)
+        if paths is None:
             continue
         expert = _image(package / "images_segm", f"{scan}_segm")
         automated = _image(package / "automated_segm", f"{scan}_automated_approx_segm")
@@ -288,14 +299,10 @@ def ucsf_pdgm(root: Path, clinical: Path | None = None, overrides: dict[str, dic
     for folder in folders:
         match = UCSF_CASE.fullmatch(folder.name)
         exam = folder.name[: -len("_nifti")]
-        paths = {key: _image(folder, f"{exam}_{name}") for key, name in UCSF_SEQUENCES.items()}
-        missing = [key for key, path in paths.items() if path is None]
-        if missing:
-            skipped[str(folder)] = f"missing sequence(s) {', '.join(missing)}"
+        paths = named_images(folder, {k: f"{exam}_{v}" for k, v in UCSF_SEQUENCES.items()},
+                             f"{exam}_tumor_segmentation", skipped)
+        if paths is None:
             continue
-        seg = _image(folder, f"{exam}_tumor_segmentation")
-        if seg is not None:
-            paths["seg"] = seg
         subject = f"UCSF-PDGM-{int(match.group(2)):04d}"
         row = dict(table.get(int(match.group(2)), {})) if match.group(3) is None else {}
         cases.append(ImportedCase(exam, subject, match.group(3) or "000", "ucsf-pdgm", "ucsf-pdgm", paths, row))
@@ -350,17 +357,11 @@ def lumiere(root: Path, clinical: Path | None = None, overrides: dict[str, dict]
     for patient in patients:
         for session in sorted(p for p in patient.iterdir() if p.is_dir() and LUMIERE_SESSION.fullmatch(p.name)):
             registered = session / "HD-GLIO-AUTO-segmentation" / "registered"
-            reg = {k: _image(registered, f"{v}_r2s_bet_reg") for k, v in LUMIERE_SEQUENCES.items()}
-            if all(reg.values()):
-                paths = dict(reg)
-                seg = _image(registered, "segmentation")
-                if seg is not None:
-                    paths["seg"] = seg
-            else:
-                paths = {k: _image(session, v) for k, v in LUMIERE_SEQUENCES.items()}
-            missing = [k for k, v in paths.items() if v is None]
-            if missing:
-                skipped[str(session)] = f"missing sequence(s) {', '.join(missing)}"
+            paths = named_images(registered, {k: f"{v}_r2s_bet_reg" for k, v in LUMIERE_SEQUENCES.items()},
+                                 "segmentation", {})
+            if paths is None:
+                paths = named_images(session, LUMIERE_SEQUENCES, None, skipped)
+            if paths is None:
                 continue
             row = dict(table.get(patient.name, {}))
             cases.append(ImportedCase(f"{patient.name}_{session.name}", patient.name, session.name, "lumiere",

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from neuroradfm.cohort.clinical import Mapping, read_table
-from neuroradfm.cohort.layouts import MAX_DEPTH, ImportedCase, LayoutResult, _image, case_folders
+from neuroradfm.cohort.layouts import MAX_DEPTH, ImportedCase, LayoutResult, case_folders, named_images
 from neuroradfm.errors import InputError
 
 PATIENT = re.compile(r"PatientID_\d{4}")
@@ -67,14 +67,10 @@ def mu_glioma_post(root: Path, clinical: Path | None = None,
         first = True
         for session in sessions:
             stem = f"{patient.name}_{session.name}"
-            paths = {k: _image(session, f"{stem}_brain_{v}") for k, v in SEQUENCES.items()}
-            missing = [k for k, v in paths.items() if v is None]
-            if missing:
-                skipped[str(session)] = f"missing sequence(s) {', '.join(missing)}"
+            paths = named_images(session, {k: f"{stem}_brain_{v}" for k, v in SEQUENCES.items()},
+                                 f"{stem}_tumorMask", skipped)
+            if paths is None:
                 continue
-            mask = _image(session, f"{stem}_tumorMask")
-            if mask is not None:
-                paths["seg"] = mask
             row = dict(table.get(patient.name, {})) if first else {}
             first = False
             timepoint = f"{int(TIMEPOINT.fullmatch(session.name).group(1)):03d}"

@@ -4,13 +4,34 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench browser
+.PHONY: demo test test-main test-slicer-5.10 lint bench browser
 
 demo: $(VENV)/.runtime-installed
 	$(BIN)/neuroradfm demo --out neuroradfm-demo
 
-test: $(VENV)/.dev-installed browser
+test: test-main test-slicer-5.10
+
+test-main: $(VENV)/.dev-installed browser
 	$(BIN)/python -m pytest Testing
+
+# The core and NeuroRADFMLib tests again with the numpy and SimpleITK that Slicer 5.10 bundles (a second
+# environment: requirements.lock with requirements-slicer-5.10.txt's pins instead of its own).
+SLICER510 := .venv-slicer-5.10
+# Left out there: the training-heavy and packaging tests (demo bundle, pretraining, training jobs, output safety,
+# the CMake build), whose numpy and SimpleITK use the other tests cover; this keeps `make test` near 10 minutes.
+SLICER510_TESTS := $(addprefix --ignore=Testing/,test_demo_bundle.py test_output_safety.py test_slicer_training.py \
+	test_pretrain.py test_pretrain_ddp.py test_extension_tree.py)
+test-slicer-5.10: $(SLICER510)/.installed
+	$(SLICER510)/bin/python -m pytest Testing -q $(SLICER510_TESTS)
+
+$(SLICER510)/.installed: requirements.lock requirements-dev.lock requirements-slicer-5.10.txt pyproject.toml
+	$(PYTHON) -m venv $(SLICER510)
+	grep -viE '^(numpy|simpleitk)==' requirements.lock > $(SLICER510)/requirements.txt
+	grep -vE '^(#|$$)' requirements-slicer-5.10.txt >> $(SLICER510)/requirements.txt
+	grep -v '^-r' requirements-dev.lock >> $(SLICER510)/requirements.txt
+	$(SLICER510)/bin/python -m pip install -q -r $(SLICER510)/requirements.txt
+	$(SLICER510)/bin/python -m pip install -q --no-deps -e .
+	touch $@
 
 # Headless Chromium (Debian's package) renders the evaluation report in one test: installed here when it is
 # missing and apt-get can (root); otherwise that test is skipped and says why.

@@ -32,7 +32,9 @@ class NeuroRADFMTrain(ScriptedLoadableModule):
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = ["NeuroRADFM"]
         self.parent.contributors = ["NeuroRAD-FM developers"]
-        self.parent.helpText = (
+        from NeuroRADFMLib.compatibility import version_note  # Python 3.9-safe: says so in a Slicer < 5.10
+
+        self.parent.helpText = version_note() + (
             "Trains a NeuroRAD-FM model bundle on a cohort (manifest CSV: case_id, site, t1, t1ce, t2, flair, "
             "clinical columns) and registers it for the NeuroRADFM module: self-supervised pretraining of the encoder "
             "(BYOL / DINO / MAE / MoCo, optional Group-DRO across sites), then probes, Cox and OOD on its frozen "
@@ -99,28 +101,35 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         self.reportDialog = None
         self.cohortCheck = None
         self.trainAfterCheck = False
+        self.deviceListing = None
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.onPoll)
 
     def setup(self):
-        from NeuroRADFMLib.cohorts import source_choices
-        from NeuroRADFMLib.devices import list_devices
-        from NeuroRADFMLib.evaluation import SPLITS
-        from NeuroRADFMLib.training import DRO_MODES, SSL_METHODS, pretrain_available
+        from NeuroRADFM import versionGate
 
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/NeuroRADFMTrain.ui"))
+        versionProblem = versionGate(self.layout, uiWidget)  # Slicer < 5.10: one message, panel (Start) disabled
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        if versionProblem:
+            return
+        from NeuroRADFMLib.cohorts import source_choices
+        from NeuroRADFMLib.evaluation import SPLITS
+        from NeuroRADFMLib.training import DRO_MODES, SSL_METHODS, pretrain_available
+        from NeuroRADFMWidgets.device_selector import lazyDeviceSelector
+
         self.logic = NeuroRADFMTrainLogic()
         for method in SSL_METHODS:
             self.ui.sslMethodComboBox.addItem(method.upper(), method)
         for mode, label in DRO_MODES.items():
             self.ui.droModeComboBox.addItem(label, mode)
-        for device, label in list_devices():
-            self.ui.deviceSelector.addItem(label, device)
+        # no PyTorch import here: the devices are listed when the selector is first used, or on Start / Evaluate
+        self.deviceFilter = lazyDeviceSelector(self.ui.deviceSelector,
+                                               lambda: self.deviceListing is None and self.refreshDevices())
         for split, label in SPLITS.items():
             self.ui.splitComboBox.addItem(label, split)
         for layout, label in source_choices():  # a manifest, or a dataset folder of each layout the core imports
@@ -150,6 +159,19 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
         self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
         self.ui.progressBar.hide()
         self.updateControls()
+
+    def refreshDevices(self):
+        """List the devices (imports PyTorch) unless they were listed with PyTorch loaded already."""
+        from NeuroRADFMWidgets.device_selector import listDevices
+
+        if self.deviceListing is None or not self.deviceListing.torch_loaded:
+            self.deviceListing = listDevices(self.ui.deviceSelector, self.ui.statusLabel)
+
+    def deviceUsable(self):
+        from NeuroRADFMWidgets.device_selector import chosenDeviceUsable
+
+        self.refreshDevices()
+        return chosenDeviceUsable(self.deviceListing, self.ui.deviceSelector)
 
     def updateControls(self, *_):
         """Apply the Lib's enabled states and tooltips (what the core offers, what the choices allow)."""
@@ -247,7 +269,7 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
             return self.cancelJob()
         from NeuroRADFM import NeuroRADFMLogic, ensureDependencies
 
-        if not ensureDependencies(NeuroRADFMLogic(), self.ui.statusLabel):
+        if not ensureDependencies(NeuroRADFMLogic(), self.ui.statusLabel) or not self.deviceUsable():
             return
         with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
             check = self.cohortCheck  # the last check, while it is of this cohort and its manifest is unchanged
@@ -290,7 +312,7 @@ class NeuroRADFMTrainWidget(ScriptedLoadableModuleWidget):
             return self.cancelJob()
         from NeuroRADFM import NeuroRADFMLogic, ensureDependencies
 
-        if not ensureDependencies(NeuroRADFMLogic(), self.ui.statusLabel):
+        if not ensureDependencies(NeuroRADFMLogic(), self.ui.statusLabel) or not self.deviceUsable():
             return
         with slicer.util.tryWithErrorDisplay("Could not start the evaluation.", waitCursor=True):
             self.startRunning(self.logic.startEvaluation(self.evaluationSettings()), self.ui.evaluateButton,

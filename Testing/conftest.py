@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import locale
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,15 @@ def write_manifest(target: Path, rows: list[dict[str, str]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return target
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_locale():
+    """GDCM's DICOM writer switches the process to the C locale, where text opened without an encoding is ASCII:
+    no test leaves that to the next one."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ MODULES = ("NeuroRADFM", "NeuroRADFMTrain")
 
 def cmake_commands(path: Path) -> list[tuple[str, list[str]]]:
     """(command, arguments) of a CMakeLists.txt; comments dropped, quoted arguments kept whole."""
-    text = re.sub(r"#[^\n]*", "", path.read_text())
+    text = re.sub(r"#[^\n]*", "", path.read_text(encoding="utf-8"))
     commands = []
     for name, body in re.findall(r"(\w+)\s*\(((?:[^()]|\([^()]*\))*)\)", text):
         commands.append((name.lower(), re.findall(r'"[^"]*"|[^\s"]+', body)))
@@ -72,12 +72,73 @@ def test_top_level_cmake_has_the_metadata_and_both_modules():
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert variables.get(f"EXTENSION_{key}") and variables[f"EXTENSION_{key}"][0].strip('"'), key
     assert "PyTorch" in variables["EXTENSION_DEPENDS"][0]
-    icon = variables["EXTENSION_ICONURL"][0].strip('"')
-    assert icon.startswith("http") or (REPO / icon).is_file(), icon
     subdirectories = [args[0] for name, args in cmake_commands(REPO / "CMakeLists.txt") if name == "add_subdirectory"]
     assert subdirectories == list(MODULES)
     commands = [name for name, _ in cmake_commands(REPO / "CMakeLists.txt")]
     assert commands.index("find_package") < commands.index("add_subdirectory")
+
+
+RAW = "https://raw.githubusercontent.com/"
+
+
+def test_icon_and_screenshot_urls_are_absolute_raw_urls_of_files_in_this_repository():
+    """The .s4ext gets EXTENSION_ICONURL / EXTENSION_SCREENSHOTURLS verbatim (SlicerExtensionCPack.cmake): the
+    Extensions Manager needs absolute URLs; each must name a file of this repository (raw URL of the homepage's
+    repository, branch main)."""
+    variables = cmake_variables(REPO / "CMakeLists.txt")
+    homepage = variables["EXTENSION_HOMEPAGE"][0].strip('"')
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", homepage), homepage
+    prefix = RAW + homepage.removeprefix("https://github.com/") + "/main/"
+    icon = variables["EXTENSION_ICONURL"][0].strip('"')
+    screenshots = " ".join(v.strip('"') for v in variables["EXTENSION_SCREENSHOTURLS"]).split()
+    assert screenshots
+    for url in [icon, *screenshots]:
+        assert url.startswith(prefix), f"{url}: not a raw URL of {homepage} (main)"
+        path = REPO / url.removeprefix(prefix)
+        assert path.is_file(), f"{url}: {path.relative_to(REPO)} is not in the repository"
+        assert path.suffix == ".png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", url
+    assert icon.endswith("/NeuroRADFM/Resources/Icons/NeuroRADFM.png")
+    for url in screenshots:  # small, and a rendering of the module's outputs says so in its name
+        path = REPO / url.removeprefix(prefix)
+        assert path.parent == REPO / "Resources" / "Screenshots" and path.stat().st_size < 300_000, url
+        assert "rendering" in path.name, url
+
+
+def test_description_states_the_minimum_slicer_version():
+    sys.path.insert(0, str(REPO / "NeuroRADFM"))
+    from NeuroRADFMLib.compatibility import MINIMUM_PYTHON, MINIMUM_SLICER
+
+    variables = cmake_variables(REPO / "CMakeLists.txt")
+    assert len(variables["EXTENSION_DESCRIPTION"]) == 1  # one quoted argument
+    description = variables["EXTENSION_DESCRIPTION"][0].strip('"')
+    assert ";" not in description and "\n" not in description  # a CMake list separator would split it
+    slicer, python = ".".join(map(str, MINIMUM_SLICER)), ".".join(map(str, MINIMUM_PYTHON))
+    assert f"Requires 3D Slicer {slicer} or newer (Python {python} or newer)" in description
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_self_tests_rely_on_slicers_own_module_paths(module):
+    """slicer_add_python_unittest already passes --additional-module-paths <build>/<qt-scripted-modules>
+    (Slicer's SlicerMacroPythonTesting.cmake): passing it again duplicates the option."""
+    for cmake in (REPO / module / "Testing").rglob("CMakeLists.txt"):
+        for name, arguments in cmake_commands(cmake):
+            if name == "slicer_add_python_unittest":
+                assert "--additional-module-paths" not in arguments and "SLICER_ARGS" not in arguments, cmake
+
+
+@pytest.mark.parametrize("test", ["NeuroRADFM/Testing/Python/NeuroRADFMSelfTest.py",
+                                  "NeuroRADFMTrain/Testing/Python/NeuroRADFMTrainSelfTest.py"])
+def test_self_tests_skip_when_the_packages_are_missing(test):
+    """On a clean build (the extension factory) the core's packages are not installed: the self-tests skip, naming
+    the reason, in setUp (what unittest runs before each test_ method) and in runTest (Reload and Test)."""
+    tree = ast.parse((REPO / test).read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == Path(test).stem)
+    methods = {n.name: ast.unparse(n) for n in cls.body if isinstance(n, ast.FunctionDef)}
+    setup = methods["setUp"]
+    helpers = {n.name: ast.unparse(n) for n in tree.body if isinstance(n, ast.FunctionDef)}
+    called = setup + "".join(body for name, body in helpers.items() if name in setup)
+    assert "self_test_skip_reason" in called and "SkipTest" in called
+    assert "except unittest.SkipTest" in methods["runTest"]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -91,7 +152,7 @@ def test_cmake_lists_every_python_file_and_resource(module):
     assert resource_files - resources == set(), f"{module}: resources not listed in CMake"
     assert resources - resource_files == set(), f"{module}: CMake lists missing resources"
     assert f"Resources/Icons/{module}.png" in resources and f"Resources/UI/{module}.ui" in resources
-    cmake = (folder / "CMakeLists.txt").read_text()
+    cmake = (folder / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
 
 
@@ -102,7 +163,7 @@ def test_the_bundled_core_and_the_demo_bundle_are_part_of_the_neuroradfm_module(
     variables = cmake_variables(REPO / "NeuroRADFM" / "CMakeLists.txt")
     bundle_files = {p.name for p in (REPO / "Resources" / "demo-bundle").iterdir() if p.is_file()}
     assert set(variables["NEURORADFM_DEMO_BUNDLE_FILES"]) == bundle_files == {"card.json", "weights.safetensors"}
-    cmake = (REPO / "NeuroRADFM" / "CMakeLists.txt").read_text()
+    cmake = (REPO / "NeuroRADFM" / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/demo-bundle" in cmake
 
 
@@ -129,7 +190,7 @@ def ui_widget_names(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("module", MODULES)
 def test_every_widget_the_module_uses_is_in_its_ui_file(module):
-    source = (REPO / module / f"{module}.py").read_text()
+    source = (REPO / module / f"{module}.py").read_text(encoding="utf-8")
     used = set(re.findall(r"\bui\.(\w+)", source))
     assert len(used) > 10
     defined = ui_widget_names(REPO / module / "Resources" / "UI" / f"{module}.ui")
@@ -143,7 +204,7 @@ def test_every_widget_the_module_uses_is_in_its_ui_file(module):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_files_have_the_slicer_entry_points(module):
-    tree = ast.parse((REPO / module / f"{module}.py").read_text())
+    tree = ast.parse((REPO / module / f"{module}.py").read_text(encoding="utf-8"))
     classes = {node.name: [ast.unparse(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)}
     assert classes[module] == ["ScriptedLoadableModule"]
     assert classes[f"{module}Widget"][0] == "ScriptedLoadableModuleWidget"
@@ -164,7 +225,7 @@ def imported_modules(path: Path) -> set[str]:
 def test_qt_stays_in_the_thin_module_files():
     for path in (REPO / "NeuroRADFM" / "NeuroRADFMLib").glob("*.py"):
         assert not imported_modules(path) & {"qt", "ctk", "PythonQt"}, path
-        assert "ScriptedLoadableModule" not in path.read_text(), path
+        assert "ScriptedLoadableModule" not in path.read_text(encoding="utf-8"), path
     for path in (REPO / "NeuroRADFM" / "neuroradfm").rglob("*.py"):
         assert not imported_modules(path) & {"qt", "ctk", "slicer", "NeuroRADFMLib"}, path
 
@@ -179,6 +240,7 @@ set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/Empty.cmake)
 set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.10/qt-scripted-modules)
 set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.10/qt-scripted-modules)
 set(Slicer_FOUND TRUE)
+set(Slicer_VERSION 5.10.0)
 """
 
 STUB_USE_SLICER = r"""
@@ -232,12 +294,13 @@ def test_cmake_configure_build_install_with_a_stub_slicer(tmp_path, tiny_bundle,
         f"-DCMAKE_INSTALL_PREFIX={prefix}")
     run("cmake", "--build", str(build))
     run("cmake", "--install", str(build))
-    tests = (build / "python-unittests.txt").read_text().split()
+    tests = (build / "python-unittests.txt").read_text(encoding="utf-8").split()
     assert sorted(Path(t).name for t in tests) == sorted(
         ["NeuroRADFM.py", "NeuroRADFMSelfTest.py", "NeuroRADFMTrain.py", "NeuroRADFMTrainSelfTest.py"])
 
     installed = prefix / "lib" / "Slicer-5.10" / "qt-scripted-modules"
-    for name in ("NeuroRADFM.py", "NeuroRADFMTrain.py", "NeuroRADFMLib/process.py", "neuroradfm/cli.py",
+    for name in ("NeuroRADFM.py", "NeuroRADFMTrain.py", "NeuroRADFMLib/process.py", "NeuroRADFMLib/compatibility.py",
+                 "NeuroRADFMWidgets/device_selector.py", "neuroradfm/cli.py",
                  "neuroradfm/io/sequence_names.py", "Resources/UI/NeuroRADFM.ui", "Resources/UI/NeuroRADFMTrain.ui",
                  "Resources/Icons/NeuroRADFMTrain.png", "Resources/requirements.txt",
                  "Resources/demo-bundle/card.json", "Resources/demo-bundle/weights.safetensors"):
@@ -258,3 +321,17 @@ def test_cmake_configure_build_install_with_a_stub_slicer(tmp_path, tiny_bundle,
             "python=sys.executable).start(); sys.exit(p.wait(timeout=300))")
     subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True)
     assert (tmp_path / "out" / "BraTS-PHN-00005-000" / "contours.seg.nrrd").is_file()
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_cmake_refuses_a_slicer_older_than_5_10(tmp_path):
+    stub = tmp_path / "Slicer-build"
+    stub.mkdir()
+    (stub / "SlicerConfig.cmake").write_text(STUB_SLICER_CONFIG.replace("5.10.0", "5.8.1"))
+    (stub / "UseSlicer.cmake").write_text(STUB_USE_SLICER)
+    (stub / "Empty.cmake").write_text("")
+    done = subprocess.run(["cmake", "-S", str(REPO), "-B", str(tmp_path / "build"), f"-DSlicer_DIR={stub}"],
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    message = " ".join(done.stderr.split())  # CMake wraps long messages
+    assert "NeuroRADFM needs 3D Slicer 5.10 or newer (Python 3.10+); this Slicer is 5.8.1" in message

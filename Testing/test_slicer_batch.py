@@ -1,5 +1,5 @@
-"""The console batch API (process a folder or manifest, one results table node) and the first-use checks
-(dependencies against the pinned list, devices)."""
+"""The console batch API (process a folder or manifest, one results table node) and the first-use device list.
+The dependency checks are in test_slicer_dependencies.py."""
 
 from __future__ import annotations
 
@@ -14,15 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "NeuroRADFM"))  # N
 
 
 from NeuroRADFMLib.batch import COHORT_COLUMNS, cohort_cases, process_cohort  # noqa: E402
-from NeuroRADFMLib.dependencies import (  # noqa: E402
-    REQUIREMENTS_FILE,
-    Requirement,
-    describe_missing,
-    install,
-    missing_packages,
-    read_requirements,
-    satisfies,
-)
 from NeuroRADFMLib.devices import list_devices  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,46 +60,6 @@ def test_process_cohort_writes_one_table_with_every_case_and_failure(scene, phan
 
     with pytest.raises(ValueError, match="not a manifest .csv file or a folder"):
         cohort_cases(tmp_path / "nothing-here")
-
-
-def test_pinned_requirements_match_the_lock_file():
-    requirements = {r.name.lower(): r for r in read_requirements()}
-    lock = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
-        name, version = line.split("==")
-        lock[name.lower()] = version
-    pinned = [r for r in requirements.values() if r.specifier.startswith("==")]
-    assert len(pinned) >= 10
-    for requirement in pinned:
-        assert requirement.specifier == "==" + lock[requirement.name.lower()], requirement
-    for name in ("torch", "numpy", "simpleitk"):
-        assert satisfies(lock[name], requirements[name].specifier), name
-    assert REQUIREMENTS_FILE.parent.name == "Resources" and REQUIREMENTS_FILE.parent.parent.name == "NeuroRADFM"
-
-
-def test_missing_packages_and_install_calls():
-    assert satisfies("2.13.0+cu126", ">=2.13,<2.14") and not satisfies("2.14.0", ">=2.13,<2.14")
-    assert satisfies("1.6.1", "==1.6.1") and not satisfies("1.6.0", "==1.6.1") and satisfies("1.10", ">=1.9")
-    requirements = [Requirement("torch", ">=2.13,<2.14"), Requirement("numpy", ">=2.4"),
-                    Requirement("monai", "==1.6.1"), Requirement("slicerio", "==1.4.0")]
-    installed = {"torch": None, "numpy": "2.4.6", "monai": "1.5.0", "slicerio": "1.4.0"}
-    missing = missing_packages(requirements, version_of=installed.get)
-    assert [m.requirement.name for m in missing] == ["torch", "monai"]
-    message = describe_missing(missing)
-    assert "torch (>=2.13,<2.14 needed, not installed)" in message
-    assert "monai (==1.6.1 needed, version 1.5.0 installed)" in message
-
-    pip_calls, torch_calls = [], []
-    assert install(missing, pip_calls.append, torch_calls.append) == ["torch>=2.13,<2.14", "monai==1.6.1"]
-    assert pip_calls == ["monai==1.6.1"] and torch_calls == [">=2.13,<2.14"]
-    with pytest.raises(RuntimeError, match="install the 'PyTorch' extension"):
-        install(missing, pip_calls.append, None)
-    old_numpy = missing_packages(requirements, version_of={**installed, "numpy": "1.26.4"}.get)
-    with pytest.raises(RuntimeError, match=r"numpy \(>=2.4 needed, version 1.26.4 installed\).*newer Slicer"):
-        install(old_numpy, pip_calls.append, torch_calls.append)
-    assert missing_packages(requirements, version_of={**installed, "torch": "2.13.0", "monai": "1.6.1"}.get) == []
-    # this environment has everything (the tests run the core)
-    assert missing_packages() == []
 
 
 def test_devices_list_cpu_and_each_cuda_gpu():

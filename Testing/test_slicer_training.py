@@ -241,6 +241,7 @@ def test_cancelled_training_leaves_no_bundle(phantom_cohort, tmp_path):
     while not job.poll() and time.monotonic() < deadline:
         time.sleep(0.05)
     job.cancel()
+    job.process.wait(timeout=60)  # cancel() does not block (the GUI); this waits for the core to unwind
     assert job.finished and job.returncode not in (None, 0)  # SIGTERM: the core exits with 143 after cleaning up
     with pytest.raises(TrainingError, match="cancelled"):
         job.bundle()
@@ -265,6 +266,7 @@ def test_self_supervised_job_cancel_keeps_the_checkpoint_and_resume_completes_a_
         time.sleep(0.05)
     assert job.step_index == 0 and job.checkpoint.is_file()
     job.cancel()  # during the pretraining, after step 1's checkpoint
+    job.process.wait(timeout=60)  # cancel() does not block (the GUI); this waits for the core to unwind
     assert job.finished and job.returncode not in (None, 0)
     with pytest.raises(TrainingError, match="cancelled"):
         job.bundle()
@@ -287,6 +289,7 @@ def test_self_supervised_job_cancel_keeps_the_checkpoint_and_resume_completes_a_
     follow(job, lambda job: job.finished or job.step_index == 1)
     assert job.step_index == 1 and not job.finished  # the pretraining ended well: fit-heads runs now
     job.cancel()  # during fit-heads: no bundle, the complete encoder and the checkpoint stay
+    job.process.wait(timeout=60)
     assert not out.exists() and load_bundle(job.paths.encoder).heads is None
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
     assert torch.load(job.checkpoint, weights_only=True)["step"] == 3

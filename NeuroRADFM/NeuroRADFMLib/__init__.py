@@ -11,7 +11,8 @@ pytest suite against a real ``vtkMRMLScene`` from the PyPI package slicer-core. 
 - ``training``: the NeuroRADFMTrain module's job, loss curve table and plot
 - ``cohorts``: the NeuroRADFMTrain module's cohort selector: import a dataset folder, check it, the check table
 - ``bundles``: the demo bundle and a registry of trained bundles
-- ``devices``: CPU and CUDA GPUs by name
+- ``devices``: CPU and CUDA GPUs by name, listed on demand; GPUs this PyTorch build cannot run on
+- ``compatibility``: the Slicer / Python the extension needs (5.10 / 3.10), self-test skip reasons; runs on 3.9
 - ``dependencies``: the first-use package check
 - ``batch``: the documented batch API for Slicer's Python console
 """

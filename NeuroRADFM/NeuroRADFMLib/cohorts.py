@@ -22,7 +22,7 @@ import re
 import signal
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -386,9 +386,14 @@ class CohortCheckJob(ProcessJob):
         return [p for name in (manifest.name, sidecar_path(manifest).name)
                 for p in manifest.parent.glob(f".{name}.partial-*")]
 
-    def cancel(self) -> None:
-        super().cancel()
-        remove_new(self._staging(), self._staging_before)
+    def cancel(self, then: Callable[[], None] | None = None) -> None:
+        def clean() -> None:
+            remove_new(self._staging(), self._staging_before)
+            if then is not None:
+                then()
+
+        remove_new(self._staging(), self._staging_before)  # now, and again once the process tree is gone
+        super().cancel(then=clean)
 
     def cancel_summary(self) -> str:
         what = "import and check" if self.source.imports else "check"

@@ -367,9 +367,13 @@ class TrainingJob:
     def cancel(self) -> None:
         """Stop the running process and remove half-written outputs; the checkpoint stays so Resume works."""
         self.cancelled = True
+
+        def clean() -> None:
+            remove_new(self._staging(), self._staging_before)
+
+        clean()  # now, and again once the process tree is gone (a killed core cannot clean up after itself)
         if self.process is not None:
-            self.process.cancel()
-        remove_new(self._staging(), self._staging_before)
+            self.process.cancel(then=clean)
 
     def cancel_summary(self) -> str:
         """What a cancel left behind, for the status line."""

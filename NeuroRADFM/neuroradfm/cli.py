@@ -297,6 +297,28 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("info", help="print a model bundle's card summary")
     p.add_argument("bundle", type=_path)
+
+    from neuroradfm.wheelhouse import PLATFORMS, host_platform, python_releases
+
+    p = commands.add_parser(
+        "wheelhouse", help="on a computer with internet: download the wheels the Slicer extension installs, for a "
+                           "Slicer without internet (the module installs from the folder offline)",
+        description="Runs `pip download --only-binary=:all: --platform <tag> --python-version 3.12 --implementation "
+                    "cp` for every package the NeuroRADFM module installs, and writes OUT/requirements.txt (the exact "
+                    "versions) and OUT/neuroradfm-wheelhouse.json (platform, Slicer, files with sha256). numpy and "
+                    "SimpleITK are left out: they come with Slicer and are never installed over it.")
+    p.add_argument("--out", type=_path, required=True,
+                   help="folder to write: new, empty, or one this command wrote before (it is replaced)")
+    p.add_argument("--platform", choices=sorted(PLATFORMS), default=host_platform(),
+                   help="the Slicer computer's platform (default: this computer's; macos is Apple silicon)")
+    p.add_argument("--slicer", choices=python_releases(), default=python_releases()[0],
+                   help="the Slicer release (its Python and numpy; default: the oldest, whose numpy later ones accept)")
+    p.add_argument("--with-torch", action="store_true",
+                   help="also download PyTorch's CPU build (download.pytorch.org/whl/cpu). Without it the folder has "
+                        "no PyTorch: the PyTorch extension installs PyTorch (it picks the CUDA build for the GPU), "
+                        "which needs the internet once")
+    p.add_argument("--requirements", type=_path,
+                   help="the requirement list (default: the module's Resources/requirements.txt)")
     return parser
 
 
@@ -510,6 +532,18 @@ def _cohort(args: argparse.Namespace) -> int:
     return report.exit_status(args.strict)
 
 
+def _wheelhouse(args: argparse.Namespace) -> int:
+    from neuroradfm.wheelhouse import build_wheelhouse
+
+    if args.platform is None:
+        print("error: --platform: this computer is none of win_amd64, manylinux, macos; name the Slicer computer's",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    manifest = build_wheelhouse(args.out, args.platform, args.slicer, args.with_torch, args.requirements)
+    print(f"wheel folder: {args.out} ({args.platform}, Slicer {args.slicer}; manifest {manifest.name})")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from neuroradfm.models.bundle import load_bundle
 
@@ -570,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _exit_on_sigterm()
     handler = {"predict": _predict, "phantom": _phantom, "train-baseline": _train_baseline, "demo": _demo,
                "pretrain": _pretrain, "fit-heads": _fit_heads, "evaluate": _evaluate,
-               "cohort": _cohort, "info": _info}[args.command]
+               "cohort": _cohort, "info": _info, "wheelhouse": _wheelhouse}[args.command]
     try:
         if getattr(args, "device", None) is not None:  # a device that is not there fails once, before any work
             from neuroradfm.models.encoder import resolve_device

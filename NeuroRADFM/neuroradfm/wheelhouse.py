@@ -16,7 +16,6 @@ the standard library and keeps to Python 3.9 syntax.
 from __future__ import annotations
 
 import email.parser
-import hashlib
 import json
 import re
 import subprocess
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuroradfm.errors import NeuroRADFMError
+from neuroradfm.hashing import file_sha256
 
 REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
 """The module's list, beside the bundled core (source tree and installed extension alike)."""
@@ -330,14 +330,6 @@ def missing_dependencies(folder: Path, environment: dict[str, str], skip: Iterab
             return [name + ",".join(s for s in specifiers if s) for name, specifiers in sorted(missing.items())]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _tail(output: str, lines: int = 15) -> str:
     return "\n".join(output.strip().splitlines()[-lines:])
 
@@ -479,7 +471,7 @@ def build_wheelhouse(out: str | Path, platform: str | None = None, slicer: str =
             "implementation": "cp", "slicer": release.version, "numpy": release.numpy, "with_torch": with_torch,
             "requirements": pins, "provided_by_slicer": sorted(r.name for r in requirements if r.provided),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": [{"name": f.name, "sha256": _sha256(f), "bytes": f.stat().st_size} for f in files],
+            "files": [{"name": f.name, "sha256": file_sha256(f), "bytes": f.stat().st_size} for f in files],
         }
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return Path(out) / MANIFEST

@@ -10,7 +10,6 @@ No pickle: safetensors holds tensors only and the card is plain JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from neuroradfm.atomic import atomic_folder
 from neuroradfm.errors import BundleError, not_a_file
+from neuroradfm.hashing import file_sha256
 from neuroradfm.models.card_schema import FORMAT, FORMAT_VERSION, Shapes, card_problems, report, tensor_problems
 from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.models.heads import CoxHead, Heads, MarkerHead, OodHead
@@ -66,11 +66,7 @@ def _canonical(card: dict[str, Any]) -> bytes:
 
 
 def content_hash(card: dict[str, Any], weights_file: Path) -> str:
-    digest = hashlib.sha256(_canonical(card))
-    with open(weights_file, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+    return "sha256:" + file_sha256(weights_file, prefix=_canonical(card))
 
 
 def heads_to_card(heads: Heads) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -12,7 +12,6 @@ written after the checkpoint), and a resume checks the zip's CRCs and then the s
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import random
 import re
@@ -24,6 +23,7 @@ import torch
 
 from neuroradfm.atomic import atomic_file
 from neuroradfm.errors import InputError
+from neuroradfm.hashing import file_sha256
 
 FORMAT = "neuroradfm-pretrain-checkpoint"
 VERSION = 1
@@ -54,19 +54,11 @@ def checksum_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_checksum(path: str | Path, digest: str | None = None) -> Path:
     """Write ``path``'s sidecar atomically (``sha256sum -c`` can check it too); ``digest`` if already known."""
     path = Path(path)
     sidecar = checksum_path(path)
-    line = f"{digest or _sha256(path)}  {path.name}\n"
+    line = f"{digest or file_sha256(path)}  {path.name}\n"
     with atomic_file(sidecar) as tmp:
         tmp.write_text(line, encoding="utf-8")
     return sidecar
@@ -78,7 +70,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-        digest = _sha256(tmp)
+        digest = file_sha256(tmp)
     write_checksum(path, digest)
     return path
 
@@ -114,7 +106,7 @@ def _verify(path: Path) -> None:
     if found is None:
         raise CheckpointError(sidecar, f"not a SHA-256 checksum file (expected 64 hex digits and the file name); "
                                        f"{_WHAT_TO_DO}")
-    if found[1].lower() != _sha256(path):
+    if found[1].lower() != file_sha256(path):
         raise CheckpointError(path, f"does not match its checksum in {sidecar.name}: the checkpoint was changed or "
                                     "damaged after it was written (or a run was stopped while writing it); "
                                     f"{_WHAT_TO_DO}")

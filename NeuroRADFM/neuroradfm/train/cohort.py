@@ -17,6 +17,7 @@ import numpy as np
 
 from neuroradfm.atomic import atomic_file
 from neuroradfm.errors import InputError, describe_failure
+from neuroradfm.hashing import file_sha256
 from neuroradfm.io import CaseEntry
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.preprocess import PreprocessSettings, preprocess_case
@@ -25,7 +26,7 @@ from neuroradfm.progress import Progress, null_progress
 
 def file_hash(path: Path) -> str:
     """A manifest's content hash for the card's provenance, so a rerun can tell it was given the same cohort."""
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return "sha256:" + file_sha256(path)
 
 
 def describe_failures(failures: dict[str, str], shown: int = 3) -> str:

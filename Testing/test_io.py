@@ -80,18 +80,30 @@ def test_brats_folder_with_uncompressed_nifti_and_integer_pixels(tmp_path):
         load_case(folder, sequences={"t1ce": "x"})
 
 
-def test_missing_and_duplicated_sequences_are_named(tmp_path):
+def test_a_subset_of_sequences_loads_and_duplicated_or_no_sequences_are_named(tmp_path):
     folder = _write_case(tmp_path / "c", BRATS_2021, "BraTS2021_00001", with_seg=False)
     (folder / "BraTS2021_00001_flair.nii.gz").unlink()
-    with pytest.raises(InputError, match="missing sequence\\(s\\) flair") as error:
-        load_case(folder)
-    assert str(folder) in str(error.value) and "BraTS2021_00001_t1.nii.gz" in str(error.value)
+    case = load_case(folder)  # any non-empty subset: the bundle decides whether it can use it
+    assert case.available == ("t1", "t1ce", "t2") and case.flair is None and set(case.images) == {"t1", "t1ce", "t2"}
+    with pytest.raises(KeyError, match="has no flair \\(it has t1, t1ce, t2\\)"):
+        case.image("flair")
+    (folder / "BraTS2021_00001_t1ce.nii.gz").unlink()
+    files = {"t2": folder / "BraTS2021_00001_t2.nii.gz", "t1": folder / "BraTS2021_00001_t1.nii.gz"}
+    only = load_case(files)
+    assert only.available == ("t1", "t2") and only.case_id == "BraTS2021_00001"  # named after the T1 (reference)
     sitk.WriteImage(_volume(), str(folder / "BraTS2021_00001_flair.nii.gz"))
     sitk.WriteImage(_volume(), str(folder / "BraTS2021_00001_flair.nrrd"))
     with pytest.raises(InputError, match="more than one file for a sequence \\(flair"):
         load_case(folder)
-    with pytest.raises(InputError, match="explicit files need exactly"):
-        load_case({"t1": folder / "a.nii"})
+    with pytest.raises(InputError, match="explicit files are any of .* no sequence given"):
+        load_case({"seg": folder / "a.nii"})
+    with pytest.raises(InputError, match="unexpected \\['dwi'\\]"):
+        load_case({"t1": files["t1"], "dwi": files["t2"]})
+    empty = tmp_path / "e"
+    empty.mkdir()
+    (empty / "BraTS2021_00002_seg.nii.gz").write_bytes((folder / "BraTS2021_00001_t1.nii.gz").read_bytes())
+    with pytest.raises(InputError, match="no sequence found"):
+        load_case(empty)
 
 
 def test_unreadable_truncated_2d_4d_and_non_finite_images(tmp_path):
@@ -299,9 +311,11 @@ def test_dicom_missing_sequence_and_uneven_slices(tmp_path):
     _write_series(study / "a", "AX T1", "1.2.3.1", 1.0)
     _write_series(study / "b", "AX T2", "1.2.3.2", 2.0)
     _write_series(study / "c", "T1 post", "1.2.3.3", 3.0)
-    with pytest.raises(InputError, match="T1/T1ce/T2/FLAIR: no series for flair\\.\n") as error:
-        load_case(study)
-    assert "'AX T2' (5 slices)" in str(error.value) and "'T1 post' (5 slices)" in str(error.value)
+    assert load_case(study).available == ("t1", "t1ce", "t2")  # no FLAIR: a subset
+    _write_series(tmp_path / "other" / "a", "3-Plane Localizer", "1.2.3.9", 1.0, slices=3)
+    with pytest.raises(InputError, match="T1/T1ce/T2/FLAIR: no series is a T1, T1ce, T2 or FLAIR\\.\n") as error:
+        load_case(tmp_path / "other")
+    assert "'3-Plane Localizer' (3 slices)" in str(error.value)
     _write_series(study / "d", "FLAIR", "1.2.3.4", 4.0, slices=6)
     (study / "d" / "002.dcm").unlink()
     with pytest.raises(InputError, match="d: series 'FLAIR' has uneven slice positions .*missing slices"):
@@ -425,9 +439,11 @@ def test_manifest_errors(tmp_path):
     with pytest.raises(InputError, match="zero.csv: not a readable CSV manifest"):
         read_manifest(tmp_path / "zero.csv")
     gap = tmp_path / "gap.csv"
-    gap.write_text("case_id,site,t1,t1ce,t2,flair\nA,s,a,b,c,d\nB,s,a,,c,d\n")
-    with pytest.raises(InputError, match="gap.csv: line 3: empty t1ce"):
+    gap.write_text("case_id,site,t1,t1ce,t2,flair\nA,s,a,b,c,d\nB,s,a,,c,d\nC,s,,,,\n")
+    with pytest.raises(InputError, match="gap.csv: line 4: empty image paths"):
         read_manifest(gap)
+    gap.write_text("case_id,site,t1,t1ce,t2,flair\nA,s,a,b,c,d\nB,s,a,,c,d\n")
+    assert sorted(read_manifest(gap)[1].paths) == ["flair", "t1", "t2"]  # a subset: no t1ce
 
 
 def _single(tmp_path):

@@ -470,8 +470,8 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing_half_written(phantom_
 
 def test_manifest_messages_count_lines_as_an_editor_does(tmp_path):
     manifest = tmp_path / "m.csv"
-    manifest.write_text('case_id,site,t1,t1ce,t2,flair,note\n\nA,s,a,b,c,d,"two\nlines"\n\nB,s,a,,c,d,\n')
-    with pytest.raises(InputError, match="m.csv: line 6: empty t1ce"):
+    manifest.write_text('case_id,site,t1,t1ce,t2,flair,note\n\nA,s,a,b,c,d,"two\nlines"\n\nB,s,,,,,\n')
+    with pytest.raises(InputError, match="m.csv: line 6: empty image paths"):
         read_manifest(manifest)
     manifest.write_text("case_id,site,t1,t1ce,t2,flair\nA,s,a,b,c,d\n\nA,s,a,b,c,d\n")
     with pytest.raises(InputError, match=r"duplicated case_id\(s\): A \(lines 2, 4\)"):

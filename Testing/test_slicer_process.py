@@ -88,8 +88,13 @@ def test_a_failing_prediction_names_the_problem_and_changes_nothing(scene, phant
         job.load_results(scene)
     assert node_ids(scene) == before and list(work.iterdir()) == []
 
-    with pytest.raises(SceneIOError, match="select a volume for FLAIR"):
-        PredictionJob({**nodes, "flair": None}, not_a_bundle, work_dir=work)
+    with pytest.raises(SceneIOError, match="select a volume for at least one of T1, T1CE, T2, FLAIR"):
+        PredictionJob(dict.fromkeys(nodes), not_a_bundle, work_dir=work)
+    subset = PredictionJob({**nodes, "flair": None, "t1ce": None}, not_a_bundle, work_dir=work)  # selectors left empty
+    assert subset.reference is nodes["t1"] and sorted(subset.volumes) == ["t1", "t2"]
+    assert "--flair" not in subset.process.command and "--t1ce" not in subset.process.command
+    assert sorted(p.name for p in (subset.temp_dir / "inputs").iterdir()) == ["t1.nrrd", "t2.nrrd"]
+    subset._remove_temp()
     with pytest.raises(SceneIOError, match="is selected for more than one sequence"):
         PredictionJob({**nodes, "t2": nodes["t1"]}, not_a_bundle, work_dir=work)
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty volume")

@@ -1,5 +1,6 @@
-"""The NeuroRADFM module's job: four volume nodes -> temporary NRRD files -> ``neuroradfm predict`` out of
-process -> result nodes on the T1ce's grid.
+"""The NeuroRADFM module's job: the selected volume nodes (any non-empty subset of the four) -> temporary NRRD
+files -> ``neuroradfm predict`` out of process -> result nodes on the reference's grid (T1ce, else the first of
+T1, FLAIR, T2 selected).
 
 The scene is only touched by ``load_results`` after the process succeeded; cancelling or a failure leaves
 it as it was, and the temporary folder is removed in every case.
@@ -14,13 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from neuroradfm import SEQUENCES
+from neuroradfm.io.case import reference_key
 from neuroradfm.output_paths import safe_folder_name
 from NeuroRADFMLib.process import CoreProcess, ProgressEvent
 from NeuroRADFMLib.results import CaseResults, load_results
 from NeuroRADFMLib.scene_io import SceneIOError, write_volume
-
-REFERENCE_SEQUENCE = "t1ce"
-"""The core writes every map on the T1ce's grid."""
 
 
 class PredictionError(RuntimeError):
@@ -32,35 +31,37 @@ def case_id_for(node) -> str:
     return text or "case"
 
 
-def check_inputs(volumes: dict) -> None:
-    missing = [s for s in SEQUENCES if volumes.get(s) is None]
-    if missing:
-        raise SceneIOError(f"select a volume for {', '.join(s.upper() for s in missing)}")
-    ids = [volumes[s].GetID() for s in SEQUENCES]
+def check_inputs(volumes: dict) -> str:
+    """The reference sequence (the core writes every map on its grid: the first selected of T1ce, T1, FLAIR,
+    T2); a selector may stay empty, but not all four, and one volume cannot stand for two sequences."""
+    selected = [s for s in SEQUENCES if volumes.get(s) is not None]
+    if not selected:
+        raise SceneIOError("select a volume for at least one of T1, T1CE, T2, FLAIR")
+    ids = [volumes[s].GetID() for s in selected]
     if len(set(ids)) < len(ids):
-        repeated = {volumes[s].GetName() for s in SEQUENCES if ids.count(volumes[s].GetID()) > 1}
+        repeated = {volumes[s].GetName() for s in selected if ids.count(volumes[s].GetID()) > 1}
         raise SceneIOError(f"volume {', '.join(sorted(repeated))!s} is selected for more than one sequence")
+    return reference_key(tuple(selected))
 
 
 class PredictionJob:
-    """Run the model on four volume nodes; poll from a timer (``poll``) or block (``run``)."""
+    """Run the model on the selected volume nodes; poll from a timer (``poll``) or block (``run``)."""
 
     def __init__(self, volumes: dict, bundle: str | Path, device: str = "auto", python: str | None = None,
                  work_dir: str | Path | None = None, overview: bool = False) -> None:
-        check_inputs(volumes)
-        self.volumes = dict(volumes)
-        self.reference = volumes[REFERENCE_SEQUENCE]
+        self.volumes = {s: volumes[s] for s in SEQUENCES if volumes.get(s) is not None}
+        self.reference = self.volumes[check_inputs(volumes)]
         self.bundle = Path(bundle)
         self.device = device
         self.case_id = case_id_for(self.reference)
         self.temp_dir = Path(tempfile.mkdtemp(prefix="NeuroRADFM-", dir=None if work_dir is None else str(work_dir)))
         self.out_dir = self.temp_dir / "results"
         try:
-            files = {s: write_volume(volumes[s], self.temp_dir / "inputs" / f"{s}.nrrd") for s in SEQUENCES}
+            files = {s: write_volume(node, self.temp_dir / "inputs" / f"{s}.nrrd") for s, node in self.volumes.items()}
         except Exception:
             self._remove_temp()
             raise
-        arguments = ["predict", *[a for s in SEQUENCES for a in (f"--{s}", files[s])], "--case-id", self.case_id,
+        arguments = ["predict", *[a for s in files for a in (f"--{s}", files[s])], "--case-id", self.case_id,
                      "--model", self.bundle, "--out", self.out_dir, "--device", device, "--progress", "json"]
         if not overview:
             arguments.append("--no-overview")
@@ -89,7 +90,7 @@ class PredictionJob:
         self.process.cancel()
 
     def load_results(self, scene, name: str | None = None) -> CaseResults:
-        """After success: the results as nodes (on the T1ce's grid); the temporary folder is removed."""
+        """After success: the results as nodes (on the reference's grid); the temporary folder is removed."""
         try:
             if self.process.cancelled:
                 raise PredictionError("the prediction was cancelled")

@@ -346,8 +346,7 @@ def _case_loaders(args: argparse.Namespace) -> list:
     if explicit:
         if args.cases:
             raise NeuroRADFMError("give either case folders / a manifest or --t1 ... --flair files, not both")
-        case_id = args.case_id if args.case_id is not None else (
-            explicit_case_id(explicit) if "t1ce" in explicit else "case")
+        case_id = args.case_id if args.case_id is not None else explicit_case_id(explicit)
         return [(case_id, lambda: load_case(explicit, case_id=case_id, sequences=series))]
     if args.case_id is not None:
         raise NeuroRADFMError("--case-id names a case given with --t1 ... --flair; a folder's case id is its name "

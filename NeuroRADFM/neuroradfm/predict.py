@@ -112,6 +112,7 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
     plain Grad-CAM (the bundle stores its cohort reference for its own layer only).
     """
     heads = bundle.require_heads()
+    bundle.require_subset(case.available, case.case_id)
     layer = cam_layer or heads.cam_layer
     prepared = preprocess_case(case, bundle.preprocessing, progress=sub_progress(progress, 0.0, 0.8))
     progress("encode", 0.8, "forward pass")

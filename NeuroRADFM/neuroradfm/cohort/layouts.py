@@ -15,7 +15,7 @@ from neuroradfm import SEQUENCES
 from neuroradfm.cohort.clinical import Mapping, read_table
 from neuroradfm.errors import InputError
 from neuroradfm.io.images import is_image_file
-from neuroradfm.io.loader import find_brats_files
+from neuroradfm.io.loader import find_brats_files, missing_sequences
 
 # TCIA's BraTS 2021 package puts each case under the collection it came from: that collection is the site.
 BRATS2021_SOURCES = ("UPENN-GBM", "UCSF-PDGM", "TCGA-GBM", "TCGA-LGG", "CPTAC-GBM", "IvyGAP", "ACRIN-FMISO-Brain",
@@ -120,6 +120,9 @@ def brats(root: Path, layout: str, clinical: Path | None = None,
             paths = find_brats_files(folder)
         except InputError as error:
             skipped[str(folder)] = error.problem
+            continue
+        if missing_sequences(paths):  # the trainers take complete cases (sequence dropout: issue 17)
+            skipped[str(folder)] = f"missing sequence(s) {', '.join(missing_sequences(paths))}"
             continue
         row: dict[str, object] = {}
         if layout == "brats2021":

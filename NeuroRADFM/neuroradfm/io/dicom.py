@@ -140,7 +140,8 @@ def _listing(series: list[DicomSeries], chosen: Mapping[str, DicomSeries]) -> st
 
 def assign_series(study: Path, series: list[DicomSeries],
                   override: Mapping[str, str] | None = None) -> dict[str, DicomSeries]:
-    """Sequence -> series; overrides first, then one automatic candidate per remaining sequence."""
+    """Sequence -> series for the sequences the study has (any non-empty subset): overrides first, then one
+    automatic candidate per remaining sequence; several candidates for one sequence are an error."""
     override = {k.lower(): v for k, v in (override or {}).items() if v}
     unknown = set(override) - set(SEQUENCES)
     if unknown:
@@ -161,11 +162,11 @@ def assign_series(study: Path, series: list[DicomSeries],
         matches = [s for s in series if s.sequence == sequence and id(s) not in taken]
         if len(matches) == 1:
             chosen[sequence] = matches[0]
-        elif not matches:
-            problems.append(f"no series for {sequence}")
-        else:
+        elif matches:
             problems.append(f"{len(matches)} candidate series for {sequence}: "
                             + "; ".join(f"'{s.label}' ({s.short_uid})" for s in matches))
+    if not chosen and not problems:
+        problems.append("no series is a T1, T1ce, T2 or FLAIR")
     if problems:
         raise InputError(study, "cannot assign the DICOM series to T1/T1ce/T2/FLAIR: " + "; ".join(problems)
                          + f".\nSeries found:\n  {_listing(series, chosen)}\nPass an explicit override, e.g. "

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from neuroradfm import SEQUENCES
 from neuroradfm.errors import InputError, not_a_file
-from neuroradfm.io.case import Case
+from neuroradfm.io.case import Case, reference_key
 from neuroradfm.io.dicom import assign_series, find_series, read_series
 from neuroradfm.io.images import image_stem, is_image_file, overlap_fraction, read_image
 
@@ -24,7 +24,8 @@ MIN_OVERLAP = 0.5
 
 
 def find_brats_files(folder: Path) -> dict[str, Path]:
-    """Sequence -> file in a BraTS case folder; missing or duplicated sequences are errors."""
+    """Sequence -> file in a BraTS case folder (those it has: any non-empty subset); a duplicated sequence or no
+    sequence at all is an error."""
     images = [p for p in sorted(folder.iterdir()) if is_image_file(p)]
     found: dict[str, list[Path]] = {key: [] for key in BRATS_SUFFIXES}
     for path in images:
@@ -37,23 +38,29 @@ def find_brats_files(folder: Path) -> dict[str, Path]:
     if duplicated:
         detail = "; ".join(f"{k}: {', '.join(p.name for p in v)}" for k, v in duplicated.items())
         raise InputError(folder, f"more than one file for a sequence ({detail})")
-    missing = [k for k in SEQUENCES if not found[k]]
-    if missing:
-        raise InputError(folder, f"missing sequence(s) {', '.join(missing)} (BraTS naming *_t1/_t1ce/_t2/_flair or "
-                                 f"*-t1n/-t1c/-t2w/-t2f); found: {names}")
+    if not any(found[k] for k in SEQUENCES):
+        raise InputError(folder, f"no sequence found (BraTS naming *_t1/_t1ce/_t2/_flair or *-t1n/-t1c/-t2w/-t2f); "
+                                 f"found: {names}")
     return {k: v[0] for k, v in found.items() if v}
 
 
-def _check_extents(images: dict[str, sitk.Image], sources: dict[str, str]) -> None:
-    reference = images["t1ce"]
+def missing_sequences(paths: Mapping[str, object]) -> list[str]:
+    """The sequences a case folder or file set lacks (a case may have any non-empty subset)."""
+    return [k for k in SEQUENCES if k not in paths]
+
+
+def _check_extents(images: dict[str, sitk.Image], sources: dict[str, str]) -> str:
+    """The reference sequence (reference_key); every other one must cover most of its field of view."""
+    ref = reference_key(tuple(images))
     for key, image in images.items():
-        if key == "t1ce":
+        if key == ref:
             continue
-        fraction = overlap_fraction(image, reference)
+        fraction = overlap_fraction(image, images[ref])
         if fraction < MIN_OVERLAP:
-            raise InputError(sources[key], f"mismatched physical extent: its field of view overlaps the T1ce's "
-                                           f"({sources['t1ce']}) by only {fraction:.0%}; are both from the same "
-                                           "patient and study?")
+            raise InputError(sources[key], f"mismatched physical extent: its field of view overlaps the "
+                                           f"{ref.upper()}'s ({sources[ref]}) by only {fraction:.0%}; are both from "
+                                           "the same patient and study?")
+    return ref
 
 
 def read_sequence(path: Path) -> sitk.Image:
@@ -79,16 +86,18 @@ def _refuse_repeats(where: Path | None, chosen: Mapping[str, str], what: str) ->
 
 
 def explicit_case_id(paths: Mapping[str, str | Path]) -> str:
-    """The case id of explicitly given files: the T1ce's file name without its sequence tag."""
-    return re.sub(r"[-_]?(t1ce|t1c|t1gd)$", "", image_stem(Path(paths["t1ce"])), flags=re.I) or "case"
+    """The case id of explicitly given files: the reference's (T1ce's) file name without its sequence tag."""
+    stem = image_stem(Path(paths[reference_key(tuple(k for k in SEQUENCES if paths.get(k)))]))
+    return re.sub(r"[-_]?(t1ce|t1c|t1gd|t1n|t1|t2w|t2f|t2|flair)$", "", stem, flags=re.I) or "case"
 
 
 def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | None = None, site: str | None = None,
               clinical: Mapping[str, Any] | None = None, sequences: Mapping[str, str] | None = None) -> Case:
-    """Load one patient's four sequences from explicit files, a BraTS folder or a DICOM study.
+    """Load one patient's sequences (any non-empty subset of the four) from explicit files, a BraTS folder or a
+    DICOM study.
 
-    ``source``: a mapping t1/t1ce/t2/flair (optional seg) -> image file or a folder holding that sequence's one
-    DICOM series (the Kaggle RSNA-MICCAI packaging: one folder per sequence), a BraTS case folder
+    ``source``: a mapping t1/t1ce/t2/flair (any of them; optional seg) -> image file or a folder holding that
+    sequence's one DICOM series (the Kaggle RSNA-MICCAI packaging: one folder per sequence), a BraTS case folder
     (2021 ``*_t1ce.nii.gz`` or 2023+ ``*-t1c.nii.gz`` naming) or a DICOM study folder (any nesting).
     ``sequences`` overrides the DICOM assignment: sequence -> SeriesInstanceUID (or its last
     digits as listed in errors) or exact SeriesDescription. Every problem is an InputError.
@@ -99,10 +108,9 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
     if isinstance(source, Mapping):
         paths = {str(k).lower(): Path(v) for k, v in source.items() if v is not None and str(v) != ""}
         extra = set(paths) - set(SEQUENCES) - {"seg"}
-        missing = [k for k in SEQUENCES if k not in paths]
-        if extra or missing:
-            raise InputError(None, f"explicit files need exactly {', '.join(SEQUENCES)} (and optional seg); "
-                                   f"missing {missing}, unexpected {sorted(extra)}")
+        if extra or not set(paths) & set(SEQUENCES):
+            raise InputError(None, f"explicit files are any of {', '.join(SEQUENCES)} (at least one) and an optional "
+                                   f"seg; {'unexpected ' + str(sorted(extra)) if extra else 'no sequence given'}")
         absent = {k: (p, problem) for k, p in paths.items() if not p.is_dir() and (problem := not_a_file(p))}
         if len(absent) == 1:
             raise InputError(*next(iter(absent.values())))
@@ -145,11 +153,10 @@ def load_case(source: str | Path | Mapping[str, str | Path], *, case_id: str | N
     for key, path in paths.items():
         images[key] = read_sequence(path)
         sources[key] = str(path)
-    _check_extents({k: images[k] for k in SEQUENCES}, sources)
     seg = images.pop("seg", None)
-    if seg is not None and overlap_fraction(seg, images["t1ce"]) < MIN_OVERLAP:
-        raise InputError(sources["seg"], "mismatched physical extent: the segmentation does not cover the T1ce's "
-                                         f"field of view ({sources['t1ce']})")
-    return Case(case_id=case_id or default_id, t1=images["t1"], t1ce=images["t1ce"], t2=images["t2"],
-                flair=images["flair"], site=site, clinical=dict(clinical or {}), sources=sources, seg=seg,
-                inputs=inputs)
+    ref = _check_extents(images, sources)
+    if seg is not None and overlap_fraction(seg, images[ref]) < MIN_OVERLAP:
+        raise InputError(sources["seg"], f"mismatched physical extent: the segmentation does not cover the "
+                                         f"{ref.upper()}'s field of view ({sources[ref]})")
+    return Case(case_id=case_id or default_id, **images, site=site, clinical=dict(clinical or {}),
+                sources=sources, seg=seg, inputs=inputs)

@@ -113,7 +113,8 @@ def read_manifest(path: str | Path, check_files: bool = False) -> list[CaseEntry
     """Entries of a manifest CSV; image paths are relative to the manifest's folder unless absolute.
 
     Required columns: case_id, site, t1, t1ce, t2, flair; optional seg; every other column is clinical data. An
-    image path is a file or a folder holding one DICOM series. Messages point at lines as an editor numbers them
+    image path is a file or a folder holding one DICOM series; a case may leave some sequences empty (any
+    non-empty subset: the bundle says which subsets it takes). Messages point at lines as an editor numbers them
     (header = line 1). Case ids must be unique, also once made into folder names (neuroradfm.output_paths).
     Missing image files surface when a case loads (one failing case does not stop a batch) unless ``check_files``
     asks to list them all now.
@@ -139,10 +140,9 @@ def read_manifest(path: str | Path, check_files: bool = False) -> list[CaseEntry
     file_columns = [*SEQUENCES, *(["seg"] if "seg" in header else [])]
     entries, absent = [], []
     for line, row in records:
-        empty = [c for c in ("case_id", *SEQUENCES) if not row[c]]
-        if empty:
-            raise InputError(path, f"line {line}: empty {', '.join(empty)} (case_id and the four image paths "
-                                   "are required)")
+        if not row["case_id"] or not any(row[c] for c in SEQUENCES):
+            raise InputError(path, f"line {line}: empty {'case_id' if not row['case_id'] else 'image paths'} "
+                                   "(a case needs its case_id and at least one of the four image paths)")
         control = [c for c in ("case_id", "site", *file_columns) if control_characters(row[c])]
         if control:
             raise InputError(path, f"line {line}: control characters in {', '.join(control)}")

@@ -20,8 +20,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from neuroradfm import SEQUENCES
 from neuroradfm.atomic import atomic_folder
-from neuroradfm.errors import BundleError, not_a_file
+from neuroradfm.errors import BundleError, InputError, not_a_file
 from neuroradfm.hashing import file_sha256
 from neuroradfm.models.card_schema import FORMAT, FORMAT_VERSION, Shapes, card_problems, report, tensor_problems
 from neuroradfm.models.encoder import Encoder, EncoderConfig
@@ -48,6 +49,21 @@ class Bundle:
     @property
     def name(self) -> str:
         return str(self.card.get("name", self.path.name))
+
+    @property
+    def sequence_subsets(self) -> list[tuple[str, ...]]:
+        """The sets of input sequences the bundle was trained for (card ``sequence_subsets``; all four when the
+        card does not say: bundles trained before subsets existed)."""
+        subsets = self.card.get("sequence_subsets") or [list(SEQUENCES)]
+        return [tuple(s for s in SEQUENCES if s in subset) for subset in subsets]
+
+    def require_subset(self, available: tuple[str, ...], case_id: str) -> None:
+        """Refuse a case whose sequences are not a subset the bundle was trained for, naming the ones it takes."""
+        if tuple(available) not in self.sequence_subsets:
+            takes = "; ".join(" + ".join(s.upper() for s in subset) for subset in self.sequence_subsets)
+            lacking = ", ".join(s.upper() for s in SEQUENCES if s not in available)
+            raise InputError(None, f"case {case_id} has {' + '.join(s.upper() for s in available)} (no {lacking}); "
+                                   f"the bundle {self.name} was trained for: {takes}")
 
     def require_heads(self) -> Heads:
         """The heads, or a clear error for an encoder-only bundle (pretrained, before ``fit-heads``)."""

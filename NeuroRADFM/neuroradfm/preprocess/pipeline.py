@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from neuroradfm import SEQUENCES
 from neuroradfm.errors import InputError, itk_reason
-from neuroradfm.io.case import Case
+from neuroradfm.io.case import Case, reference_key
 from neuroradfm.io.images import check_image
 from neuroradfm.preprocess import steps
 from neuroradfm.preprocess.grid import in_template_space, model_grid
@@ -30,7 +30,8 @@ image to ~6 mm voxels first: a few-millimetre image shrinks to nothing and N4 fa
 @dataclass
 class Preprocessed:
     channels: np.ndarray
-    """float32 (4, K, J, I) in SEQUENCES order, z-scored inside the brain mask, 0 outside."""
+    """float32 (4, K, J, I) in SEQUENCES order, z-scored inside the brain mask, 0 outside; a sequence the case
+    lacks is all zeros (``available`` says which are real)."""
     mask: np.ndarray
     """bool (K, J, I) brain mask on the model grid."""
     grid: sitk.Image
@@ -40,6 +41,8 @@ class Preprocessed:
     template_to_reference: sitk.Transform
     """Maps template-space points to reference points (identity when registration was skipped)."""
     steps: dict[str, str] = field(default_factory=dict)
+    available: tuple[str, ...] = SEQUENCES
+    """The sequences the case had (SEQUENCES order); the reference is the first of them in REFERENCE_ORDER."""
 
     def to_reference(self, volume: np.ndarray, interpolator: int = sitk.sitkLinear,
                      default: float = 0.0) -> sitk.Image:
@@ -118,32 +121,33 @@ def preprocess_case(case: Case, settings: PreprocessSettings | None = None,
                     progress: Progress = null_progress) -> Preprocessed:
     """Every sequence is checked first (geometry, size, contrast: cheap), then corrected, registered, resampled."""
     settings = settings or PreprocessSettings()
-    ref_key = settings.reference
+    available = case.available
+    ref_key = reference_key(available, settings.reference)
     originals = {k: _check_sequence(case.image(k), case.source(k))
-                 for k in sorted(SEQUENCES, key=lambda k: k != ref_key)}  # the reference first: errors name it
-    images = {k: sitk.Cast(originals[k], sitk.sitkFloat32) for k in SEQUENCES}
+                 for k in sorted(available, key=lambda k: k != ref_key)}  # the reference first: errors name it
+    images = {k: sitk.Cast(originals[k], sitk.sitkFloat32) for k in available}
     reference = images[ref_key]
     done: dict[str, str] = {}
     stripped = steps.is_skull_stripped(reference)
 
     progress("n4", 0.0, "bias field correction")
     if settings.n4:
-        for index, key in enumerate(SEQUENCES):
+        for index, key in enumerate(available):
             head = steps.foreground_mask(images[key])
             images[key] = steps.n4_correct(images[key], head)
-            progress("n4", 0.3 * (index + 1) / len(SEQUENCES), key)
+            progress("n4", 0.3 * (index + 1) / len(available), key)
         done["n4"] = "done"
     else:
         done["n4"] = "skipped: disabled in the settings"
 
     to_sequence: dict[str, sitk.Transform] = {ref_key: sitk.Euler3DTransform()}
-    same_grid = all(_same_grid(images[k], reference) for k in SEQUENCES)
+    same_grid = all(_same_grid(images[k], reference) for k in available)
     if settings.coregister == "never" or (settings.coregister == "auto" and same_grid):
-        to_sequence.update({k: sitk.Euler3DTransform() for k in SEQUENCES})
+        to_sequence.update({k: sitk.Euler3DTransform() for k in available})
         done["coregister"] = ("skipped: all sequences share the reference's grid" if same_grid
                               else "skipped: disabled in the settings")
     else:
-        for index, key in enumerate(k for k in SEQUENCES if k != ref_key):
+        for index, key in enumerate(k for k in available if k != ref_key):
             progress("coregister", 0.3 + 0.2 * index / 3, f"{key} -> {ref_key}")
             try:
                 to_sequence[key] = steps.rigid_register(images[ref_key], images[key])
@@ -187,12 +191,16 @@ def preprocess_case(case: Case, settings: PreprocessSettings | None = None,
         raise InputError(case.source(ref_key), "the brain falls outside the model grid after registration")
     channels = []
     for key in SEQUENCES:
+        if key not in available:
+            channels.append(np.zeros(mask.shape, np.float32))
+            continue
         composite = sitk.CompositeTransform([to_sequence[key], template_to_reference])
         array = sitk.GetArrayFromImage(steps.resample(images[key], grid, composite))
         channels.append(_zscore(array, mask, case.source(key)))
-    done["normalise"] = "done: z-score inside the brain mask"
+    done["normalise"] = "done: z-score inside the brain mask" + (
+        "" if available == SEQUENCES else f"; missing {', '.join(k for k in SEQUENCES if k not in available)}: zeros")
     progress("preprocess", 1.0, "done")
-    return Preprocessed(np.stack(channels), mask, grid, originals[ref_key], template_to_reference, done)
+    return Preprocessed(np.stack(channels), mask, grid, originals[ref_key], template_to_reference, done, available)
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:

@@ -20,7 +20,8 @@ class PreprocessSettings:
     size: tuple[int, int, int] = (128, 128, 128)
     """Model grid voxels along the template's axes."""
     reference: str = "t1ce"
-    """Co-registration target; every output map is written on this sequence's original grid."""
+    """Co-registration target; every output map is written on this sequence's original grid (when the case lacks it,
+    on the first it has of t1ce, t1, flair, t2)."""
     n4: bool = True
     coregister: str = "auto"
     """auto: skipped when all sequences already share the reference's grid."""

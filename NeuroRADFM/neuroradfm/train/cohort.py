@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neuroradfm import SEQUENCES
 from neuroradfm.atomic import atomic_file
 from neuroradfm.errors import InputError, describe_failure
 from neuroradfm.hashing import file_sha256
@@ -102,6 +103,10 @@ def _prepare_case(entry: CaseEntry, settings: PreprocessSettings,
     if channels_file is not None and channels_file.is_file():
         tumour = np.load(tumour_file) if tumour_file.is_file() else None
         return np.load(channels_file), tumour
+    missing = [k for k in SEQUENCES if k not in entry.paths]
+    if missing:  # training on incomplete cases needs sequence dropout (issue 17), which the trainers lack yet
+        raise InputError(None, f"case {entry.case_id} lacks {', '.join(missing)}: the trainers take cases with all "
+                               "four sequences")
     case = entry.load()
     prepared = preprocess_case(case, settings)
     channels = prepared.channels.astype(np.float16)

@@ -105,3 +105,27 @@ def test_the_trainers_take_complete_cases_only(entry, tmp_path):
                                                                   if k != "flair"}, dict(entry.clinical))
     with pytest.raises(InputError, match="lacks flair: the trainers take cases with all four sequences"):
         _prepare_case(entry_without_flair, QUICK, None)
+
+
+def test_a_blank_sequence_is_an_error_unless_allow_missing_leaves_it_out(entry, tiny_bundle, tmp_path, capsys):
+    blank = sitk.ReadImage(str(entry.paths["t2"]))
+    blank = sitk.Image(blank.GetSize(), blank.GetPixelID()) + 0  # every voxel 0: an empty series
+    blank.CopyInformation(sitk.ReadImage(str(entry.paths["t2"])))
+    blank_file = tmp_path / "blank-t2.nii.gz"
+    sitk.WriteImage(blank, str(blank_file))
+    files = {**entry.paths, "t2": blank_file}
+    files.pop("seg", None)
+    with pytest.raises(InputError, match="blank-t2.nii.gz: brain mask is empty .* every voxel of the image is 0"):
+        preprocess_case(load_case(files), QUICK)
+    prepared = preprocess_case(load_case(files), QUICK, allow_missing=True)
+    assert prepared.available == ("t1", "t1ce", "flair") and not prepared.channels[SEQUENCES.index("t2")].any()
+    assert "every voxel of the image is 0" in prepared.steps["t2 left out"]
+    arguments = [*(f"--{k}={v}" for k, v in files.items()), "--model", str(tiny_bundle), "--device", "cpu",
+                 "--progress", "none", "--no-overview"]
+    assert main(["predict", *arguments, "--out", str(tmp_path / "a"), "--allow-missing"]) == 2
+    assert "has T1 + T1CE + FLAIR (no T2); the bundle tiny-test-bundle was trained for" in capsys.readouterr().err
+    assert main(["predict", *arguments, "--out", str(tmp_path / "b")]) == 2
+    assert "blank-t2.nii.gz" in capsys.readouterr().err
+    everything_blank = {k: blank_file for k in ("t2",)}
+    with pytest.raises(InputError, match="every sequence is empty or constant"):
+        preprocess_case(load_case(everything_blank), QUICK, allow_missing=True)

@@ -82,9 +82,10 @@ def _log_internal(out_dir: Path, case_id: str, error: BaseException) -> Path | N
 def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundle, out_dir: str | Path,
                   device: str = "auto", progress: Progress = null_progress, overview: bool = True,
                   keep_predictions: bool = False, cam_layer: str | None = None,
-                  command: Sequence[str] | None = None) -> BatchResult:
+                  command: Sequence[str] | None = None, allow_missing: bool = False) -> BatchResult:
     """``cases`` are (case_id, loader) pairs, so that loading errors are isolated per case too; the case id
-    names the result folder. ``cam_layer`` as in ``predict_case``; ``command`` is recorded in run.json.
+    names the result folder. ``cam_layer`` and ``allow_missing`` as in ``predict_case``; ``command`` is recorded in
+    run.json.
 
     Problems that would fail every case (an encoder-only bundle, a device that is not there, unusable or
     colliding case ids, an output folder that is a file or not writable) raise before anything is written."""
@@ -107,7 +108,7 @@ def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundl
                               "device": str(resolved), "cam_layer": cam_layer})
     try:
         _run_cases(cases, bundle, out_dir, folders, str(resolved), progress, overview, keep_predictions, cam_layer,
-                   result)
+                   result, allow_missing)
     except BaseException:  # Ctrl-C or a cancel: the tables say which cases were done, and that the run stopped
         if len(cases) > 1:
             result.run.update(interrupted=True)
@@ -153,13 +154,14 @@ def _finish(out_dir: Path, cases: Sequence[tuple[str, Callable[[], Case]]], fold
 
 def _run_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundle, out_dir: Path, folders: dict[str, str],
                device: str, progress: Progress, overview: bool, keep_predictions: bool, cam_layer: str | None,
-               result: BatchResult) -> None:
+               result: BatchResult, allow_missing: bool = False) -> None:
     for index, (case_id, load) in enumerate(cases):
         part = sub_progress(progress, index / len(cases), (index + 1) / len(cases))
         try:
             folder = inside(out_dir, out_dir / folders[case_id])
             case = load()
-            prediction = predict_case(case, bundle, device=device, progress=part, cam_layer=cam_layer)
+            prediction = predict_case(case, bundle, device=device, progress=part, cam_layer=cam_layer,
+                                      allow_missing=allow_missing)
             result.outputs[case_id] = write_outputs(prediction, folder, overview=overview,
                                                     inputs=case.inputs)
         except Exception as error:  # noqa: BLE001 - one case's failure of any kind must not stop the others

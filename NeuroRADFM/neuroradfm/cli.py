@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_path, required=True,
                    help="output folder; each case goes to OUT/<its case id made a safe folder name>/")
     p.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="leave out a sequence that is empty or constant (a blank series) instead of stopping; the "
+                        "bundle must take the subset that remains")
     _cam_layer_option(p, "encoder stage of the Grad-CAM maps (default: the bundle's; at another stage the maps "
                          "are plain Grad-CAM, without the bundle's cohort reference)")
     _device_option(p)
@@ -376,7 +379,7 @@ def _predict(args: argparse.Namespace) -> int:
     loaders = _case_loaders(args)
     result = predict_cases(loaders, bundle, args.out, device=args.device, progress=make_progress(args.progress),
                            overview=not args.no_overview, cam_layer=args.cam_layer,
-                           command=["neuroradfm", *sys.argv[1:]])
+                           command=["neuroradfm", *sys.argv[1:]], allow_missing=args.allow_missing)
     for case_id, folder in result.outputs.items():
         print(f"{_shown(case_id)}: {folder}")
     if len(loaders) == 1 and result.failures:  # one case: its failure is the command's

@@ -19,7 +19,7 @@ from neuroradfm.markers import marker
 from neuroradfm.models.bundle import Bundle
 from neuroradfm.models.encoder import resolve_device
 from neuroradfm.models.heads import Heads
-from neuroradfm.preprocess import Preprocessed, preprocess_case
+from neuroradfm.preprocess import Preprocessed, preprocess_case, usable_sequences
 from neuroradfm.progress import Progress, null_progress, sub_progress
 
 SURVIVAL_HEAD = "survival_risk"
@@ -104,17 +104,19 @@ class Prediction:
 
 
 def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Progress = null_progress,
-                 cam_layer: str | None = None) -> Prediction:
+                 cam_layer: str | None = None, allow_missing: bool = False) -> Prediction:
     """Run every head of ``bundle`` on ``case``; all maps come from one forward pass (and, below the last
     block, one batched backward pass).
 
     ``cam_layer`` overrides the bundle's Grad-CAM layer; at a layer other than the bundle's, the maps are
-    plain Grad-CAM (the bundle stores its cohort reference for its own layer only).
+    plain Grad-CAM (the bundle stores its cohort reference for its own layer only). ``allow_missing``: an empty
+    or constant sequence is left out (the bundle must take the subset that remains) instead of an error.
     """
     heads = bundle.require_heads()
-    bundle.require_subset(case.available, case.case_id)
+    bundle.require_subset(usable_sequences(case, allow_missing)[0], case.case_id)
     layer = cam_layer or heads.cam_layer
-    prepared = preprocess_case(case, bundle.preprocessing, progress=sub_progress(progress, 0.0, 0.8))
+    prepared = preprocess_case(case, bundle.preprocessing, progress=sub_progress(progress, 0.0, 0.8),
+                               allow_missing=allow_missing)
     progress("encode", 0.8, "forward pass")
     torch_device = resolve_device(device)
     encoder = bundle.encoder.to(torch_device).eval()

@@ -117,17 +117,35 @@ def _brain_volume_ml(mask: sitk.Image) -> float:
     return float(sitk.GetArrayViewFromImage(mask).sum() * np.prod(mask.GetSpacing()) / 1000.0)
 
 
+def usable_sequences(case: Case, allow_missing: bool = False) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The sequences to use and, with ``allow_missing``, those left out as empty or constant (sequence -> why);
+    without it an empty or constant sequence is an error naming it."""
+    if not allow_missing:
+        return case.available, {}
+    blank = {}
+    for key in case.available:
+        try:
+            _check_contrast(case.image(key), case.source(key))
+        except InputError as error:
+            blank[key] = error.problem
+    if len(blank) == len(case.available):
+        raise InputError(None, f"case {case.case_id}: every sequence is empty or constant ("
+                               + "; ".join(f"{k}: {case.source(k)}" for k in blank) + ")")
+    return tuple(k for k in case.available if k not in blank), blank
+
+
 def preprocess_case(case: Case, settings: PreprocessSettings | None = None,
-                    progress: Progress = null_progress) -> Preprocessed:
-    """Every sequence is checked first (geometry, size, contrast: cheap), then corrected, registered, resampled."""
+                    progress: Progress = null_progress, allow_missing: bool = False) -> Preprocessed:
+    """Every sequence is checked first (geometry, size, contrast: cheap), then corrected, registered, resampled.
+    ``allow_missing``: an empty or constant sequence is left out (a zero channel) instead of an error."""
     settings = settings or PreprocessSettings()
-    available = case.available
+    available, blank = usable_sequences(case, allow_missing)
     ref_key = reference_key(available, settings.reference)
     originals = {k: _check_sequence(case.image(k), case.source(k))
                  for k in sorted(available, key=lambda k: k != ref_key)}  # the reference first: errors name it
     images = {k: sitk.Cast(originals[k], sitk.sitkFloat32) for k in available}
     reference = images[ref_key]
-    done: dict[str, str] = {}
+    done: dict[str, str] = {f"{k} left out": f"empty or constant (--allow-missing): {why}" for k, why in blank.items()}
     stripped = steps.is_skull_stripped(reference)
 
     progress("n4", 0.0, "bias field correction")

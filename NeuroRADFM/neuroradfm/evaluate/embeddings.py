@@ -85,16 +85,22 @@ def _write(path: Path, bundle: Bundle, embedding: np.ndarray, cam: dict[str, tup
                  cam_mass=np.array([v[1] for v in cam.values()], np.float64))
 
 
+def encode(bundle: Bundle, channels: np.ndarray, device: torch.device) -> np.ndarray:
+    """(B, D) float64 embeddings of (B, C, K, J, I) model inputs: the encoder's pooled features, no maps."""
+    x = torch.from_numpy(np.asarray(channels, np.float32)).to(device)
+    with torch.no_grad():
+        z = bundle.encoder(x)[1]
+    return z.double().cpu().numpy()
+
+
 def _forward(bundle: Bundle, channels: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray | None,
                                                                                    list[str]]:
     """(B, D) embeddings and, for a bundle with heads, every head's map for its predicted call, (B, M, K, J, I)
     rectified on the model grid, with the heads' keys."""
-    x = torch.from_numpy(channels.astype(np.float32)).to(device)
     heads = bundle.heads
     if heads is None or (not heads.markers and heads.cox is None):
-        with torch.no_grad():
-            z = bundle.encoder(x)[1]
-        return z.double().cpu().numpy(), None, []
+        return encode(bundle, channels, device), None, []
+    x = torch.from_numpy(channels.astype(np.float32)).to(device)
     layer = heads.cam_layer
     activation, z = encode_for_cam(bundle.encoder, x, layer)
     embeddings = z.detach().double().cpu().numpy()

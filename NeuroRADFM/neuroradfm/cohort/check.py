@@ -18,7 +18,7 @@ from neuroradfm import SEQUENCES
 from neuroradfm.cohort.duplicates import identical_scans
 from neuroradfm.errors import InputError
 from neuroradfm.io import read_manifest
-from neuroradfm.io.dicom import find_series
+from neuroradfm.io.dicom import single_series
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.progress import Progress, null_progress
 
@@ -62,14 +62,12 @@ def _orientation(direction: tuple[float, ...]) -> str:
 def _header(path: Path) -> str:
     reader = sitk.ImageFileReader()
     if path.is_dir():  # a DICOM series folder: its first slice's header and the slice count
-        series = [s for s in find_series(path) if not s.excluded]
-        if len(series) != 1:
-            raise RuntimeError(f"a sequence folder must hold exactly one DICOM series, found {len(series)}")
-        reader.SetFileName(series[0].files[0])
+        series = single_series(path)
+        reader.SetFileName(series.files[0])
         reader.ReadImageInformation()
         cols, rows = reader.GetSize()[:2]
         spacing = "x".join(f"{s:g}" for s in reader.GetSpacing()[:2])
-        return f"{cols}x{rows}x{len(series[0].files)} @ {spacing} mm in-plane {_orientation(reader.GetDirection())}"
+        return f"{cols}x{rows}x{len(series.files)} @ {spacing} mm in-plane {_orientation(reader.GetDirection())}"
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     size = "x".join(str(n) for n in reader.GetSize())

@@ -12,7 +12,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from neuroradfm.errors import InputError
-from neuroradfm.io.dicom import find_series
+from neuroradfm.io.dicom import single_series
 from neuroradfm.io.loader import read_sequence
 from neuroradfm.progress import Progress, null_progress
 
@@ -21,12 +21,10 @@ def header_key(path: Path) -> tuple:
     """Size, spacing and pixel type from the header alone (a DICOM folder: its first file's and its slice count)."""
     reader = sitk.ImageFileReader()
     if path.is_dir():
-        series = [s for s in find_series(path) if not s.excluded]
-        if len(series) != 1:
-            raise InputError(path, f"a sequence folder must hold exactly one DICOM series, found {len(series)}")
-        reader.SetFileName(series[0].files[0])
+        series = single_series(path)
+        reader.SetFileName(series.files[0])
         reader.ReadImageInformation()
-        return (*reader.GetSize()[:2], len(series[0].files), *(round(s, 4) for s in reader.GetSpacing()[:2]),
+        return (*reader.GetSize()[:2], len(series.files), *(round(s, 4) for s in reader.GetSpacing()[:2]),
                 reader.GetPixelIDValue(), "dicom")
     reader.SetFileName(str(path))
     reader.ReadImageInformation()

@@ -124,6 +124,15 @@ def find_series(study: Path) -> list[DicomSeries]:
     return found
 
 
+def single_series(folder: Path) -> DicomSeries:
+    """The one usable series of a sequence folder (a manifest may name one per sequence); an error otherwise."""
+    series = [s for s in find_series(folder) if not s.excluded]
+    if len(series) != 1:
+        found = "; ".join(s.summary() for s in series) or "no DICOM series"
+        raise InputError(folder, f"a sequence folder must hold exactly one DICOM series, found {found}")
+    return series[0]
+
+
 def _listing(series: list[DicomSeries], chosen: Mapping[str, DicomSeries]) -> str:
     assigned = {id(s): k for k, s in chosen.items()}
     lines = []

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from neuroradfm import SEQUENCES
 from neuroradfm.errors import InputError, not_a_file
 from neuroradfm.io.case import Case, reference_key
-from neuroradfm.io.dicom import assign_series, find_series, read_series
+from neuroradfm.io.dicom import assign_series, find_series, read_series, single_series
 from neuroradfm.io.images import image_stem, is_image_file, overlap_fraction, read_image
 
 # BraTS 2021: <id>_t1, _t1ce, _t2, _flair, _seg;  BraTS 2023+: <id>-t1n, -t1c, -t2w, -t2f, -seg
@@ -67,11 +67,7 @@ def read_sequence(path: Path) -> sitk.Image:
     """An image file, or a folder that holds exactly one DICOM series."""
     if not path.is_dir():
         return read_image(path)
-    series = [s for s in find_series(path) if not s.excluded]
-    if len(series) != 1:
-        found = "; ".join(s.summary() for s in series) or "no DICOM series"
-        raise InputError(path, f"a sequence folder must hold exactly one DICOM series, found {found}")
-    return read_series(series[0])
+    return read_series(single_series(path))
 
 
 def _refuse_repeats(where: Path | None, chosen: Mapping[str, str], what: str) -> None:

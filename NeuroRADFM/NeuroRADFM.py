@@ -334,8 +334,10 @@ class NeuroRADFMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.markerSelector.addItem(results.head_label(key), key)
         self.ui.markerSelector.blockSignals(False)
         ood = results.summary.get("ood") or {}
-        self.ui.oodLabel.text = ("OUT OF DISTRIBUTION: this case is unlike the model's training data; do not trust "
-                                 "the calls." if ood.get("flag") else "")
+        warning = ("OUT OF DISTRIBUTION: this case is unlike the model's training data; do not trust the calls."
+                   if ood.get("flag") else "")
+        # which sequences the calls rest on, and the card's held-out AUC for them
+        self.ui.oodLabel.text = "\n".join(text for text in (warning, results.reliability_note) if text)
         self.onShowMarker()
 
     def onShowMarker(self, index=None):

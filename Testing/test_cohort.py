@@ -43,11 +43,13 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.fixture
 def brats2021_tcia(tmp_path):
-    """TCIA packaging: BraTS2021_TrainingSet/<source collection>/BraTS2021_NNNNN/ (+ one case with 3 of 4)."""
+    """TCIA packaging: BraTS2021_TrainingSet/<source collection>/BraTS2021_NNNNN/ (+ one case with 3 of 4 and a
+    folder holding only its segmentation)."""
     root = tmp_path / "BraTS2021_TrainingSet"
     _case(root / "UPENN-GBM" / "BraTS2021_00001", "_", SUFFIXES_2021)
     _case(root / "UCSF-PDGM" / "BraTS2021_00002", "_", SUFFIXES_2021)
     _case(root / "TCGA-GBM" / "BraTS2021_00003", "_", SUFFIXES_2021, skip=("flair",))
+    _case(root / "TCGA-GBM" / "BraTS2021_00004", "_", {"seg": "seg"})
     (root / "notes").mkdir()
     return root
 
@@ -55,18 +57,23 @@ def brats2021_tcia(tmp_path):
 def test_brats2021_tcia_packaging_gives_site_subject_and_lists_incomplete_cases(brats2021_tcia, tmp_path):
     out = import_cohort("brats2021", brats2021_tcia, tmp_path / "out" / "brats21.csv")
     rows = _rows(out)
-    assert [r["case_id"] for r in rows] == ["BraTS2021_00001", "BraTS2021_00002"]
-    assert [r["site"] for r in rows] == ["UPENN-GBM", "UCSF-PDGM"]
+    assert [r["case_id"] for r in rows] == ["BraTS2021_00001", "BraTS2021_00002", "BraTS2021_00003"]
+    assert [r["site"] for r in rows] == ["UPENN-GBM", "UCSF-PDGM", "TCGA-GBM"]
     assert {r["dataset"] for r in rows} == {"brats2021"} and rows[0]["subject_id"] == "BraTS2021_00001"
     assert Path(rows[0]["t1ce"]).name == "BraTS2021_00001_t1ce.nii.gz" and Path(rows[0]["seg"]).is_file()
+    assert rows[2]["flair"] == "" and Path(rows[2]["t2"]).name == "BraTS2021_00003_t2.nii.gz"  # kept, cell empty
     sidecar = json.loads((out.parent / "brats21.import.json").read_text())
     assert sidecar["seg_labels"] == {"1": "necrotic / non-enhancing core", "2": "edema", "4": "enhancing"}
-    (skipped,) = sidecar["skipped"].items()
-    assert skipped[0].endswith("BraTS2021_00003") and "missing sequence(s) flair" in skipped[1]
+    assert (sidecar["incomplete_cases"], sidecar["cases_lacking"]) == (1, {"flair": 1})
+    assert sidecar["incomplete"] == {"BraTS2021_00003": ["flair"]}
+    (skipped,) = sidecar["skipped"].items()  # a folder with no sequence at all
+    assert skipped[0].endswith("BraTS2021_00004") and skipped[1].startswith("no sequence found")
     entries = read_manifest(out, check_files=True)  # what predict, the trainers and evaluate read
-    assert [e.clinical["subject_id"] for e in entries] == ["BraTS2021_00001", "BraTS2021_00002"]
+    assert [e.clinical["subject_id"] for e in entries] == ["BraTS2021_00001", "BraTS2021_00002", "BraTS2021_00003"]
     report = check_manifest(out)
-    assert report.exit_status() == 0 and not report.errors and not report.warnings
+    assert report.exit_status() == 1 and not report.errors
+    assert report.warnings == ["1 case(s) lack a sequence (flair: 1; e.g. BraTS2021_00003): kept, the trainers use "
+                               "them only with --sequence-dropout"]
     assert report.geometry["UPENN-GBM"] == {"8x8x8 @ 1x1x1 mm LPS": 1}
 
 
@@ -105,10 +112,10 @@ def test_import_refuses_a_root_without_the_layout_and_writes_nothing(brats2021_t
     err = capsys.readouterr().err
     assert "cohort root not found" in err and "unknown layout 'upenn'" in err
     assert list(out.parent.iterdir()) == []
-    only_incomplete = tmp_path / "incomplete"
-    _case(only_incomplete / "BraTS2021_00009", "_", SUFFIXES_2021, skip=("t2",))
-    with pytest.raises(InputError, match="no usable brats2021 case: BraTS2021_00009: missing sequence"):
-        import_cohort("brats2021", only_incomplete, out)
+    no_sequence = tmp_path / "no_sequence"
+    _case(no_sequence / "BraTS2021_00009", "_", {"seg": "seg"})
+    with pytest.raises(InputError, match="no usable brats2021 case: BraTS2021_00009: no sequence found"):
+        import_cohort("brats2021", no_sequence, out)
     assert list(out.parent.iterdir()) == []
 
 
@@ -146,7 +153,7 @@ def test_the_output_never_replaces_an_input_or_a_file_it_did_not_write(upenn, br
     merged, dropped = merge_manifests([other, out], tmp_path / "all.csv", hashes=False)
     record = json.loads((tmp_path / "all.merge.json").read_text())
     assert record["manifests"] == [str(other.resolve()), str(out.resolve())] and record["voxel_hashes"] is False
-    assert record["dropped"] == dropped and record["cases"] == len(_rows(merged)) == 6
+    assert record["dropped"] == dropped and record["cases"] == len(_rows(merged)) == 8  # incomplete cases too
     assert merge_manifests([other, out], merged, hashes=False)[0] == merged  # its own earlier result: replaced
 
 
@@ -226,7 +233,9 @@ def test_upenn_gbm_scans_segmentations_and_clinical_values_one_by_one(upenn, tmp
     root, table = upenn
     out = import_cohort("upenn-gbm", root, tmp_path / "upenn.csv", clinical=table)
     rows = {r["case_id"]: r for r in _rows(out)}
-    assert list(rows) == ["UPENN-GBM-00001_11", "UPENN-GBM-00001_21", "UPENN-GBM-00003_11", "UPENN-GBM-00005_11"]
+    assert list(rows) == ["UPENN-GBM-00001_11", "UPENN-GBM-00001_21", "UPENN-GBM-00002_11", "UPENN-GBM-00003_11",
+                          "UPENN-GBM-00005_11"]
+    assert rows["UPENN-GBM-00002_11"]["flair"] == "" and rows["UPENN-GBM-00002_11"]["t1ce"].endswith("_T1GD.nii.gz")
     first = rows["UPENN-GBM-00001_11"]
     assert (first["subject_id"], first["timepoint"], first["site"]) == ("UPENN-GBM-00001", "11", "upenn-gbm")
     assert Path(first["t1ce"]).name == "UPENN-GBM-00001_11_T1GD.nii.gz"
@@ -241,7 +250,7 @@ def test_upenn_gbm_scans_segmentations_and_clinical_values_one_by_one(upenn, tmp
     lost = rows["UPENN-GBM-00005_11"]  # lost to follow-up without a censoring time; NOS/NEC, Indeterminate
     assert (lost["os_days"], lost["os_event"], lost["idh1"], lost["mgmt"], lost["age"]) == ("", "", "", "", "")
     sidecar = json.loads((tmp_path / "upenn.import.json").read_text())
-    assert "missing sequence(s) flair" in next(iter(sidecar["skipped"].values()))
+    assert sidecar["skipped"] == {} and sidecar["incomplete"] == {"UPENN-GBM-00002_11": ["flair"]}
     assert sidecar["clinical"]["rows_without_images"] == ["UPENN-GBM-00004_11"]
     assert sidecar["clinical"]["columns"]["idh1"] == {
         "source": "IDH1", "values": {"Wildtype": 0, "Mutated": 1, "": None, "Not Available": None,
@@ -249,7 +258,7 @@ def test_upenn_gbm_scans_segmentations_and_clinical_values_one_by_one(upenn, tmp
     assert sidecar["timepoints"]["21"] == "follow-up"
     report = check_manifest(out)
     assert report.errors == [] and any("UPENN-GBM-00001 (upenn-gbm) has 2 timepoints" in w for w in report.warnings)
-    assert report.labels["idh1"] == {"upenn-gbm": (1, 2, 1)}
+    assert report.labels["idh1"] == {"upenn-gbm": (1, 2, 2)}  # 00002_11 has no clinical row
     entries = read_manifest(out)
     assert entries[0].clinical["os_days"] == 400.0 and entries[0].clinical["os_event"] == 1
 
@@ -309,6 +318,7 @@ def ucsf(tmp_path):
             if name not in skip:
                 _image(root / f"{exam}_nifti" / f"{exam}_{name}.nii.gz")
     _image(root / "UCSF-PDGM-0099_nifti" / "UCSF-PDGM-0099_T1.nii.gz")  # 1 of 4
+    _image(root / "UCSF-PDGM-0098_nifti" / "UCSF-PDGM-0098_tumor_segmentation.nii.gz")  # none of the four
     table = tmp_path / "UCSF-PDGM-metadata_v5.csv"
     table.write_text(UCSF_METADATA)
     return root, table
@@ -318,7 +328,10 @@ def test_ucsf_pdgm_exams_follow_ups_and_metadata_values_one_by_one(ucsf, tmp_pat
     root, table = ucsf
     out = import_cohort("ucsf-pdgm", root, tmp_path / "ucsf.csv", clinical=table)
     rows = {r["case_id"]: r for r in _rows(out)}
-    assert list(rows) == ["UCSF-PDGM-0004", "UCSF-PDGM-0010", "UCSF-PDGM-0433", "UCSF-PDGM-0433_FU007d"]
+    assert list(rows) == ["UCSF-PDGM-0004", "UCSF-PDGM-0010", "UCSF-PDGM-0099", "UCSF-PDGM-0433",
+                          "UCSF-PDGM-0433_FU007d"]
+    only_t1 = rows["UCSF-PDGM-0099"]
+    assert Path(only_t1["t1"]).name == "UCSF-PDGM-0099_T1.nii.gz" and only_t1["t1ce"] == only_t1["seg"] == ""
     first = rows["UCSF-PDGM-0004"]  # the metadata's 3-digit id UCSF-PDGM-004 is this exam
     assert Path(first["t1"]).name == "UCSF-PDGM-0004_T1.nii.gz" and Path(first["t1ce"]).name.endswith("_T1c.nii.gz")
     assert Path(first["seg"]).name == "UCSF-PDGM-0004_tumor_segmentation.nii.gz"
@@ -335,7 +348,10 @@ def test_ucsf_pdgm_exams_follow_ups_and_metadata_values_one_by_one(ucsf, tmp_pat
     sidecar = json.loads((tmp_path / "ucsf.import.json").read_text())
     assert sidecar["clinical"]["rows_without_images"] == ["UCSF-PDGM-0500"]
     assert sidecar["clinical"]["columns"]["codel_1p19q"]["values"]["relative co-deletion"] is None
-    assert "missing sequence(s) t1ce, t2, flair" in sidecar["skipped"][str((root / "UCSF-PDGM-0099_nifti").resolve())]
+    assert sidecar["incomplete"] == {"UCSF-PDGM-0099": ["t1ce", "t2", "flair"]}
+    assert sidecar["cases_lacking"] == {"t1ce": 1, "t2": 1, "flair": 1}
+    assert sidecar["skipped"][str((root / "UCSF-PDGM-0098_nifti").resolve())].startswith(
+        "no sequence found (none of UCSF-PDGM-0098_T1, UCSF-PDGM-0098_T1c")
     report = check_manifest(out)
     assert report.errors == [] and any("UCSF-PDGM-0433 (ucsf-pdgm) has 2 timepoints" in w for w in report.warnings)
 
@@ -358,12 +374,13 @@ def test_merge_drops_the_brats2021_copy_of_a_ucsf_exam_and_keeps_ids_unique(brat
     assert ("dropped brats2021:BraTS2021_00002: the patient BraTS2021_00002 is already in ucsf-pdgm (case "
             "UCSF-PDGM-0004)") in printed
     rows = _rows(out)
-    assert [r["case_id"] for r in rows] == ["UCSF-PDGM-0004", "UCSF-PDGM-0010", "UCSF-PDGM-0433",
-                                            "UCSF-PDGM-0433_FU007d", "BraTS2021_00001"]
-    assert {r["dataset"] for r in rows} == {"ucsf-pdgm", "brats2021"} and rows[-1]["site"] == "UPENN-GBM"
-    assert rows[-1]["idh1"] == "" and rows[0]["idh1"] == "0"  # the union of the columns
+    assert [r["case_id"] for r in rows] == ["UCSF-PDGM-0004", "UCSF-PDGM-0010", "UCSF-PDGM-0099", "UCSF-PDGM-0433",
+                                            "UCSF-PDGM-0433_FU007d", "BraTS2021_00001", "BraTS2021_00003"]
+    assert {r["dataset"] for r in rows} == {"ucsf-pdgm", "brats2021"} and rows[-2]["site"] == "UPENN-GBM"
+    assert rows[-2]["idh1"] == "" and rows[0]["idh1"] == "0"  # the union of the columns
+    assert rows[2]["t1ce"] == rows[-1]["flair"] == ""  # incomplete cases keep their empty cells
     entries = read_manifest(out, check_files=True)  # paths absolute: the merged manifest works from its folder
-    assert len(entries) == 5
+    assert len(entries) == 7
     assert check_manifest(out).errors == []
     # the same subject in two datasets: kept once; the same case id for other subjects: prefixed with the dataset
     first, twin = tmp_path / "c" / "alpha.csv", tmp_path / "c" / "other.csv"
@@ -376,13 +393,14 @@ def test_merge_drops_the_brats2021_copy_of_a_ucsf_exam_and_keeps_ids_unique(brat
     assert ("dropped other:BraTS2021_00001: the patient BraTS2021_00001 is already in alpha (case BraTS2021_00001)"
             in capsys.readouterr().out)
     assert [r["case_id"] for r in _rows(tmp_path / "twin.csv")] == ["BraTS2021_00001", "BraTS2021_00002",
-                                                                    "other-BraTS2021_00002"]
+                                                                    "BraTS2021_00003", "other-BraTS2021_00002"]
     # P2 points at the same images: the voxels say it is the same scan
     assert main(["cohort", "merge", str(first), str(twin), "--out", str(tmp_path / "twin.csv"),
                  "--progress", "none"]) == 0
     assert ("dropped other:BraTS2021_00002: identical T1ce voxels to the alpha case BraTS2021_00002"
             in capsys.readouterr().out)
-    assert [r["case_id"] for r in _rows(tmp_path / "twin.csv")] == ["BraTS2021_00001", "BraTS2021_00002"]
+    assert [r["case_id"] for r in _rows(tmp_path / "twin.csv")] == ["BraTS2021_00001", "BraTS2021_00002",
+                                                                    "BraTS2021_00003"]
     report = check_manifest(_twin_manifest(first, twin, tmp_path))
     assert any("hold identical T1ce voxels" in w and "BraTS2021_00002 (alpha)" in w for w in report.warnings)
     assert check_manifest(_twin_manifest(first, twin, tmp_path), hashes=False).warnings == [
@@ -420,16 +438,24 @@ def test_lumiere_weeks_sessions_registered_images_and_survival_in_weeks(tmp_path
     for name in ("T1", "CT1", "T2", "FLAIR"):
         _image(imaging / "Patient-001" / "week-000" / f"{name}.nii.gz")  # native only
         _image(imaging / "Patient-001" / "week-044-1" / f"{name}.nii.gz")
+        if name != "FLAIR":  # 3 of 4 registered: the native week folder, with all four, is used
+            _image(imaging / "Patient-001" / "week-044-1" / "HD-GLIO-AUTO-segmentation" / "registered"
+                   / f"{name}_r2s_bet_reg.nii.gz")
         registered = imaging / "Patient-002" / "week-003" / "HD-GLIO-AUTO-segmentation" / "registered"
         _image(registered / f"{name}_r2s_bet_reg.nii.gz")
         _image(imaging / "Patient-002" / "week-003" / f"{name}.nii.gz")
     _image(registered / "segmentation.nii.gz")
-    _image(imaging / "Patient-003" / "week-001" / "T1.nii.gz")  # 1 of 4
+    _image(imaging / "Patient-003" / "week-001" / "T1.nii.gz")  # 1 of 4: kept
+    _image(imaging / "Patient-003" / "week-002" / "HD-GLIO-AUTO-segmentation" / "registered"
+           / "segmentation.nii.gz")  # none of the four: skipped
     table = tmp_path / "LUMIERE-Demographics_Pathology.csv"
     table.write_text(LUMIERE_TABLE)
     out = import_cohort("lumiere", imaging, tmp_path / "lumiere.csv", clinical=table)
     rows = {r["case_id"]: r for r in _rows(out)}
-    assert list(rows) == ["Patient-001_week-000", "Patient-001_week-044-1", "Patient-002_week-003"]
+    assert list(rows) == ["Patient-001_week-000", "Patient-001_week-044-1", "Patient-002_week-003",
+                          "Patient-003_week-001"]
+    assert Path(rows["Patient-001_week-044-1"]["t1ce"]).name == "CT1.nii.gz"
+    assert rows["Patient-001_week-044-1"]["seg"] == ""
     first = rows["Patient-001_week-000"]
     assert (first["subject_id"], first["timepoint"]) == ("Patient-001", "week-000")
     assert Path(first["t1ce"]).name == "CT1.nii.gz" and first["seg"] == ""
@@ -439,5 +465,8 @@ def test_lumiere_weeks_sessions_registered_images_and_survival_in_weeks(tmp_path
     assert (second["os_days"], second["idh1"], second["mgmt"]) == ("", "1", "0")
     sidecar = json.loads((tmp_path / "lumiere.import.json").read_text())
     assert sidecar["survival"].startswith("weeks x 7") and sidecar["seg_labels"]["2"] == "enhancing (HD-GLIO)"
-    assert any(k.endswith("week-001") for k in sidecar["skipped"])
+    (skipped, why), = sidecar["skipped"].items()
+    assert skipped.endswith("Patient-003/week-002") and why.startswith("no sequence found (none of T1, CT1, T2, FLAIR")
+    assert sidecar["incomplete"] == {"Patient-003_week-001": ["t1ce", "t2", "flair"]}
+    assert Path(rows["Patient-003_week-001"]["t1"]).name == "T1.nii.gz"
     assert check_manifest(out).errors == []

@@ -3,6 +3,7 @@ layout with a ``--map`` file and the BraTS 2021 TCIA mapping sheet; imported man
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 
+from neuroradfm import SEQUENCES
 from neuroradfm.cli import main
 from neuroradfm.cohort import check_manifest, import_cohort
 from neuroradfm.cohort.merge import merge_manifests
@@ -53,8 +55,9 @@ def mu(tmp_path):
             session = root / patient / f"Timepoint_{k}"
             stem = f"{patient}_Timepoint_{k}"
             for suffix in ("t1n", "t1c", "t2w", "t2f", "tumorMask"):
-                if not (patient == "PatientID_0003" and suffix == "t2f"):
+                if not (patient == "PatientID_0003" and suffix == "t2f"):  # 0003: no FLAIR
                     _case_file(session / f"{stem}_{'' if suffix == 'tumorMask' else 'brain_'}{suffix}.nii.gz")
+    _case_file(root / "PatientID_0002" / "Timepoint_3" / "PatientID_0002_Timepoint_3_tumorMask.nii.gz")  # no image
     table = _workbook(tmp_path / "MU-Glioma-Post_ClinicalData-July2025.xlsx", {
         "Data Dictionary": [["Variable", "Codes"], ["MGMT methylation", "0 - unmethylated, 1 - methylated"]],
         "MU Glioma Post": [MU_HEADER, *MU_ROWS, [None] * len(MU_HEADER)]})
@@ -71,8 +74,10 @@ def test_mu_glioma_post_timepoints_and_the_xlsx_values_one_by_one(mu, tmp_path):
     root, table = mu
     out = import_cohort("mu-glioma-post", root, tmp_path / "out" / "mu.csv", clinical=table)
     rows = {r["case_id"]: r for r in _rows(out)}
-    assert list(rows) == ["PatientID_0001_Timepoint_1", "PatientID_0001_Timepoint_2", "PatientID_0002_Timepoint_2"]
-    first, later, other = rows.values()
+    assert list(rows) == ["PatientID_0001_Timepoint_1", "PatientID_0001_Timepoint_2", "PatientID_0002_Timepoint_2",
+                          "PatientID_0003_Timepoint_1"]
+    first, later, other, no_flair = rows.values()
+    assert no_flair["flair"] == "" and no_flair["t1ce"].endswith("_brain_t1c.nii.gz") and no_flair["mgmt"] == ""
     assert (first["subject_id"], first["timepoint"], later["timepoint"], other["timepoint"]) == (
         "PatientID_0001", "001", "002", "002")
     assert Path(first["t1ce"]).name == "PatientID_0001_Timepoint_1_brain_t1c.nii.gz"
@@ -91,12 +96,14 @@ def test_mu_glioma_post_timepoints_and_the_xlsx_values_one_by_one(mu, tmp_path):
         "0": 0, "1": 1, "": None, "NA": None, "N/A": None, "unknown": None, "not tested": None,
         "not available": None, "2": None, "3": None, "4": None}}
     assert sidecar["clinical"]["columns"]["os_days (censored: last MRI day)"]["values"] == "number"
-    assert sidecar["clinical"]["rows_without_images"] == ["PatientID_0003"]
+    assert sidecar["clinical"]["rows_without_images"] == []
+    assert sidecar["incomplete"] == {"PatientID_0003_Timepoint_1": ["flair"]} and sidecar["incomplete_cases"] == 1
     (skipped, why), = sidecar["skipped"].items()
-    assert skipped.endswith("PatientID_0003/Timepoint_1") and why == "missing sequence(s) flair"
+    assert skipped.endswith("PatientID_0002/Timepoint_3") and why.startswith(
+        "no sequence found (none of PatientID_0002_Timepoint_3_brain_t1n")
     report = check_manifest(out)
-    assert report.exit_status() == 1 and report.errors == []  # a follow-up is a warning
-    assert report.labels["egfr"] == {"mu-glioma-post": (1, 1, 1)}
+    assert report.exit_status() == 1 and report.errors == []  # a follow-up and an incomplete case are warnings
+    assert report.labels["egfr"] == {"mu-glioma-post": (1, 1, 2)}
     case = read_manifest(out)[0].load()  # what the trainers, predict and evaluate do with each row
     assert case.seg is not None and case.clinical["subject_id"] == "PatientID_0001" and case.clinical["tert"] == 1
 
@@ -117,7 +124,7 @@ def test_mu_glioma_post_value_outside_the_codes_names_row_and_column_and_a_map_f
                                                     "values": {"0": 0, "1": 1, "7": None, "": None}}}}))
     assert main(["cohort", "import", str(root), "--layout", "mu-glioma-post", "--clinical", str(table),
                  "--map", str(fix), "--out", str(out)]) == 0
-    assert [r["egfr"] for r in _rows(out)] == ["1", "", ""]
+    assert [r["egfr"] for r in _rows(out)] == ["1", "", "", ""]
     sidecar = json.loads(out.with_name("mu.import.json").read_text())
     assert sidecar["clinical"]["columns"]["egfr"]["values"]["7"] is None and sidecar["map_file"] == str(fix)
 
@@ -156,10 +163,11 @@ def kaggle(tmp_path):
     for n, case in enumerate(("00000", "00002", "00109", "00005")):
         for k, (name, (description, contrast)) in enumerate(KAGGLE.items()):
             if case == "00005" and name == "T2w":
-                (root / "train" / case / name).mkdir(parents=True)  # an empty sequence folder
+                (root / "train" / case / name).mkdir(parents=True)  # an empty sequence folder: no T2
                 continue
             _write_series(root / "train" / case / name, description, f"1.2.826.0.1.3680043.8.498.{n}{k}1",
                           float(10 * n + k + 1), contrast=contrast)
+    (root / "train" / "00007" / "FLAIR").mkdir(parents=True)  # no sequence holds a file
     labels = root / "train_labels.csv"
     labels.write_text("BraTS21ID,MGMT_value\n0,1\n2,0\n109,1\n5,1\n")
     return root, labels
@@ -169,18 +177,24 @@ def test_rsna_miccai_dicom_folders_become_loadable_cases_with_their_mgmt(kaggle,
     root, labels = kaggle
     out = import_cohort("rsna-miccai-mgmt", root, tmp_path / "out" / "rsna.csv", clinical=labels)
     rows = _rows(out)
-    assert [r["case_id"] for r in rows] == ["rsna-00000", "rsna-00002"]
-    assert [r["subject_id"] for r in rows] == ["BraTS2021_00000", "BraTS2021_00002"]
-    assert [r["mgmt"] for r in rows] == ["1", "0"] and rows[0]["kaggle_split"] == "train"
+    assert [r["case_id"] for r in rows] == ["rsna-00000", "rsna-00002", "rsna-00005"]
+    assert [r["subject_id"] for r in rows] == ["BraTS2021_00000", "BraTS2021_00002", "BraTS2021_00005"]
+    assert [r["mgmt"] for r in rows] == ["1", "0", "1"] and rows[0]["kaggle_split"] == "train"
+    assert rows[2]["t2"] == "" and Path(rows[2]["flair"]).name == "FLAIR"
     assert Path(rows[0]["t1ce"]).name == "T1wCE" and Path(rows[0]["t1ce"]).is_dir()
     sidecar = json.loads(out.with_name("rsna.import.json").read_text())
     skipped = {Path(k).name: v for k, v in sidecar["skipped"].items()}
     assert skipped == {"00109": "reported broken by the competition's hosts",
-                       "00005": "missing sequence(s) t2 (no DICOM folder or an empty one)"}
-    assert sidecar["clinical"]["rows_without_images"] == ["00005", "00109"]
+                       "00007": "no sequence found (no T1w/, T1wCE/, T2w/, FLAIR/ folder holding DICOM files)"}
+    assert sidecar["incomplete"] == {"rsna-00005": ["t2"]}
+    assert sidecar["clinical"]["rows_without_images"] == ["00109"]
     report = check_manifest(out)
-    assert report.exit_status() == 0, report.text()
-    assert report.geometry["rsna-miccai-mgmt"] == {"12x10x5 @ 0.9x0.9 mm in-plane LPS": 2}  # one slice's header
+    assert report.errors == [] and report.warnings == [
+        "1 case(s) lack a sequence (t2: 1; e.g. rsna-00005): kept, the trainers use them only with "
+        "--sequence-dropout"], report.text()
+    assert report.geometry["rsna-miccai-mgmt"] == {"12x10x5 @ 0.9x0.9 mm in-plane LPS": 3}  # one slice's header
+    incomplete = read_manifest(out)[2].load()
+    assert incomplete.available == ("t1", "t1ce", "flair") and incomplete.t2 is None
     case = read_manifest(out)[0].load()  # what the trainers, predict and evaluate do with each row
     assert case.t1ce.GetSize() == (12, 10, 5) and case.clinical["mgmt"] == 1
     assert case.t1ce.GetPixel(0, 0, 0) != case.t2.GetPixel(0, 0, 0)  # each folder's own series
@@ -210,7 +224,7 @@ def test_merge_drops_the_kaggle_copy_of_a_brats2021_case(kaggle, tmp_path):
     out, dropped = merge_manifests([rsna, brats], tmp_path / "all.csv")
     assert dropped == {"rsna-miccai-mgmt:rsna-00000": "the patient BraTS2021_00000 is already in brats2021 "
                                                       "(case BraTS2021_00000)"}
-    assert [r["case_id"] for r in _rows(out)] == ["BraTS2021_00000", "rsna-00002"]
+    assert [r["case_id"] for r in _rows(out)] == ["BraTS2021_00000", "rsna-00002", "rsna-00005"]
 
 
 # --- generic folder layout with a map file ---------------------------------------------------------------------
@@ -276,6 +290,34 @@ def test_folder_layout_without_a_map_reads_a_table_in_our_column_names(hospital,
     table.write_text("case_id,Methylation\ncase_a,yes\n")
     with pytest.raises(InputError, match="has none of our columns .* give a --map file"):
         import_cohort("folder", root, tmp_path / "out2" / "m.csv", clinical=table)
+
+
+def test_incomplete_cases_are_kept_with_empty_cells_and_load_with_what_they_have(tmp_path):
+    """Cases without T1 (the importer places a case by its first present sequence) from BraTS files and from a
+    DICOM study: kept, listed in the sidecar, and loaded by the manifest reader; a folder with none is skipped."""
+    root = tmp_path / "hospital_y"
+    _case(root / "case_a", "_", SUFFIXES_2021)
+    _case(root / "case_f", "_", SUFFIXES_2021, skip=("t1", "t2"))
+    for k, (description, contrast) in enumerate(KAGGLE.values()):
+        if k:  # every series but the T1
+            _write_series(root / "case_g" / f"series{k}", description, f"1.2.826.0.1.3680043.8.498.9{k}1",
+                          float(k + 1), contrast=contrast)
+    _case(root / "case_h", "_", {"seg": "seg"})  # a segmentation, no sequence
+    out = import_cohort("folder", root, tmp_path / "out" / "m.csv")
+    rows = {r["case_id"]: r for r in _rows(out)}
+    assert list(rows) == ["case_a", "case_f", "case_g"]
+    assert rows["case_f"]["t1"] == rows["case_f"]["t2"] == "" and rows["case_g"]["t1"] == ""
+    sidecar = json.loads(out.with_name("m.import.json").read_text())
+    assert sidecar["incomplete"] == {"case_f": ["t1", "t2"], "case_g": ["t1"]}
+    assert (sidecar["incomplete_cases"], sidecar["cases_lacking"]) == (2, {"t1": 2, "t2": 1})
+    (skipped, why), = sidecar["skipped"].items()
+    assert Path(skipped).name == "case_h" and why.startswith("no sequence found")
+    entries = read_manifest(out, check_files=True)  # what predict, the trainers and evaluate read
+    assert [e.load().available for e in entries] == [SEQUENCES, ("t1ce", "flair"), ("t1ce", "t2", "flair")]
+    report = check_manifest(out)
+    assert report.errors == [] and report.warnings == [
+        "2 case(s) lack a sequence (t1: 2, t2: 1; e.g. case_f): kept, the trainers use them only with "
+        "--sequence-dropout"]
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -365,6 +407,35 @@ def test_without_the_sheet_identical_voxels_find_the_brats_copy_of_an_upenn_scan
     out, dropped = merge_manifests([brats, upenn], tmp_path / "all.csv")
     assert dropped == {"brats2021:BraTS2021_00001": "identical T1ce voxels to the upenn-gbm case UPENN-GBM-00001_11"}
     assert [r["case_id"] for r in _rows(out)] == ["UPENN-GBM-00001_11"]
+
+
+def test_copies_without_a_t1ce_are_found_by_their_t1_voxels(tmp_path):
+    """A case lacking the T1ce is compared by its reference image, the T1, with the cases of the same reference."""
+    upenn_root = tmp_path / "UPENN-GBM" / "images_structural" / "UPENN-GBM-00001_11"
+    for name in ("T1", "T2", "FLAIR"):
+        _case_file(upenn_root / f"UPENN-GBM-00001_11_{name}.nii.gz")
+    brats_case = tmp_path / "BraTS2021" / "BraTS2021_00001"
+    _case(brats_case, "_", SUFFIXES_2021, skip=("t1ce",))
+    shutil.copy(upenn_root / "UPENN-GBM-00001_11_T1.nii.gz", brats_case / "BraTS2021_00001_t1.nii.gz")
+    upenn = import_cohort("upenn-gbm", tmp_path / "UPENN-GBM", tmp_path / "u.csv")
+    brats = import_cohort("brats2021", tmp_path / "BraTS2021", tmp_path / "b.csv")
+    out, dropped = merge_manifests([brats, upenn], tmp_path / "all.csv")
+    assert dropped == {"brats2021:BraTS2021_00001": "identical T1 voxels to the upenn-gbm case UPENN-GBM-00001_11"}
+    assert [r["case_id"] for r in _rows(out)] == ["UPENN-GBM-00001_11"]
+    report = check_manifest(_both(brats, upenn, tmp_path))
+    assert any("hold identical T1 voxels" in w for w in report.warnings), report.text()
+
+
+def _both(first: Path, second: Path, tmp_path: Path) -> Path:
+    """Two imports' rows in one hand-made manifest (their ids differ)."""
+    header = first.read_text().splitlines()[0].split(",")
+    rows = [{k: r.get(k, "") for k in header} for r in _rows(first) + _rows(second)]
+    out = tmp_path / "both.csv"
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
 
 
 # --- an imported manifest through the trainers and evaluate ----------------------------------------------------

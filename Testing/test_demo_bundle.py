@@ -60,3 +60,31 @@ def test_demo_command_writes_predictions_and_maps(tmp_path, capsys):
     summary = json.loads((folder / "predictions.json").read_text())
     assert len(summary["markers"]) == 10 and summary["preprocessing"]["brain_extraction"].startswith("done")
     assert len(list(folder.glob("heatmap_*.nrrd"))) == 11 and (folder / "overview.png").is_file()
+
+
+def test_demo_bundle_takes_every_subset_and_says_how_well_each_does(demo_bundle):
+    """Rebuilt with sequence dropout: every non-empty subset, the evaluated ones with held-out figures."""
+    from neuroradfm.subsets import EVALUATED_SUBSETS, all_subsets
+
+    assert demo_bundle.encoder.config.availability_mask
+    assert sorted(demo_bundle.sequence_subsets) == sorted(all_subsets())
+    rows = {tuple(r["sequences"]): r for r in demo_bundle.card["subset_reliability"]["subsets"]}
+    assert list(rows) == list(EVALUATED_SUBSETS)
+    assert all(0.5 < rows[s]["mean_auc"] <= 1.0 for s in EVALUATED_SUBSETS)
+    assert "--sequence-dropout" in demo_bundle.card["rebuild_command"]
+
+
+def test_demo_without_t2_uses_the_other_three_and_quotes_their_reliability(tmp_path, capsys):
+    from neuroradfm.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--drop", "t2", "--device", "cpu", "--progress",
+                 "none"]) == 0
+    out = capsys.readouterr().out
+    assert "sequences: no T2; no T2: held-out mean marker AUC" in out
+    summary = json.loads(next((tmp_path / "demo" / "results").glob("*/predictions.json")).read_text())
+    assert summary["sequences"]["used"] == ["t1", "t1ce", "flair"] and summary["sequences"]["missing"] == ["t2"]
+    assert summary["sequences"]["reliability"]["evaluated"]
+    for bad, message in ((["--drop", "t1,t1ce,t2,flair"], "dropping all four"), (["--drop", "dwi"], "unknown")):
+        assert main(["demo", "--out", str(tmp_path / "bad"), *bad, "--progress", "none"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()

@@ -98,15 +98,6 @@ def test_a_manifest_with_an_incomplete_row_isolates_it(entry, phantom_cohort, ti
     assert json.loads((out / rows[0].case_id / "predictions.json").read_text(encoding="utf-8"))
 
 
-def test_the_trainers_take_complete_cases_only(entry, tmp_path):
-    from neuroradfm.train.cohort import _prepare_case
-
-    entry_without_flair = type(entry)(entry.case_id, entry.site, {k: v for k, v in entry.paths.items()
-                                                                  if k != "flair"}, dict(entry.clinical))
-    with pytest.raises(InputError, match="lacks flair: the trainers take cases with all four sequences"):
-        _prepare_case(entry_without_flair, QUICK, None)
-
-
 def test_a_blank_sequence_is_an_error_unless_allow_missing_leaves_it_out(entry, tiny_bundle, tmp_path, capsys):
     blank = sitk.ReadImage(str(entry.paths["t2"]))
     blank = sitk.Image(blank.GetSize(), blank.GetPixelID()) + 0  # every voxel 0: an empty series

@@ -1,7 +1,8 @@
 """A core output folder (``neuroradfm predict``) -> nodes in the scene, all on the reference volume's grid.
 
 - a table node: marker, label, probability, threshold, call, OOD distance and flag; the survival row with
-  risk score and group (risk threshold = the training median)
+  risk score and group (risk threshold = the training median); on every row the sequences the case had, the
+  marker's held-out AUC for that subset and the bundle card's reliability note
 - per head (each marker and ``survival_risk``): a heatmap scalar volume with a heat color map and a
   quantised label map with the color table read from ``heatmap_levels.ctbl``
 - a segmentation node from ``contours.seg.nrrd`` (one segment per head)
@@ -21,6 +22,7 @@ from typing import Any
 import slicer
 import vtk
 
+from neuroradfm import subsets
 from NeuroRADFMLib.scene_io import SceneIOError, adopt_geometry, matrix_to_array, read_volume
 from NeuroRADFMLib.sequences import RESULT_ATTRIBUTE
 
@@ -30,8 +32,8 @@ SEGMENTATION_FILE = "contours.seg.nrrd"
 PREDICTIONS_FILE = "predictions.json"
 HEAT_COLOR_NAME = "NeuroRADFM heat"
 TABLE_COLUMNS = ("Output", "Label", "Probability", "Threshold", "Call", "Risk score", "Risk group",
-                 "OOD distance", "OOD flag")
-NUMERIC_COLUMNS = {"Probability", "Threshold", "Risk score", "OOD distance"}
+                 "OOD distance", "OOD flag", "Sequences", "Subset AUC", "Reliability")
+NUMERIC_COLUMNS = {"Probability", "Threshold", "Risk score", "OOD distance", "Subset AUC"}
 HEATMAP_OPACITY = 0.5
 
 
@@ -52,6 +54,11 @@ class CaseResults:
 
     def nodes(self) -> list:
         return [self.table, *self.heatmaps.values(), *self.labelmaps.values(), self.level_colors, self.segmentation]
+
+    @property
+    def reliability_note(self) -> str:
+        """The card's note on the sequences this case had ("" for results written before subsets existed)."""
+        return str(((self.summary.get("sequences") or {}).get("reliability") or {}).get("note", ""))
 
     def head_label(self, key: str) -> str:
         for marker in self.summary.get("markers", []):
@@ -74,20 +81,30 @@ def _number(value) -> float:
     return math.nan if value is None or value == "" else float(value)
 
 
+def sequences_text(sequences: dict[str, Any]) -> str:
+    """A predictions.json ``sequences`` record as "T1ce + FLAIR (no T1, T2)"; "" when there is none (results
+    written before subsets existed)."""
+    return subsets.describe(sequences["used"]) if sequences.get("used") else ""
+
+
 def table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The results table as rows (one per marker, then survival), from a predictions.json summary."""
+    """The results table as rows (one per marker, then survival), from a predictions.json summary; every row
+    says which sequences the calls rest on, since a cohort table mixes cases with different subsets."""
     ood = summary.get("ood") or {}
-    ood_cells = {"OOD distance": _number(ood.get("distance")), "OOD flag": "yes" if ood.get("flag") else "no"}
+    sequences = summary.get("sequences") or {}
+    shared = {"OOD distance": _number(ood.get("distance")), "OOD flag": "yes" if ood.get("flag") else "no",
+              "Sequences": sequences_text(sequences),
+              "Reliability": str((sequences.get("reliability") or {}).get("note", ""))}
     rows = []
     for m in summary.get("markers", []):
         rows.append({"Output": m["key"], "Label": m["label"], "Probability": m["probability"],
                      "Threshold": m["threshold"], "Call": m["call"], "Risk score": math.nan, "Risk group": "",
-                     **ood_cells})
+                     "Subset AUC": _number(m.get("subset_auc")), **shared})
     survival = summary.get("survival")
     if survival:
         rows.append({"Output": SURVIVAL_HEAD, "Label": "Overall survival (Cox)", "Probability": math.nan,
                      "Threshold": survival["median_risk"], "Call": f"{survival['risk_group']} risk",
-                     "Risk score": survival["risk_score"], "Risk group": survival["risk_group"], **ood_cells})
+                     "Risk score": survival["risk_score"], "Risk group": survival["risk_group"], **shared})
     return rows
 
 
@@ -175,6 +192,9 @@ def load_results(scene, folder: str | Path, reference, name: str | None = None) 
         model = summary.get("model") or {}
         table.SetAttribute("NeuroRADFM.model", str(model.get("name", "")))
         table.SetAttribute("NeuroRADFM.intendedUse", str(model.get("intended_use", "")))
+        sequences = summary.get("sequences") or {}
+        table.SetAttribute("NeuroRADFM.sequences", "+".join(sequences.get("used", [])))
+        table.SetAttribute("NeuroRADFM.reliability", str((sequences.get("reliability") or {}).get("note", "")))
         results = CaseResults(case_id, reference, table, summary=summary)
         results.level_colors = _read_level_colors(scene, folder / COLOR_TABLE_FILE, f"{name} heatmap levels", added)
         heat = heat_color_node(scene, added)

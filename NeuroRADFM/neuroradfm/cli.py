@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -146,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder that keeps preprocessed cases between runs (reused while files and settings match)")
     p.add_argument("--metrics", type=_path, help="append one JSON line per training step to this file")
     _cam_layer_option(p, BUNDLE_CAM_LAYER_HELP)
+    _add_degrade_arguments(p)
     p.add_argument("--name", default="neuroradfm-baseline")
     p.add_argument("--demo", action="store_true", help="label the bundle as the synthetic-data demonstration")
     _device_option(p)
@@ -213,6 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=_path, help="one JSON line per step (loss, group losses, q, lr)")
     p.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     p.add_argument("--seed", type=int, default=0)
+    _add_degrade_arguments(p)
     p.add_argument("--name", default="neuroradfm-pretrained-encoder")
     _device_option(p)
     _progress_option(p)
@@ -260,11 +263,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="repeats of each data-efficiency setting (0: skip the data-efficiency section)")
     p.add_argument("--cache", type=_path, help="preprocessed cases and embeddings (default OUT/cache)")
     p.add_argument("--batch-size", type=int, default=4, help="cases per forward pass when embedding")
+    p.add_argument("--subsets", choices=("auto", "none", "all"), default="auto",
+                   help="marker AUCs with fewer sequences (all four, each one missing, T1ce + FLAIR, T1ce): auto, "
+                        "those each bundle was trained for; all, every one (how a bundle trained on all four "
+                        "degrades); none")
+    p.add_argument("--robustness", action="store_true",
+                   help="add each bundle's robustness to image artifacts (its heads on corrupted cases)")
+    p.add_argument("--robustness-families", metavar="NAMES",
+                   help="comma-separated artifact families of --robustness (default: all)")
+    p.add_argument("--robustness-levels", metavar="LEVELS",
+                   help="comma-separated artifact levels of --robustness, 1-4 (default: all; 0, clean, always)")
+    p.add_argument("--robustness-cases", type=int, default=0,
+                   help="cases --robustness runs on, drawn with --seed (default 0: every case)")
     _device_option(p)
     _progress_option(p)
 
     p = commands.add_parser("demo", help="a phantom case in, predictions and Grad-CAM maps out")
     p.add_argument("--out", type=_path, default=Path("neuroradfm-demo"))
+    p.add_argument("--drop", action="append", default=[], metavar="SEQUENCE",
+                   help="leave a sequence out of the demo case (t1, t1ce, t2 or flair; repeat or separate with "
+                        "commas): what the model does with a study that lacks it")
     _device_option(p)
     _progress_option(p)
 
@@ -408,6 +426,21 @@ def _phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_degrade_arguments(p: argparse.ArgumentParser) -> None:
+    """What real studies bring, drawn at random during training (neuroradfm.ssl.augment.degrade)."""
+    p.add_argument("--sequence-dropout", type=float, default=0.0, metavar="P",
+                   help="zero each sequence of a training sample with probability P (never all): the bundle then "
+                        "takes any non-empty subset of T1/T1ce/T2/FLAIR, and cases lacking sequences may train it")
+    p.add_argument("--artifact-augment", type=float, nargs="?", const=0.5, default=0.0, metavar="P",
+                   help="give a training sample a random artifact (bias, noise, Gibbs, spike, gamma, thick slices; "
+                        "level 1-4) with probability P (0.5 when given without a value)")
+
+
+def _rebuild_command() -> str:
+    """The command line as typed, quoted so that it runs again as it is (the card's ``rebuild_command``)."""
+    return shlex.join(["neuroradfm", *sys.argv[1:]])
+
+
 def _train_baseline(args: argparse.Namespace) -> int:
     from neuroradfm.models.encoder import EncoderConfig
     from neuroradfm.preprocess import PreprocessSettings
@@ -420,8 +453,9 @@ def _train_baseline(args: argparse.Namespace) -> int:
         split_seed=args.split_seed,
         tumour_weight=args.tumour_weight, lesion_pooling=args.lesion_pooling,
         background_weight=args.background_weight, device=args.device,
+        sequence_dropout=args.sequence_dropout, artifact_augment=args.artifact_augment,
         **({"cam_layer": args.cam_layer} if args.cam_layer else {}))
-    card = {"name": args.name, "rebuild_command": " ".join(["neuroradfm", *sys.argv[1:]])}
+    card = {"name": args.name, "rebuild_command": _rebuild_command()}
     if args.demo:
         card.update({
             "description": "Demonstration model trained by neuroradfm on its synthetic phantom cohort.",
@@ -458,12 +492,13 @@ def _pretrain(args: argparse.Namespace) -> int:
             groups=None if not args.groups else tuple(g.strip() for g in args.groups.split(",") if g.strip()),
             eta_q=args.eta_q, dro_adjustment=args.dro_adjustment, group_balanced=args.group_balanced,
             dro_sampling=args.dro_sampling,
+            sequence_dropout=args.sequence_dropout, artifact_augment=args.artifact_augment,
             amp=not args.no_amp, channels_last=not args.no_channels_last, checkpoint_every=args.checkpoint_every,
             num_workers=args.workers, seed=args.seed, device=args.device)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    card = {"name": args.name, "rebuild_command": " ".join(["neuroradfm", *sys.argv[1:]])}
+    card = {"name": args.name, "rebuild_command": _rebuild_command()}
     path = pretrain(args.manifest, args.out, settings, card=card, progress=make_progress(args.progress),
                     cache_dir=args.cache, metrics_path=args.metrics, checkpoint_path=args.checkpoint,
                     resume=args.resume)
@@ -474,7 +509,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _fit_heads(args: argparse.Namespace) -> int:
     from neuroradfm.train.fit_heads import fit_heads_bundle
 
-    card = {"rebuild_command": " ".join(["neuroradfm", *sys.argv[1:]])}
+    card = {"rebuild_command": _rebuild_command()}
     if args.name:
         card["name"] = args.name
     if args.demo:
@@ -491,13 +526,18 @@ def _fit_heads(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from neuroradfm.evaluate.run import EvaluateSettings, evaluate, parse_cutoffs
+    from neuroradfm.evaluate.run import EvaluateSettings, evaluate, parse_cutoffs, parse_list
 
     settings = EvaluateSettings(
         split=args.split, folds=args.folds, split_column=args.split_column, seed=args.seed, n_boot=args.bootstrap,
         subgroup=args.subgroup, cutoffs=parse_cutoffs(args.cutoff), colour_marker=args.colour_marker,
         reference_columns=[[c.strip() for c in item.split(",") if c.strip()] for item in args.reference_columns],
-        efficiency_seeds=args.efficiency_seeds, batch_size=args.batch_size, device=args.device)
+        efficiency_seeds=args.efficiency_seeds, batch_size=args.batch_size, device=args.device,
+        subsets=args.subsets, robustness=args.robustness, robustness_cases=args.robustness_cases,
+        **({"robustness_families": parse_list(args.robustness_families, "--robustness-families")}
+           if args.robustness_families else {}),
+        **({"robustness_levels": parse_list(args.robustness_levels, "--robustness-levels", int)}
+           if args.robustness_levels else {}))
     labels = None if args.labels is None else [label.strip() for label in args.labels.split(",")]
     report = evaluate(args.manifest, args.model, args.out, settings, labels=labels, clinical=args.clinical,
                       cache_dir=args.cache, progress=make_progress(args.progress),
@@ -509,7 +549,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from neuroradfm.demo import run_demo
 
-    run_demo(args.out, device=args.device, progress=make_progress(args.progress))
+    drop = [name for item in args.drop for name in item.split(",") if name.strip()]
+    run_demo(args.out, device=args.device, progress=make_progress(args.progress), drop=drop)
     return 0
 
 

@@ -8,9 +8,12 @@ truth is printed next to the predictions.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from neuroradfm.errors import BundleError, NeuroRADFMError
+from neuroradfm import SEQUENCES
+from neuroradfm.errors import BundleError, NeuroRADFMError, SettingsError
 
 DEMO_CASE_SEED = 20261124
 DEMO_CASE_SPACING_MM = 1.5
@@ -59,19 +62,36 @@ def demo_case_manifest(folder: str | Path, progress=None) -> Path:
     return manifest
 
 
-def run_demo(out: str | Path, device: str = "auto", progress=None) -> Path:
-    """Generate (or reuse) the demo phantom case, predict it with the demo bundle, print a summary."""
+def _dropped(drop: Sequence[str]) -> list[str]:
+    """The sequences ``--drop`` names, checked: known names, and not all four."""
+    names = [str(d).strip().lower() for d in drop]
+    unknown = sorted(set(names) - set(SEQUENCES))
+    if unknown:
+        raise SettingsError("--drop", f"unknown sequence(s) {', '.join(unknown)}; choose among {', '.join(SEQUENCES)}")
+    if set(names) >= set(SEQUENCES):
+        raise SettingsError("--drop", "dropping all four sequences leaves nothing to predict from")
+    return names
+
+
+def run_demo(out: str | Path, device: str = "auto", progress=None, drop: Sequence[str] = ()) -> Path:
+    """Generate (or reuse) the demo phantom case, predict it with the demo bundle, print a summary. ``drop``: the
+    sequences left out of the case (a study that lacks them); the bundle must take what remains."""
     from neuroradfm.batch import predict_cases
     from neuroradfm.io import read_manifest
     from neuroradfm.models.bundle import load_bundle
     from neuroradfm.progress import null_progress, sub_progress
+    from neuroradfm.subsets import canonical, label, reliability
 
     progress = progress or null_progress
     out = Path(out)
+    dropped = [] if not drop else _dropped(drop)
     bundle = load_bundle(demo_bundle_path())
+    kept = canonical(s for s in SEQUENCES if s not in dropped)
+    bundle.require_subset(kept, "of the demo")  # before the phantom is drawn
     progress("phantom", 0.0, "the demo phantom case")
     manifest = demo_case_manifest(out / "case", sub_progress(progress, 0.0, 0.25))
     entry = read_manifest(manifest)[0]
+    entry = replace(entry, paths={k: v for k, v in entry.paths.items() if k not in dropped})
     result = predict_cases([(entry.case_id, entry.load)], bundle, out / "results", device=device,
                            progress=sub_progress(progress, 0.25, 1.0), keep_predictions=True)
     if result.failures:
@@ -80,6 +100,7 @@ def run_demo(out: str | Path, device: str = "auto", progress=None) -> Path:
     folder = result.outputs[entry.case_id]
     print(f"\nNeuroRAD-FM demo — model: {bundle.name}\n{bundle.card.get('intended_use', '')}\n")
     print(f"case {entry.case_id} (phantom; truth from {manifest.parent / 'clinical.csv'})")
+    print(f"sequences: {label(kept)}; {reliability(bundle.card, kept)['note']}")
     print(f"{'marker':<18}{'probability':>12}  {'call':<22}{'truth':<10}")
     for m in prediction.markers:
         truth = entry.clinical.get(m.key)

@@ -82,21 +82,31 @@ def write_segmentation(path: Path, masks: dict[str, np.ndarray], reference: sitk
                                             "encoding": "gzip", "segments": segments})
 
 
+def _auc(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
 def _write_tables(folder: Path, prediction: Prediction) -> None:
+    """predictions.json and predictions.csv; every CSV row names the sequences used and the card's held-out figure
+    for them, so that rows gathered into a cohort table (neuroradfm.batch) still say what each call rests on."""
     summary = prediction.summary()
     (folder / RESULT_MARKER).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    sequences = summary["sequences"]
+    used = ["+".join(sequences["used"]), "+".join(sequences["missing"])]
+    note = sequences["reliability"]["note"]
     with open(folder / "predictions.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case_id", "output", "label", "probability", "threshold", "call",
-                         "risk_score", "risk_group", "ood_distance", "ood_flag"])
+                         "risk_score", "risk_group", "ood_distance", "ood_flag",
+                         "sequences", "missing_sequences", "subset_auc", "reliability"])
         ood = ["" if prediction.ood_distance is None else f"{prediction.ood_distance:.4f}", int(prediction.ood_flag)]
         for m in prediction.markers:
             writer.writerow([prediction.case_id, m.key, m.label, f"{m.probability:.4f}", f"{m.threshold:.4f}",
-                             m.call, "", "", *ood])
+                             m.call, "", "", *ood, *used, _auc(m.subset_auc), note])
         if prediction.survival is not None:
             s = prediction.survival
             writer.writerow([prediction.case_id, SURVIVAL_HEAD, "Overall survival (Cox)", "", f"{s.median_risk:.4f}",
-                             f"{s.risk_group} risk", f"{s.risk_score:.4f}", s.risk_group, *ood])
+                             f"{s.risk_group} risk", f"{s.risk_score:.4f}", s.risk_group, *ood, *used, "", note])
 
 
 def write_outputs(prediction: Prediction, out_dir: str | Path, overview: bool = True,

@@ -9,13 +9,35 @@ from pathlib import Path
 
 import numpy as np
 
+from neuroradfm import SEQUENCES, subsets
+from neuroradfm.io.case import reference_key
 from neuroradfm.predict import Prediction
+
+TITLE_WIDTH = 100
+"""Characters per title line at the figure's width and font size."""
 
 
 def _views(volume: np.ndarray, point: tuple[int, int, int]) -> list[np.ndarray]:
     """Axial, coronal, sagittal slices of a (K, J, I) model-grid array (i -> right, j -> anterior, k -> up)."""
     k, j, i = point
     return [np.fliplr(volume[k]), np.fliplr(volume[:, j, :]), np.fliplr(volume[:, :, i])]
+
+
+def sequences_line(sequences: dict) -> str:
+    """The sequences a prediction used and the card's held-out figure for them (``Prediction.sequences()``):
+    "Sequences: T1ce + FLAIR (no T1, T2) — held-out mean marker AUC 0.71 (all four: 0.78) over 120 cases"."""
+    reliability = sequences["reliability"]
+    note = reliability["note"].removeprefix(reliability["label"] + ": ")
+    return f"Sequences: {subsets.describe(sequences['used'])} — {note}"
+
+
+def title(prediction: Prediction) -> str:
+    """The figure's title: case, bundle, OOD flag; the sequences used and their reliability; the intended use."""
+    flag = "  OUT OF DISTRIBUTION" if prediction.ood_flag else ""
+    lines = [f"{prediction.case_id} — {prediction.bundle.get('name', '')}{flag}",
+             *textwrap.wrap(sequences_line(prediction.sequences()), TITLE_WIDTH),
+             *textwrap.wrap(str(prediction.bundle.get("intended_use", "")), TITLE_WIDTH)]
+    return "\n".join(lines)
 
 
 def write_overview(path: Path, prediction: Prediction) -> None:
@@ -25,8 +47,9 @@ def write_overview(path: Path, prediction: Prediction) -> None:
     import matplotlib.pyplot as plt
 
     mask = prediction.preprocessed.mask
-    lo, hi = np.percentile(prediction.preprocessed.channels[1][mask], [1, 99])
-    background = np.where(mask, prediction.preprocessed.channels[1], lo)
+    shown = prediction.preprocessed.channels[SEQUENCES.index(reference_key(prediction.preprocessed.available))]
+    lo, hi = np.percentile(shown[mask], [1, 99])  # T1ce, else the reference: a missing sequence is all zeros
+    background = np.where(mask, shown, lo)
     labels = {m.key: f"{m.label}: {m.call} (p={m.probability:.2f})" for m in prediction.markers}
     if prediction.survival is not None:
         s = prediction.survival
@@ -48,9 +71,9 @@ def write_overview(path: Path, prediction: Prediction) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_title(labels.get(key, key), fontsize=8, loc="left")
-    flag = "  OUT OF DISTRIBUTION" if prediction.ood_flag else ""
-    use = textwrap.fill(str(prediction.bundle.get("intended_use", "")), 100)
-    fig.suptitle(f"{prediction.case_id} — {prediction.bundle.get('name', '')}{flag}\n{use}", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # room for the title's lines
+    text = title(prediction)
+    fig.suptitle(text, fontsize=8)
+    room = 0.2 + 0.15 * (text.count("\n") + 1)  # inches for the title's lines at 8 pt
+    fig.tight_layout(rect=(0, 0, 1, 1 - room / fig.get_figheight()))
     fig.savefig(path, dpi=90)
     plt.close(fig)

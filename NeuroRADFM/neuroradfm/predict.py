@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuroradfm import SEQUENCES, subsets
 from neuroradfm.cam import LAST_BLOCK, cams_at, encode_for_cam, normalise, upsample
 from neuroradfm.errors import BundleError
 from neuroradfm.io.case import Case
@@ -56,6 +57,9 @@ class MarkerPrediction:
     threshold: float
     positive: bool
     call: str
+    subset_auc: float | None = None
+    """The marker's held-out AUC for the sequences this case had (bundle card ``subset_reliability``); None when
+    the card has no figure for that subset."""
 
 
 @dataclass
@@ -82,12 +86,21 @@ class Prediction:
     bundle: dict[str, Any] = field(default_factory=dict)
     cam_method: str = ""
     cam_layer: str = LAST_BLOCK
+    reliability: dict[str, Any] = field(default_factory=dict)
+    """What the bundle card says of the sequences this case had (``neuroradfm.subsets.reliability``)."""
 
     @property
     def ood_flag(self) -> bool:
         if self.ood_distance is None or self.ood_threshold is None:
             return False
         return self.ood_distance > self.ood_threshold
+
+    def sequences(self) -> dict[str, Any]:
+        """Which sequences the prediction used and what the card says of that subset: a reader must know
+        when a call rests on fewer than all four."""
+        used = [s for s in SEQUENCES if s in self.preprocessed.available]
+        return {"used": used, "missing": [s for s in SEQUENCES if s not in used],
+                "reliability": self.reliability or subsets.reliability({}, used)}
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready predictions (no arrays)."""
@@ -100,6 +113,7 @@ class Prediction:
                     "empty": sorted(key for key, peak in self.cam_scales.items() if peak <= 0)},
             "preprocessing": self.preprocessed.steps,
             "model": self.bundle,
+            "sequences": self.sequences(),
         }
 
 
@@ -135,13 +149,15 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
     if not np.isfinite([*logits, *(v for v in (risk, ood_distance) if v is not None)]).all():
         raise BundleError(bundle.path, f"its heads give non-finite values for {case.case_id} (probe, Cox or OOD "
                                        "numbers in the card overflow): its predictions cannot be trusted")
+    reliability = subsets.reliability(bundle.card, prepared.available)
     markers = []
     for head, logit in zip(heads.markers, logits):
         probability = float(1.0 / (1.0 + np.exp(-logit)))
         positive = probability >= head.threshold
         info = marker(head.key)
         markers.append(MarkerPrediction(head.key, info.label, probability, head.threshold, bool(positive),
-                                        info.positive if positive else info.negative))
+                                        info.positive if positive else info.negative,
+                                        reliability["auc"].get(head.key)))
 
     survival = None
     if heads.cox is not None and risk is not None:
@@ -165,6 +181,6 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
     return Prediction(case_id=case.case_id, markers=markers, survival=survival, ood_distance=ood_distance,
                       ood_threshold=None if heads.ood is None else heads.ood.threshold, embedding=embedding,
                       cams=cams, cam_scales=scales, preprocessed=prepared,
-                      cam_method=describe_cams(layer, reference is not None), cam_layer=layer,
+                      cam_method=describe_cams(layer, reference is not None), cam_layer=layer, reliability=reliability,
                       bundle={"name": bundle.name, "content_hash": bundle.card.get("content_hash"),
                               "intended_use": bundle.card.get("intended_use")})

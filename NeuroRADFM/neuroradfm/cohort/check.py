@@ -1,7 +1,9 @@
 """``neuroradfm cohort check``: is a manifest fit to train on? Files, geometry, labels, subjects, survival.
 
-Reads image headers (a truncated .nii.gz passes here and fails when the case loads), and the voxels of the T1ce
-images whose headers agree, to find one scan under two names (``hashes=False`` skips that).
+Reads image headers (a truncated .nii.gz passes here and fails when the case loads), and the voxels of the
+reference images (the T1ce; a case without one: its first of T1, FLAIR, T2) whose headers agree, to find one scan
+under two names (``hashes=False`` skips that). A case lacking sequences is a warning: the trainers use it only with
+``--sequence-dropout``.
 Problems are errors (the manifest cannot be used as it is) or warnings (it can, but probably should not).
 """
 
@@ -15,10 +17,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from neuroradfm import SEQUENCES
-from neuroradfm.cohort.duplicates import identical_scans
+from neuroradfm.cohort.duplicates import identical_scans, reference_image, sequence_names
 from neuroradfm.errors import InputError
 from neuroradfm.io import read_manifest
 from neuroradfm.io.dicom import single_series
+from neuroradfm.io.loader import missing_sequences
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.progress import Progress, null_progress
 
@@ -31,7 +34,8 @@ class CheckReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     geometry: dict[str, Counter] = field(default_factory=dict)
-    """site -> Counter of 'size / spacing / orientation' strings of the reference (T1ce) images."""
+    """site -> Counter of 'size / spacing / orientation' strings of the reference images (T1ce, else the first of
+    T1, FLAIR, T2 the case has)."""
     labels: dict[str, dict[str, tuple[int, int, int]]] = field(default_factory=dict)
     """marker -> site -> (positive, negative, missing)."""
     missing_files: int = 0
@@ -81,15 +85,18 @@ def _number(value: object) -> float | None:
 
 def check_manifest(path: str | Path, hashes: bool = True, progress: Progress = null_progress) -> CheckReport:
     """Every listed file present and readable, geometry per site, marker prevalence per site, subjects seen in
-    several datasets or at several timepoints, survival values that cannot be right; with ``hashes``, the same
-    scan under two case ids (identical T1ce voxels: reads the images whose headers agree)."""
+    several datasets or at several timepoints, survival values that cannot be right, cases lacking sequences; with
+    ``hashes``, the same scan under two case ids (identical reference voxels: reads the images whose headers
+    agree)."""
     entries = read_manifest(path)
     report = CheckReport(len(entries))
     readable: list[tuple[str, Path]] = []
+    reference: dict[str, str] = {}
     subjects: dict[str, set[str]] = defaultdict(set)
     timepoints: dict[tuple[str, str], set[str]] = defaultdict(set)
     for entry in entries:
         site = entry.site or "(no site)"
+        reference[entry.case_id] = reference_image(entry.paths)[0]
         for key, file in entry.paths.items():
             if not (file.is_file() or file.is_dir()):
                 report.errors.append(f"{entry.case_id}: {key} file not found: {file}")
@@ -101,9 +108,8 @@ def check_manifest(path: str | Path, hashes: bool = True, progress: Progress = n
                 report.errors.append(f"{entry.case_id}: {key} file {file} is not a readable image "
                                      f"({str(error).strip().splitlines()[-1]})")
                 continue
-            if key == "t1ce":
+            if key == reference[entry.case_id]:
                 readable.append((entry.case_id, file))
-            if key == "t1ce":
                 report.geometry.setdefault(site, Counter())[shape] += 1
         subject = entry.clinical.get("subject_id")
         if subject is not None:
@@ -121,8 +127,9 @@ def check_manifest(path: str | Path, hashes: bool = True, progress: Progress = n
     if hashes:
         where = {e.case_id: f"{e.case_id} ({e.clinical.get('dataset') or e.site or 'no dataset'})" for e in entries}
         for group in identical_scans(readable, progress):
-            report.warnings.append(f"cases {', '.join(where[c] for c in group)} hold identical T1ce voxels: one "
-                                   "scan under several names; keep one (`neuroradfm cohort merge` drops copies)")
+            report.warnings.append(f"cases {', '.join(where[c] for c in group)} hold identical "
+                                   f"{sequence_names(reference[c] for c in group)} voxels: one scan under several "
+                                   "names; keep one (`neuroradfm cohort merge` drops copies)")
     for subject, datasets in sorted(subjects.items()):
         if len(datasets) > 1:
             report.warnings.append(f"subject {subject} is in several datasets ({', '.join(sorted(datasets))}): "
@@ -139,7 +146,9 @@ def check_manifest(path: str | Path, hashes: bool = True, progress: Progress = n
             counts[0 if value == 1 else 1 if value == 0 else 2] += 1
         if any(c[0] + c[1] for c in per_site.values()):
             report.labels[marker] = {site: tuple(c) for site, c in per_site.items()}
-    missing = sorted(k for k in SEQUENCES if any(k not in e.paths for e in entries))
-    if missing:
-        report.errors.append(f"sequences missing in some cases: {', '.join(missing)}")
+    incomplete = [e for e in entries if missing_sequences(e.paths)]
+    if incomplete:
+        lacking = ", ".join(f"{k}: {n}" for k in SEQUENCES if (n := sum(k not in e.paths for e in incomplete)))
+        report.warnings.append(f"{len(incomplete)} case(s) lack a sequence ({lacking}; e.g. "
+                               f"{incomplete[0].case_id}): kept, the trainers use them only with --sequence-dropout")
     return report

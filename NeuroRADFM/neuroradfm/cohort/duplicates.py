@@ -1,20 +1,38 @@
 """The same scan under two names: BraTS 2021 re-distributes UPENN-GBM, UCSF-PDGM and TCGA scans under its own ids.
-Without a mapping sheet, identical voxels are the evidence: a SHA-256 of the T1ce's pixel type, size and values
-(not of the file, whose bytes change with every recompression). Only images whose headers already agree are read."""
+Without a mapping sheet, identical voxels are the evidence: a SHA-256 of the reference image's pixel type, size and
+values (not of the file, whose bytes change with every recompression). The reference is the T1ce, else the case's
+first of T1, FLAIR, T2 (a copy lacks the same sequences as its source). Only images whose headers already agree are
+read."""
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import SimpleITK as sitk
 
+from neuroradfm import SEQUENCES
 from neuroradfm.errors import InputError
+from neuroradfm.io.case import REFERENCE_ORDER, reference_key
 from neuroradfm.io.dicom import single_series
 from neuroradfm.io.loader import read_sequence
 from neuroradfm.progress import Progress, null_progress
+
+NAMES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+
+
+def reference_image(paths: Mapping[str, Path]) -> tuple[str, Path]:
+    """(sequence, image) compared for copies: the T1ce, else the first of T1, FLAIR, T2 the case has."""
+    key = reference_key(tuple(k for k in paths if k in SEQUENCES))
+    return key, paths[key]
+
+
+def sequence_names(sequences: Iterable[str]) -> str:
+    """The references of a group as messages name them: T1ce, or T1ce/T1 when its cases' references differ."""
+    present = set(sequences)
+    return "/".join(NAMES[k] for k in REFERENCE_ORDER if k in present)
 
 
 def header_key(path: Path) -> tuple:

@@ -13,7 +13,7 @@ from neuroradfm.cohort.layouts import ImportedCase, LayoutResult
 from neuroradfm.errors import InputError
 from neuroradfm.io.dicom import assign_series, find_series
 from neuroradfm.io.images import is_image_file
-from neuroradfm.io.loader import find_brats_files, missing_sequences
+from neuroradfm.io.loader import find_brats_files
 from neuroradfm.markers import MARKER_KEYS
 
 CODED = ("os_event", *MARKER_KEYS)
@@ -56,18 +56,14 @@ def read_map(path: Path, public_layout: bool = False) -> dict:
 
 
 def _case_paths(folder: Path) -> dict[str, Path]:
-    """BraTS-named image files, or the four series of a DICOM study, each in a folder holding only it."""
+    """BraTS-named image files, or the series of a DICOM study, each in a folder holding only it (any non-empty
+    subset of the four sequences: the importer lists the missing ones)."""
     if any(is_image_file(p) for p in folder.iterdir()):
-        paths = find_brats_files(folder)
-        if missing_sequences(paths):  # the trainers take complete cases (sequence dropout: issue 17)
-            raise InputError(folder, f"missing sequence(s) {', '.join(missing_sequences(paths))}")
-        return paths
+        return find_brats_files(folder)
     series = [s for s in find_series(folder) if not s.excluded]
     if not series:
         raise InputError(folder, "holds neither BraTS-named image files nor a DICOM series")
     assigned = assign_series(folder, series)
-    if missing_sequences(assigned):
-        raise InputError(folder, f"no DICOM series for {', '.join(missing_sequences(assigned))}")
     per_folder = Counter(s.folder for s in series)
     shared = [f"{k}: {s.folder}" for k, s in assigned.items() if per_folder[s.folder] > 1]
     if shared:

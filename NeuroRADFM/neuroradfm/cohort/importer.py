@@ -11,10 +11,11 @@ from pathlib import Path
 from neuroradfm import SEQUENCES
 from neuroradfm.atomic import atomic_file
 from neuroradfm.cohort.folder import generic_folder, read_map
-from neuroradfm.cohort.layouts import LayoutResult, brats, lumiere, ucsf_pdgm, upenn_gbm
+from neuroradfm.cohort.layouts import ImportedCase, LayoutResult, brats, lumiere, ucsf_pdgm, upenn_gbm
 from neuroradfm.cohort.mu_glioma_post import mu_glioma_post
 from neuroradfm.cohort.rsna_miccai import rsna_miccai_mgmt
 from neuroradfm.errors import InputError, SettingsError
+from neuroradfm.io.loader import missing_sequences
 from neuroradfm.io.manifest import control_characters
 from neuroradfm.output_paths import case_folders, check_destinations
 
@@ -59,12 +60,25 @@ def check_manifest_out(out: Path, kind: str, inputs: dict[str, Path | None]) -> 
                                      f"(no {sidecar_path(out, kind).name} beside it); not replaced")
 
 
+def _folder_of(case: ImportedCase) -> Path:
+    """The folder of the case's first present sequence (a case may lack any of them, T1 included)."""
+    return next(case.paths[k] for k in SEQUENCES if k in case.paths).parent
+
+
+def incomplete_cases(cases: list[ImportedCase]) -> dict[str, list[str]]:
+    """Case id -> the sequences it lacks, for the cases that lack some (kept: the trainers use them only with
+    ``--sequence-dropout``)."""
+    return {c.case_id: missing_sequences(c.paths) for c in cases if missing_sequences(c.paths)}
+
+
 def import_cohort(layout: str, root: str | Path, out: str | Path, clinical: str | Path | None = None,
                   mapping: str | Path | None = None) -> Path:
     """Find the cases of ``layout`` under ``root`` and write the manifest ``out`` (image paths absolute) and its
     sidecar; returns ``out``. ``clinical``: the layout's clinical table (CLINICAL_TABLES); ``mapping``: a JSON map
     file (cohort.folder.read_map) naming the table's columns and values for the folder layout, or overriding a
-    public layout's. Nothing is written when the root holds no case of the layout or a value cannot be mapped."""
+    public layout's. A case with some of the four sequences is kept, its missing ones left empty and listed in the
+    sidecar's ``incomplete``; a folder with none is ``skipped``. Nothing is written when the root holds no case of
+    the layout or a value cannot be mapped."""
     if layout not in LAYOUTS:
         raise SettingsError("--layout", f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     if clinical is not None and layout not in CLINICAL_TABLES:
@@ -90,19 +104,22 @@ def import_cohort(layout: str, root: str | Path, out: str | Path, clinical: str 
     seen: dict[str, Path] = {}
     for case in result.cases:
         if case.case_id in seen:
-            raise InputError(root, f"case {case.case_id} is there twice: {seen[case.case_id].parent} and "
-                                   f"{case.paths['t1'].parent}; keep one packaging of the cohort under the root")
-        seen[case.case_id] = case.paths["t1"]
-    unusable = [f"{c.case_id!r} ({c.paths['t1'].parent})" for c in result.cases
+            raise InputError(root, f"case {case.case_id} is there twice: {seen[case.case_id]} and "
+                                   f"{_folder_of(case)}; keep one packaging of the cohort under the root")
+        seen[case.case_id] = _folder_of(case)
+    unusable = [f"{c.case_id!r} ({_folder_of(c)})" for c in result.cases
                 if any(map(control_characters, (c.case_id, c.site, *map(str, c.paths.values()))))]
     if unusable:
         raise InputError(root, "control characters (a line break, a tab...) in the id, site or file names of "
                                f"case(s) {', '.join(unusable)}: rename those folders or files")
-    case_folders([c.case_id for c in result.cases], {c.case_id: str(c.paths["t1"].parent) for c in result.cases},
+    case_folders([c.case_id for c in result.cases], {c.case_id: str(_folder_of(c)) for c in result.cases},
                  source=root)  # ids the readers accept: each gives its own output folder
     if mapping is not None:
         result.conventions["map_file"] = str(Path(mapping).resolve())
+    incomplete = incomplete_cases(result.cases)
+    lacking = {k: n for k in SEQUENCES if (n := sum(k in missing for missing in incomplete.values()))}
     record = {"layout": layout, "root": str(root.resolve()), "cases": len(rows), "skipped": result.skipped,
+              "incomplete_cases": len(incomplete), "cases_lacking": lacking, "incomplete": incomplete,
               **result.conventions}
     out.parent.mkdir(parents=True, exist_ok=True)  # every check passed: now the files
     with atomic_file(sidecar_path(out)) as tmp:

@@ -15,7 +15,7 @@ from neuroradfm import SEQUENCES
 from neuroradfm.cohort.clinical import Mapping, read_table
 from neuroradfm.errors import InputError
 from neuroradfm.io.images import is_image_file
-from neuroradfm.io.loader import find_brats_files, missing_sequences
+from neuroradfm.io.loader import find_brats_files
 
 # TCIA's BraTS 2021 package puts each case under the collection it came from: that collection is the site.
 BRATS2021_SOURCES = ("UPENN-GBM", "UCSF-PDGM", "TCGA-GBM", "TCGA-LGG", "CPTAC-GBM", "IvyGAP", "ACRIN-FMISO-Brain",
@@ -118,11 +118,8 @@ def brats(root: Path, layout: str, clinical: Path | None = None,
     for folder in folders:
         try:
             paths = find_brats_files(folder)
-        except InputError as error:
+        except InputError as error:  # no sequence at all, or one twice
             skipped[str(folder)] = error.problem
-            continue
-        if missing_sequences(paths):  # the trainers take complete cases (sequence dropout: issue 17)
-            skipped[str(folder)] = f"missing sequence(s) {', '.join(missing_sequences(paths))}"
             continue
         row: dict[str, object] = {}
         if layout == "brats2021":
@@ -167,12 +164,12 @@ def _image(folder: Path, stem: str) -> Path | None:
 
 def named_images(folder: Path, stems: dict[str, str], seg: str | None, skipped: dict[str, str]
                  ) -> dict[str, Path] | None:
-    """The four sequences named ``stems`` in ``folder`` (and the segmentation ``seg`` when it is there); None, the
-    folder listed in ``skipped`` with the missing sequences, when one is not."""
-    paths = {key: _image(folder, stem) for key, stem in stems.items()}
-    missing = [key for key, path in paths.items() if path is None]
-    if missing:
-        skipped[str(folder)] = f"missing sequence(s) {', '.join(missing)}"
+    """The sequences named ``stems`` that ``folder`` holds (any non-empty subset: the importer lists the missing
+    ones) and the segmentation ``seg`` when it is there; None, the folder listed in ``skipped``, when it holds none."""
+    found = {key: _image(folder, stem) for key, stem in stems.items()}
+    paths = {key: path for key, path in found.items() if path is not None}
+    if not paths:
+        skipped[str(folder)] = f"no sequence found (none of {', '.join(stems.values())} as .nii.gz or .nii)"
         return None
     mask = _image(folder, seg) if seg else None
     return {**paths, **({"seg": mask} if mask else {})}
@@ -323,7 +320,8 @@ def ucsf_pdgm(root: Path, clinical: Path | None = None, overrides: dict[str, dic
 
 # LUMIERE (figshare): Imaging/Patient-NNN/week-WWW[-k]/ with T1, CT1 (post-contrast), T2, FLAIR in native space;
 # HD-GLIO-AUTO-segmentation/registered/ holds the same four skull-stripped and registered plus segmentation.nii.gz
-# (1 non-enhancing T2/FLAIR abnormality, 2 enhancing): used when complete, so images and mask share one space.
+# (1 non-enhancing T2/FLAIR abnormality, 2 enhancing): used unless the week folder holds more sequences, so images
+# and mask share one space.
 LUMIERE_SESSION = re.compile(r"week-(\d{3})(?:-(\d+))?")
 LUMIERE_SEQUENCES = {"t1": "T1", "t1ce": "CT1", "t2": "T2", "flair": "FLAIR"}
 LUMIERE_MISSING = {"": None, "na": None}
@@ -351,6 +349,24 @@ def lumiere_clinical(table: Path, overrides: dict[str, dict] | None = None) -> t
     return mapping, rows
 
 
+def _sequence_count(paths: dict[str, Path] | None) -> int:
+    return len(set(paths or {}) & set(SEQUENCES))
+
+
+def _lumiere_images(session: Path, registered: Path, skipped: dict[str, str]) -> dict[str, Path] | None:
+    """The registered set (skull-stripped, one space with its segmentation) unless the native week folder holds
+    more sequences; None, the session listed in ``skipped``, when neither holds any."""
+    chosen = named_images(registered, {k: f"{v}_r2s_bet_reg" for k, v in LUMIERE_SEQUENCES.items()},
+                          "segmentation", {})
+    native = named_images(session, LUMIERE_SEQUENCES, None, {})
+    if _sequence_count(native) > _sequence_count(chosen):
+        chosen = native
+    if chosen is None:
+        skipped[str(session)] = (f"no sequence found (none of {', '.join(LUMIERE_SEQUENCES.values())} in the week "
+                                 "folder or its HD-GLIO-AUTO-segmentation/registered/)")
+    return chosen
+
+
 def lumiere(root: Path, clinical: Path | None = None, overrides: dict[str, dict] | None = None) -> LayoutResult:
     patients = case_folders(root, re.compile(r"Patient-\d{3}"))
     if not patients:
@@ -360,18 +376,16 @@ def lumiere(root: Path, clinical: Path | None = None, overrides: dict[str, dict]
     for patient in patients:
         for session in sorted(p for p in patient.iterdir() if p.is_dir() and LUMIERE_SESSION.fullmatch(p.name)):
             registered = session / "HD-GLIO-AUTO-segmentation" / "registered"
-            paths = named_images(registered, {k: f"{v}_r2s_bet_reg" for k, v in LUMIERE_SEQUENCES.items()},
-                                 "segmentation", {})
-            if paths is None:
-                paths = named_images(session, LUMIERE_SEQUENCES, None, skipped)
+            paths = _lumiere_images(session, registered, skipped)
             if paths is None:
                 continue
             row = dict(table.get(patient.name, {}))
             cases.append(ImportedCase(f"{patient.name}_{session.name}", patient.name, session.name, "lumiere",
                                       "lumiere", paths, row))
     conventions = {"seg_labels": {"1": "non-enhancing T2/FLAIR abnormality (HD-GLIO)", "2": "enhancing (HD-GLIO)"},
-                   "sequences": {k: f"{v}: HD-GLIO-AUTO-segmentation/registered/{v}_r2s_bet_reg when all four are "
-                                    f"there (with segmentation), else {v}.nii.gz in the week folder (native space)"
+                   "sequences": {k: f"{v}: HD-GLIO-AUTO-segmentation/registered/{v}_r2s_bet_reg (with segmentation) "
+                                    f"unless the week folder holds more sequences, then {v}.nii.gz there (native "
+                                    "space)"
                                  for k, v in LUMIERE_SEQUENCES.items()},
                    "timepoints": "week-WWW[-k]: weeks since the pre-operative study; -k: several studies that week",
                    "survival": "weeks x 7 = days; no censoring column: os_event empty"}

@@ -2,9 +2,10 @@
 
 A case is a duplicate when another dataset already holds its patient: the same ``subject_id`` or the same
 ``brats21_id`` (UCSF-PDGM's metadata names the BraTS 2021 copy of an exam; BraTS 2021 imported with the TCIA
-mapping sheet names the source patient; the Kaggle MGMT cases are BraTS 2021 ids), or, with ``hashes``, a T1ce with
-identical voxels. The source datasets are merged first, so the BraTS copies are the ones dropped and the source
-with its clinical table is kept; otherwise the first manifest given wins. Every dropped case is listed.
+mapping sheet names the source patient; the Kaggle MGMT cases are BraTS 2021 ids), or, with ``hashes``, a reference
+image (the T1ce, else the first of T1, FLAIR, T2 the case has) with identical voxels. The source datasets are
+merged first, so the BraTS copies are the ones dropped and the source with its clinical table is kept; otherwise the
+first manifest given wins. Every dropped case is listed.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import csv
 import json
 from pathlib import Path
 
+from neuroradfm import SEQUENCES
 from neuroradfm.atomic import atomic_file
-from neuroradfm.cohort.duplicates import identical_scans
+from neuroradfm.cohort.duplicates import identical_scans, reference_image, sequence_names
 from neuroradfm.cohort.importer import check_manifest_out, sidecar_path
 from neuroradfm.errors import InputError, SettingsError
 from neuroradfm.io.manifest import csv_records, read_manifest
@@ -31,15 +33,17 @@ def _rank(dataset: str) -> int:
 
 
 def _drop_identical(merged: list[dict], dropped: dict[str, str], progress: Progress) -> list[dict]:
-    """The rows left once every T1ce with the voxels of a case kept from another dataset is dropped."""
+    """The rows left once every reference image with the voxels of a case kept from another dataset is dropped."""
     gone = set()
-    for group in identical_scans([(i, Path(row["t1ce"])) for i, row in enumerate(merged)], progress):
+    references = [reference_image({k: Path(row[k]) for k in SEQUENCES if row.get(k)}) for row in merged]
+    for group in identical_scans([(i, path) for i, (_, path) in enumerate(references)], progress):
         group.sort(key=lambda i: (_rank(merged[i]["dataset"]), i))  # a source's scan before its copies
         keep = merged[group[0]]
         for i in group[1:]:
             if merged[i]["dataset"] != keep["dataset"]:
+                names = sequence_names((references[i][0], references[group[0]][0]))
                 dropped[f"{merged[i]['dataset']}:{merged[i]['case_id']}"] = (
-                    f"identical T1ce voxels to the {keep['dataset']} case {keep['case_id']}")
+                    f"identical {names} voxels to the {keep['dataset']} case {keep['case_id']}")
                 gone.add(i)
     return [row for i, row in enumerate(merged) if i not in gone]
 

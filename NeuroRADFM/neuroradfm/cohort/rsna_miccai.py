@@ -41,10 +41,11 @@ def rsna_miccai_mgmt(root: Path, clinical: Path | None = None,
         if folder.name in PROBLEMATIC:
             skipped[str(folder)] = "reported broken by the competition's hosts"
             continue
-        paths = {k: folder / v for k, v in SEQUENCES.items()}
-        missing = [k for k, p in paths.items() if not (p.is_dir() and any(c.is_file() for c in p.iterdir()))]
-        if missing:
-            skipped[str(folder)] = f"missing sequence(s) {', '.join(missing)} (no DICOM folder or an empty one)"
+        paths = {k: folder / v for k, v in SEQUENCES.items()
+                 if (folder / v).is_dir() and any(c.is_file() for c in (folder / v).iterdir())}
+        if not paths:  # an absent or empty sequence folder is a missing sequence; the importer lists those
+            skipped[str(folder)] = (f"no sequence found (no {', '.join(f'{v}/' for v in SEQUENCES.values())} "
+                                    "folder holding DICOM files)")
             continue
         brats_id = f"BraTS2021_{folder.name}"
         row = {"brats21_id": brats_id, "kaggle_split": folder.parent.name, **table.get(folder.name, {})}

@@ -28,6 +28,7 @@ from neuroradfm.io import CaseEntry
 from neuroradfm.models.bundle import Bundle
 from neuroradfm.predict import map_weights
 from neuroradfm.progress import Progress, null_progress
+from neuroradfm.subsets import keep_only
 from neuroradfm.train.cohort import _cache_stem, _prepare_case
 
 EMBEDDINGS_FOLDER = "embeddings"
@@ -180,6 +181,52 @@ def embed_cases(bundle: Bundle, entries: list[CaseEntry], cache_dir: str | Path,
     ids = [e.case_id for e in entries if e.case_id in found]
     features = np.stack([found[i][0] for i in ids]) if ids else np.zeros((0, bundle.encoder.embedding_dim))
     return Embedded(ids, features, failures, {i: found[i][1] for i in ids if found[i][1]}, cached_count)
+
+
+def embed_subsets(bundle: Bundle, entries: list[CaseEntry], cases: list[np.ndarray | None], cache_dir: str | Path,
+                  device: torch.device, subsets: list[tuple[str, ...]], progress: Progress = null_progress,
+                  batch_size: int = 4) -> tuple[dict[tuple[str, ...], np.ndarray], np.ndarray]:
+    """Each case's embedding with only the channels of each subset (``subsets.keep_only``: the others zeroed, as
+    preprocessing leaves a missing sequence), cached beside the case's all-four embedding; ``cases`` are the
+    (4, K, J, I) model inputs of ``entries``. Returns {subset: (N, D)} and (N,) ``complete``: only a case whose four
+    channels all hold an image is embedded (the rows of the others are NaN), since a case that lacks a sequence
+    cannot be shown with it removed."""
+    cache = Path(cache_dir)
+    folder = bundle_folder(cache, bundle)
+    bundle.encoder.to(device).eval()
+    n, dim = len(entries), bundle.encoder.embedding_dim
+    out = {subset: np.full((n, dim), np.nan) for subset in subsets}
+    complete = np.zeros(n, bool)
+    for done, (i, entry) in enumerate(enumerate(entries)):
+        progress("subsets", done / max(n, 1), f"{bundle.name}: {entry.case_id}")
+        stem = _cache_stem(entry, bundle.preprocessing, cache)
+        paths = {s: None if stem is None else folder / f"{stem.name}.{'-'.join(s)}.npz" for s in subsets}
+        cached = {s: None if p is None else _read(p, bundle) for s, p in paths.items()}
+        if all(c is not None for c in cached.values()):  # only a complete case's subsets were ever written
+            complete[i] = True
+            for subset, (embedding, _) in cached.items():
+                out[subset][i] = embedding
+            continue
+        if cases[i] is None:  # its model input could not be read back
+            continue
+        channels = np.asarray(cases[i], np.float32)
+        complete[i] = bool(np.all(np.any(channels.reshape(len(channels), -1) != 0, axis=1)))
+        if not complete[i]:
+            continue
+        todo = [s for s in subsets if cached[s] is None]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            embeddings = encode(bundle, np.stack([keep_only(channels, s) for s in chunk]), device)
+            for subset, embedding in zip(chunk, embeddings):
+                out[subset][i] = embedding
+                if paths[subset] is not None and np.isfinite(embedding).all():
+                    _write(paths[subset], bundle, embedding, {})
+        for subset in subsets:
+            if cached[subset] is not None:
+                out[subset][i] = cached[subset][0]
+    progress("subsets", 1.0, f"{bundle.name}: {int(complete.sum())} cases with all four sequences, "
+                             f"{len(subsets)} subsets")
+    return out, complete
 
 
 def _missing(entry: CaseEntry) -> Exception:

@@ -43,16 +43,19 @@ from neuroradfm.evaluate.report_format import (
     _table,
     _with_ci,
 )
+from neuroradfm.evaluate.report_sections import robustness_section, subsets_section
 
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("summary", "Summary"),
     ("markers", "Molecular markers"),
+    ("sequence-subsets", "Sequence subsets"),
     ("continuous", "Continuous markers"),
     ("survival", "Survival"),
     ("site-invariance", "Site invariance"),
     ("comparison", "Bundle comparison"),
     ("data-efficiency", "Data efficiency"),
     ("cam-localisation", "Grad-CAM localisation"),
+    ("robustness", "Robustness to image artifacts"),
     ("definitions", "Definitions"),
 )
 """(id, heading) of every section of the page, in page order."""
@@ -468,6 +471,12 @@ def definitions(n_boot: object = None) -> list[tuple[str, str]]:
         ("Peak in tumour", "Fraction of cases whose Grad-CAM peak voxel lies inside the (dilated) tumour mask."),
         ("Mass in tumour", "Mean fraction of the Grad-CAM map's total mass that lies inside the (dilated) tumour "
                            "mask."),
+        ("Sequence subsets", "Marker AUC when a case has fewer sequences: probes fitted on the all-four "
+                             "embeddings of each training fold, applied to the held-out cases with the other "
+                             "sequences zeroed; in brackets the difference to all four."),
+        ("Robustness", "The bundle's own heads on artifact-corrupted copies of the cases (graded levels of each "
+                       "family, 0 = none): change in marker AUC and c-index, cosine similarity of each embedding "
+                       "to its clean embedding, and the OOD distance."),
         ("Not evaluable", "A number that could not be computed (e.g. one class only in a site); the reason names "
                           "the column, marker or site and the counts."),
     ]
@@ -481,7 +490,8 @@ def _definitions(metrics: dict) -> str:
 SECTION_BUILDERS: dict[str, Callable[[dict], str]] = {
     "summary": _summary, "markers": _markers, "continuous": _continuous, "survival": _survival,
     "site-invariance": _site_invariance, "comparison": _comparison, "data-efficiency": _data_efficiency,
-    "cam-localisation": _cam, "definitions": _definitions,
+    "cam-localisation": _cam, "sequence-subsets": subsets_section, "robustness": robustness_section,
+    "definitions": _definitions,
 }
 
 

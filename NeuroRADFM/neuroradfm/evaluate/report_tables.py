@@ -19,6 +19,7 @@ from neuroradfm.evaluate.report_format import (
     _result,
     _sort_keys,
 )
+from neuroradfm.evaluate.robustness_plot import CASES_HEADER, SUMMARY_HEADER
 
 MARKERS_HEADER = ["bundle", "marker", "scope", "status", "reason", "n", "n_pos", "n_neg", "auc", "auc_ci_low",
                   "auc_ci_high", "balanced_accuracy", "sensitivity", "specificity", "brier", "ece", "threshold_mean"]
@@ -229,6 +230,54 @@ def _cam_rows(metrics: dict) -> list[Row]:
     return rows
 
 
+SUBSETS_HEADER = ["bundle", "subset", "sequences", "trained", "status", "reason", "cases", "left_out", "mean_auc",
+                  "mean_delta_auc"]
+
+
+def _image_blocks(metrics: dict, section: str) -> list[tuple[str, dict]]:
+    return [(label, block) for label, _ in _bundles(metrics)
+            if isinstance(block := _result(metrics, label, section), dict)]
+
+
+def _subset_rows(metrics: dict) -> tuple[list[str], list[Row]]:
+    """One row per bundle and sequence subset: its mean and per-marker AUCs and their difference to all four."""
+    blocks = _image_blocks(metrics, "sequence_subsets")
+    keys = _marker_order(dict.fromkeys(k for _, b in blocks for k in b.get("markers") or []))
+    rows = []
+    for label, block in blocks:
+        base = {"bundle": label, **_status(block), "cases": block.get("cases"), "left_out": block.get("left_out")}
+        if not _ok(block):
+            rows.append(base)
+            continue
+        for row in block.get("subsets") or []:
+            rows.append({**base, "subset": row.get("label"), "sequences": "+".join(row.get("sequences") or []),
+                         "trained": row.get("trained"), "mean_auc": row.get("mean_auc"),
+                         "mean_delta_auc": row.get("mean_delta_auc"),
+                         **{f"auc_{k}": (row.get("auc") or {}).get(k) for k in keys},
+                         **{f"delta_auc_{k}": (row.get("delta_auc") or {}).get(k) for k in keys}})
+    return SUBSETS_HEADER + [f"auc_{k}" for k in keys] + [f"delta_auc_{k}" for k in keys], rows
+
+
+def _robustness_rows(metrics: dict) -> tuple[list[str], list[Row], list[Row]]:
+    """The sweep's tables (``robustness.write_robustness``'s columns) with a bundle column: one row per family and
+    level, and one per case, family and level."""
+    blocks = _image_blocks(metrics, "robustness")
+    keys = _marker_order(dict.fromkeys(k for _, b in blocks for k in (b.get("clean") or {}).get("auc") or {}))
+    rows, cases = [], []
+    for label, block in blocks:
+        if not _ok(block):
+            rows.append({"bundle": label, **_status(block)})
+            continue
+        for row in block.get("rows") or []:
+            rows.append({"bundle": label, **_status(block), **{k: row.get(k) for k in SUMMARY_HEADER},
+                         **{f"auc_{k}": (row.get("auc") or {}).get(k) for k in keys},
+                         **{f"delta_auc_{k}": (row.get("delta_auc") or {}).get(k) for k in keys}})
+        cases += [{"bundle": label, **{k: row.get(k) for k in CASES_HEADER}} for row in block.get("per_case") or []]
+    header = ["bundle", "status", "reason", *SUMMARY_HEADER, *(f"auc_{k}" for k in keys),
+              *(f"delta_auc_{k}" for k in keys)]
+    return header, rows, cases
+
+
 def _cell(value: object) -> object:
     """A CSV cell: None -> empty, floats in full precision (repr), everything else as text."""
     if value is None:
@@ -248,6 +297,8 @@ def write_tables(metrics: dict, folder: Path) -> list[Path]:
     folder = Path(folder)
     survival, calibration = _survival_rows(metrics)
     site_invariance, coordinates = _site_invariance_rows(metrics)
+    subsets_header, subsets = _subset_rows(metrics)
+    robustness_header, robustness, robustness_cases = _robustness_rows(metrics)
     tables = [
         ("markers.csv", MARKERS_HEADER, _marker_rows(metrics)),
         ("continuous.csv", CONTINUOUS_HEADER, _continuous_rows(metrics)),
@@ -258,6 +309,9 @@ def write_tables(metrics: dict, folder: Path) -> list[Path]:
         ("comparison.csv", COMPARISON_HEADER, _comparison_rows(metrics)),
         ("data_efficiency.csv", DATA_EFFICIENCY_HEADER, _data_efficiency_rows(metrics)),
         ("cam_localisation.csv", CAM_HEADER, _cam_rows(metrics)),
+        ("sequence_subsets.csv", subsets_header, subsets),
+        ("robustness.csv", robustness_header, robustness),
+        ("robustness_cases.csv", ["bundle", *CASES_HEADER], robustness_cases),
     ]
     written = []
     for name, header, rows in tables:

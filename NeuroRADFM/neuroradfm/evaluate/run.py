@@ -3,8 +3,10 @@
 Every bundle is evaluated on the same cases and the same outer splits: frozen embeddings (cached, see
 ``embeddings``), the marker probes and the Cox head of ``fit-heads`` refitted on each training fold and tested on
 its held-out cases, site invariance, data efficiency and Grad-CAM localisation, then paired comparisons between the
-bundles. ``--reference-columns`` adds manifest columns (a clinical baseline; on the phantom, the planted traits: the
-ceiling of what an image model can reach) as one more feature set, evaluated identically.
+bundles. Per bundle also the marker AUCs with fewer sequences on the same folds (``subset_eval``; ``--subsets``) and,
+opt-in, the artifact sweep of ``robustness`` (``--robustness``). ``--reference-columns`` adds manifest columns (a
+clinical baseline; on the phantom, the planted traits: the ceiling of what an image model can reach) as one more
+feature set, evaluated identically.
 
 Output folder: ``OUT/report/`` (metrics.json, report.html, CSV tables) replaces an earlier report as a whole, written
 under a staging name and swapped in when complete; ``OUT/cache/`` (unless ``--cache``) keeps preprocessed cases and
@@ -28,15 +30,18 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import neuroradfm
+from neuroradfm.artifacts import FAMILIES, LEVELS
 from neuroradfm.atomic import STAGING_NAME, atomic_folder
 from neuroradfm.errors import BundleError, InputError, SettingsError
 from neuroradfm.evaluate import compare, efficiency, markers_eval, site_eval, survival_eval
 from neuroradfm.evaluate.data import CONTINUOUS, EvalData, eval_data
-from neuroradfm.evaluate.embeddings import DILATION_MM, embed_cases
+from neuroradfm.evaluate.embeddings import DILATION_MM, embed_cases, embed_subsets
 from neuroradfm.evaluate.report import render_report
 from neuroradfm.evaluate.report_tables import write_tables
+from neuroradfm.evaluate.robustness import RobustnessSettings, robustness_sweep
 from neuroradfm.evaluate.splits import SPLIT_KINDS, Split, make_split
 from neuroradfm.evaluate.statistics import safe
+from neuroradfm.evaluate.subset_eval import SUBSET_MODES, chosen_subsets, subset_section
 from neuroradfm.io import CaseEntry, read_manifest
 from neuroradfm.io.manifest import read_clinical
 from neuroradfm.markers import MARKER_KEYS
@@ -44,7 +49,8 @@ from neuroradfm.models.bundle import Bundle, load_bundle
 from neuroradfm.models.encoder import resolve_device
 from neuroradfm.output_paths import ERRORS_LOG, check_destinations, prepare_output_folder, remove_created
 from neuroradfm.progress import Progress, null_progress, sub_progress
-from neuroradfm.train.cohort import file_hash
+from neuroradfm.subsets import ALL_FOUR
+from neuroradfm.train.cohort import cache_cohort, file_hash
 
 REPORT_FOLDER = "report"
 CACHE_FOLDER = "cache"
@@ -75,6 +81,15 @@ class EvaluateSettings:
     dilation_mm: float = DILATION_MM
     batch_size: int = 4
     device: str = "auto"
+    subsets: str = "auto"
+    """Sequence-subset table: auto (the EVALUATED_SUBSETS each bundle was trained for), none, or all (every one,
+    also for a bundle trained on all four only)."""
+    robustness: bool = False
+    """Add the artifact sweep (``evaluate.robustness``) of each bundle, its heads as they are."""
+    robustness_families: tuple[str, ...] = tuple(FAMILIES)
+    robustness_levels: tuple[int, ...] = tuple(range(LEVELS))
+    robustness_cases: int = 0
+    """Cases the sweep runs on, drawn with the seed (0: every case)."""
 
     def __post_init__(self) -> None:
         if self.split not in SPLIT_KINDS:
@@ -98,6 +113,23 @@ class EvaluateSettings:
             raise SettingsError("--dilation", f"must lie in 0..50 mm, got {self.dilation_mm}")
         if any(not 0 < f <= 1 for f in self.fractions) or any(k < 1 for k in self.per_class):
             raise SettingsError("--fractions", "fractions must lie in (0, 1] and cases per class be at least 1")
+        if self.subsets not in SUBSET_MODES:
+            raise SettingsError("--subsets", f"unknown mode {self.subsets!r}; choose one of {', '.join(SUBSET_MODES)}")
+        if self.robustness_cases < 0:
+            raise SettingsError("--robustness-cases", f"must be at least 0, got {self.robustness_cases}")
+        unknown = [name for name in self.robustness_families if name not in FAMILIES]
+        if unknown or not self.robustness_families:
+            raise SettingsError("--robustness-families", f"unknown artifact family {', '.join(unknown) or '(none)'}; "
+                                                         f"choose among {', '.join(FAMILIES)}")
+        try:
+            self.robustness_levels = self.robustness_settings().levels
+        except ValueError as error:
+            raise SettingsError("--robustness-levels", str(error)) from None
+
+    def robustness_settings(self) -> RobustnessSettings:
+        """The sweep's settings (``--robustness``): seed, batch size and device shared with the evaluation."""
+        return RobustnessSettings(families=tuple(self.robustness_families), levels=tuple(self.robustness_levels),
+                                  seed=self.seed, batch_size=self.batch_size, device=self.device)
 
 
 def _check_out(out: Path) -> None:
@@ -216,6 +248,56 @@ def _cam_summary(cam: dict[str, dict[str, tuple[bool, float]]] | None, has_heads
     return {"status": "ok", "dilation_mm": dilation_mm, "n_cases": len(cases), "heads": heads}
 
 
+def _model_inputs(bundle: Bundle, entries: list[CaseEntry], cache: Path,
+                  progress: Progress) -> list[np.ndarray | None]:
+    """Each case's (4, K, J, I) model input, memory-mapped from the cache that embedding filled (None for a case
+    that cannot be read back)."""
+    try:
+        cohort = cache_cohort(entries, bundle.preprocessing, cache, progress)
+    except InputError:
+        return [None] * len(entries)
+    index = {case: k for k, case in enumerate(cohort.case_ids)}
+    return [cohort.channels(index[e.case_id]) if e.case_id in index else None for e in entries]
+
+
+def _subsets_and_robustness(bundle: Bundle, entries: list[CaseEntry], features: np.ndarray, data: EvalData,
+                            split: Split, cache: Path, device: torch.device, settings: EvaluateSettings,
+                            progress: Progress) -> dict[str, Any]:
+    """One bundle's ``sequence_subsets`` block (the outer folds of the marker table, heads fitted on all four and
+    applied to fewer) and, with --robustness, its ``robustness`` block (the artifact sweep's result)."""
+    out: dict[str, Any] = {}
+    subsets = chosen_subsets(settings.subsets, bundle.sequence_subsets)
+    needed = settings.robustness or any(s != ALL_FOUR for s in subsets)
+    cases = _model_inputs(bundle, entries, cache, sub_progress(progress, 0.0, 0.1)) if needed else []
+    if subsets == [ALL_FOUR]:
+        out["sequence_subsets"] = {
+            "status": "not computed", "mode": settings.subsets,
+            "trained_for": [list(s) for s in bundle.sequence_subsets],
+            "reason": f"{bundle.name} was trained for all four sequences only; --subsets all shows how it does with "
+                      "fewer"}
+    elif subsets:  # none: []
+        others = [s for s in subsets if s != ALL_FOUR]
+        embedded, complete = embed_subsets(bundle, entries, cases, cache, device, others,
+                                           sub_progress(progress, 0.1, 0.5), settings.batch_size)
+        progress("subsets", 0.5, f"{bundle.name}: marker probes per sequence subset")
+        with threadpool_limits(1):
+            out["sequence_subsets"] = subset_section(features, embedded, complete, data.labels, split.folds,
+                                                     mode=settings.subsets, trained_for=bundle.sequence_subsets,
+                                                     subjects=data.subjects, seed=settings.seed)
+    if settings.robustness:
+        keep = [i for i, c in enumerate(cases) if c is not None]
+        if settings.robustness_cases and len(keep) > settings.robustness_cases:
+            drawn = np.random.default_rng(settings.seed).choice(keep, settings.robustness_cases, replace=False)
+            keep = sorted(int(i) for i in drawn)
+        if len(keep) < 2:
+            out["robustness"] = {"status": "not evaluable", "reason": f"{len(keep)} case(s) could be read back"}
+        else:
+            sweep = robustness_sweep(bundle, [cases[i] for i in keep], data.subset(keep),
+                                     settings.robustness_settings(), sub_progress(progress, 0.6, 1.0))
+            out["robustness"] = {"status": "ok", "cases_in_evaluation": len(data), **sweep}
+    return out
+
+
 def _summary(result: dict[str, Any]) -> dict[str, float | None]:
     """The headline numbers a comparison puts side by side."""
     aucs = [m["pooled"]["auc"] for m in result["markers"].values()
@@ -318,9 +400,11 @@ def evaluate(manifest: str | Path, models: list[str | Path], out: str | Path,
     for name, features, _ in references:
         sources.append((name, features[usable], None, False))
 
+    extras = bool(bundles) and (settings.subsets != "none" or settings.robustness)
+    span = 0.15 if extras else 0.25
     results, oofs = {}, {}
     for i, (name, features, cam, heads) in enumerate(sources):
-        part = sub_progress(progress, 0.7 + 0.25 * i / len(sources), 0.7 + 0.25 * (i + 1) / len(sources))
+        part = sub_progress(progress, 0.7 + span * i / len(sources), 0.7 + span * (i + 1) / len(sources))
         with threadpool_limits(1):  # thousands of small fits: threads only add overhead
             results[name], oofs[name] = _analyse(features, data, split, settings, cam, heads, part)
         for key, problem in problems.items():
@@ -330,6 +414,12 @@ def evaluate(manifest: str | Path, models: list[str | Path], out: str | Path,
                 results[name]["survival"] = entry
             else:
                 results[name][section][key] = entry
+    if extras:
+        used = [entries[i] for i in usable]
+        for i, (name, bundle, source) in enumerate(zip(names, bundles, sources)):
+            part = sub_progress(progress, 0.85 + 0.1 * i / len(bundles), 0.85 + 0.1 * (i + 1) / len(bundles))
+            results[name].update(_subsets_and_robustness(bundle, used, source[1], data, split, cache, device,
+                                                         settings, part))
     for name in results:
         results[name]["summary"] = _summary(results[name])
     comparisons = []
@@ -369,7 +459,10 @@ def evaluate(manifest: str | Path, models: list[str | Path], out: str | Path,
                      "subgroup": data.subgroup_label, "colour_marker": settings.colour_marker,
                      "per_class": list(settings.per_class), "fractions": list(settings.fractions),
                      "dilation_mm": settings.dilation_mm, "device": str(device),
-                     "reference_columns": settings.reference_columns},
+                     "reference_columns": settings.reference_columns, "subsets": settings.subsets,
+                     "robustness": {"families": list(settings.robustness_families),
+                                    "levels": list(settings.robustness_levels),
+                                    "cases": settings.robustness_cases or "all"} if settings.robustness else None},
         "bundles": bundle_rows, "results": results, "comparison": comparisons,
     }
     metrics = _json_safe(metrics)
@@ -398,3 +491,14 @@ def parse_cutoffs(items: list[str]) -> dict[str, float]:
             raise SettingsError("--cutoff", f"{item!r}: {value!r} is not a number") from None
     return cutoffs
 
+
+def parse_list(text: str, flag: str, kind: type = str) -> tuple:
+    """A comma-separated option (``--robustness-families blur,noise``, ``--robustness-levels 2,4``) as a tuple."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        values = tuple(kind(item) for item in items)
+    except ValueError:
+        raise SettingsError(flag, f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+    if not values:
+        raise SettingsError(flag, f"expected comma-separated values, got {text!r}")
+    return values

@@ -110,6 +110,7 @@ ARCHITECTURE_SCHEMA: dict[str, Any] = {
         "conv1_stride": {"type": "integer", "minimum": 1},
         "widen_factor": _number(exclusiveMinimum=0),
         "no_max_pool": {"type": "boolean"},
+        "availability_mask": {"type": "boolean"},
         "norm": {"title": "normalisation", "enum": list(NORMS)},
     },
 }
@@ -126,6 +127,25 @@ PREPROCESSING_SCHEMA: dict[str, Any] = {
         **{name: {"title": f"{name} choice", "enum": list(choices)} for name, choices in _CHOICES.items()},
     },
 }
+
+_SUBSET = {"type": "array", "minItems": 1, "maxItems": len(SEQUENCES), "uniqueItems": True,
+           "items": {"title": "sequence", "enum": list(SEQUENCES)}}
+
+SUBSET_RELIABILITY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["subsets"],
+    "properties": {
+        "method": {"type": "string"},
+        "cases": {"type": "integer", "minimum": 0},
+        "subsets": {"type": "array", "items": {
+            "type": "object",
+            "required": ["sequences"],
+            "properties": {"sequences": _SUBSET, "mean_auc": {"type": ["number", "null"]},
+                           "auc": {"type": "object", "additionalProperties": {"type": ["number", "null"]}}},
+        }},
+    },
+}
+"""Informational, quoted next to predictions: the held-out AUC of each marker for each evaluated sequence subset."""
 
 CARD_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -145,6 +165,8 @@ CARD_SCHEMA: dict[str, Any] = {
         "embedding_dim": {"type": "integer", "minimum": 1},
         "preprocessing": PREPROCESSING_SCHEMA,
         "heads": HEADS_SCHEMA,
+        "sequence_subsets": {"type": "array", "minItems": 1, "items": _SUBSET},
+        "subset_reliability": SUBSET_RELIABILITY_SCHEMA,
     },
 }
 

@@ -1,12 +1,19 @@
 """The encoder: a MONAI 3D ResNet whose four input channels are T1, T1ce, T2 and FLAIR.
 
+With ``availability_mask`` the network also gets, for each sequence, a channel that is 1 where the sequence is
+there and 0 where it is missing, read off the input itself: a missing sequence is a channel of zeros everywhere
+(preprocessing writes it so; a present one is z-scored inside the brain, never zero everywhere). Four constant
+channels through the first convolution amount to a learned per-sequence embedding added to the stem's output,
+with no change to MONAI's ResNet, to Grad-CAM or to any caller; without them a zero channel would look the same
+as a sequence whose brain is at its mean intensity.
+
 ``forward`` returns both the last feature map F (for Grad-CAM) and its global average
 pool z (the embedding), so every head and every CAM comes from one forward pass.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from monai.networks.layers.utils import get_norm_layer
@@ -40,6 +47,9 @@ class EncoderConfig:
     conv1_stride: int = 2
     widen_factor: float = 1.0
     no_max_pool: bool = False
+    availability_mask: bool = False
+    """Give the network which sequences are present (4 more input channels); bundles trained before sequence
+    dropout have none."""
     norm: str = "batch"
     """Normalisation layers: "batch" (MONAI's default) or "group" (8 groups). Batch statistics mix the sites
     of a batch, so a site whose images differ is normalised with the others' statistics, and each sample's
@@ -81,7 +91,7 @@ class Encoder(nn.Module):
             layers=layers,
             block_inplanes=[64, 128, 256, 512],
             spatial_dims=3,
-            n_input_channels=config.in_channels,
+            n_input_channels=config.in_channels * (2 if config.availability_mask else 1),
             conv1_t_stride=config.conv1_stride,
             no_max_pool=config.no_max_pool,
             widen_factor=config.widen_factor,
@@ -95,6 +105,13 @@ class Encoder(nn.Module):
     def embedding_dim(self) -> int:
         return _out_channels(self.net.layer4)
 
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the availability channels appended (unchanged without ``availability_mask``)."""
+        if not self.config.availability_mask:
+            return x
+        present = x.detach().flatten(2).ne(0).any(dim=2).to(x.dtype)  # (B, 4): a channel with any non-zero voxel
+        return torch.cat([x, present[:, :, None, None, None].expand_as(x)], dim=1)
+
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer_output(x, "layer4")
 
@@ -102,7 +119,7 @@ class Encoder(nn.Module):
         """The activation of stage ``layer`` (one of CAM_LAYERS)."""
         stop = _cam_layer_index(layer)
         n = self.net
-        x = n.act(n.bn1(n.conv1(x)))
+        x = n.act(n.bn1(n.conv1(self.network_input(x))))
         if not n.no_max_pool:
             x = n.maxpool(x)
         for name in CAM_LAYERS[:stop + 1]:
@@ -160,3 +177,17 @@ def resolve_device(device: str = "auto") -> torch.device:
                                             f"cuda:0 ... cuda:{count - 1}")
         resolved = torch.device("cuda", index)
     return resolved
+
+
+def with_availability_mask(encoder: Encoder) -> Encoder:
+    """A copy of ``encoder`` that also takes the availability channels, behaving exactly as ``encoder`` on cases
+    with every sequence at first: its first convolution's weights for the new channels start at zero. How an
+    encoder pretrained without sequence dropout is fine-tuned with it."""
+    if encoder.config.availability_mask:
+        return encoder
+    wider = Encoder(replace(encoder.config, availability_mask=True))
+    state = dict(encoder.state_dict())
+    old = state["net.conv1.weight"]
+    state["net.conv1.weight"] = torch.cat([old, torch.zeros_like(old)], dim=1)
+    wider.load_state_dict(state)
+    return wider.to(old.device)

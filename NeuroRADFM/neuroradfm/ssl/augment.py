@@ -68,3 +68,25 @@ class TwoViews:
             view = view.as_tensor() if hasattr(view, "as_tensor") else view  # MetaTensor -> plain tensor
             views.append(view.to(torch.float32).contiguous())
         return views[0], views[1]
+
+
+def degrade(channels: np.ndarray, rng: np.random.Generator, sequence_dropout: float = 0.0,
+            artifact_probability: float = 0.0) -> np.ndarray:
+    """What real studies bring, drawn at random for training: with ``artifact_probability`` one artifact of
+    neuroradfm.artifacts (any family, level 1-4), then sequence dropout (neuroradfm.subsets.drop_sequences: each
+    present sequence zeroed with ``sequence_dropout``, never all). ``channels`` (4, K, J, I) model input; returned
+    unchanged (not copied) when neither applies, else a new float32 array."""
+    from neuroradfm.artifacts import apply_artifact, draw_artifact
+    from neuroradfm.subsets import drop_sequences
+
+    out = channels
+    if artifact_probability > 0 and rng.random() < artifact_probability:
+        name, level, seed = draw_artifact(rng)
+        out = apply_artifact(out, name, level, seed)
+    if sequence_dropout > 0:
+        present = np.asarray(out).reshape(len(out), -1).any(axis=1)
+        keep = drop_sequences(present, sequence_dropout, rng)
+        if (keep != present).any():
+            out = np.array(out, np.float32, copy=True)
+            out[~keep] = 0
+    return out

@@ -58,9 +58,14 @@ class MAE(SSLMethod):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x, mask = batch["view1"], batch["mask"].to(batch["view1"].dtype)
-        error = (self.reconstruct(x, mask) - x) ** 2 * mask  # a one-channel mask covers every sequence
-        masked_voxels = mask.sum(dim=(1, 2, 3, 4)) * (x.shape[1] // mask.shape[1])
-        return error.sum(dim=(1, 2, 3, 4)) / masked_voxels.clamp(min=1)
+        target = batch.get("target", x)
+        # the loss covers the masked cubes of the sequences the case has (with sequence dropout, ``target`` still
+        # holds the dropped ones: all their cubes count, as they are hidden); a sequence it lacks is no target
+        present = target.detach().flatten(2).ne(0).any(dim=2).to(x.dtype)[:, :, None, None, None]
+        dropped = present * (1 - x.detach().flatten(2).ne(0).any(dim=2).to(x.dtype)[:, :, None, None, None])
+        weight = torch.maximum(mask.expand_as(x) * present, dropped)
+        error = (self.reconstruct(x, mask) - target) ** 2 * weight
+        return error.sum(dim=(1, 2, 3, 4)) / weight.sum(dim=(1, 2, 3, 4)).clamp(min=1)
 
 
 def random_mask(shape: tuple[int, int, int], patch: int, ratio: float, rng, channels: int = 1) -> torch.Tensor:

@@ -39,14 +39,23 @@ from neuroradfm.io import CaseEntry, read_manifest
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.metrics import MetricsLog
 from neuroradfm.models.bundle import BUNDLE_FILES, Bundle, load_bundle, save_bundle
-from neuroradfm.models.encoder import ARCHITECTURES, NORMS, Encoder, EncoderConfig, resolve_device
+from neuroradfm.models.encoder import (
+    ARCHITECTURES,
+    NORMS,
+    Encoder,
+    EncoderConfig,
+    resolve_device,
+    with_availability_mask,
+)
 from neuroradfm.models.heads import Heads
 from neuroradfm.output_paths import check_destination, check_destinations
 from neuroradfm.preprocess import PreprocessSettings
 from neuroradfm.probes import fit_marker_probe, fit_ood, fit_scaling, marker_problem
 from neuroradfm.progress import Progress, null_progress, sub_progress
+from neuroradfm.ssl.augment import degrade
 from neuroradfm.survival import fit_cox, survival_problem
 from neuroradfm.train.cohort import PreparedCohort, _number, file_hash, prepare_cohort, require_cases
+from neuroradfm.train.sequence_subsets import subset_reliability, trained_subsets
 
 DEFAULT_CAM_LAYER = "layer2"
 """Where new bundles take their Grad-CAM maps: finer cells than the last block and still head-specific
@@ -76,6 +85,11 @@ class BaselineSettings:
     cases (0: off; needs masks)."""
     cam_layer: str = DEFAULT_CAM_LAYER
     """Encoder stage the bundle's Grad-CAM maps are taken at (neuroradfm.cam)."""
+    sequence_dropout: float = 0.0
+    """Probability that each sequence of a training sample is zeroed (never all of a case's): the bundle then takes
+    any non-empty subset (neuroradfm.subsets). 0: all four only, and every case must have them."""
+    artifact_augment: float = 0.0
+    """Probability that a training sample gets a random artifact of neuroradfm.artifacts (family, level 1-4)."""
     probe_fraction: float = 0.4
     seed: int = 0
     split_seed: int | None = None
@@ -91,6 +105,10 @@ class BaselineSettings:
                 raise SettingsError(flag, f"must be at least 1, got {value}")
         if not self.learning_rate > 0:
             raise SettingsError("--lr", f"the learning rate must be positive, got {self.learning_rate}")
+        for flag, value in (("--sequence-dropout", self.sequence_dropout),
+                            ("--artifact-augment", self.artifact_augment)):
+            if not 0 <= value < 1:
+                raise SettingsError(flag, f"a probability from 0 up to (not including) 1, got {value}")
         for flag, value in (("weight_decay", self.weight_decay), ("--tumour-weight", self.tumour_weight),
                             ("--background-weight", self.background_weight)):
             if not value >= 0:
@@ -178,7 +196,8 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
         losses = []
         for step in range(steps_per_epoch):
             index = order[step * settings.batch_size:(step + 1) * settings.batch_size]
-            x = torch.from_numpy(cohort.inputs[index].astype(np.float32))
+            x = torch.from_numpy(np.stack([degrade(cohort.inputs[i].astype(np.float32), rng, settings.sequence_dropout,
+                                                   settings.artifact_augment) for i in index]))
             tumour = torch.from_numpy(cohort.tumour[index]).float()[:, None] if use_tumour else None
             if rng.random() < 0.5:  # left-right flip: the phantom's traits do not depend on hemisphere
                 x = torch.flip(x, dims=(4,))
@@ -410,20 +429,29 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
     check_destination(out, BUNDLE_FILES, [manifest, init, cache_dir, metrics_path])  # before hours of training
     check_destinations(files={"--metrics": metrics_path}, folders={"--cache": cache_dir})
     start = None if init is None else load_bundle(init)
+    encoder = None
     if start is not None:
-        settings = replace(settings, encoder=start.encoder.config, preprocessing=start.preprocessing)
+        encoder = with_availability_mask(start.encoder) if settings.sequence_dropout > 0 else start.encoder
+        settings = replace(settings, encoder=encoder.config, preprocessing=start.preprocessing)
+    elif settings.sequence_dropout > 0:
+        settings = replace(settings, encoder=replace(settings.encoder, availability_mask=True))
+    trained_for = trained_subsets(settings.sequence_dropout)
     device = resolve_device(settings.device)
     entries = read_manifest(manifest)
     check_training_cohort(manifest, manifest_cohort(entries), len(entries), settings)
-    cohort = prepare_cohort(entries, settings.preprocessing, sub_progress(progress, 0.0, 0.25), cache_dir)
+    cohort = prepare_cohort(entries, settings.preprocessing, sub_progress(progress, 0.0, 0.25), cache_dir,
+                            trained_for)
     check_training_cohort(manifest, cohort, len(entries), settings)  # cases that failed may have left too few
     split_a, split_b = _split(cohort.sites, settings.probe_fraction, _split_seed(settings), cohort.subjects)
     encoder, history = train_encoder(cohort.subset(split_a), settings, device, sub_progress(progress, 0.25, 0.9),
-                                     MetricsLog(metrics_path), None if start is None else start.encoder)
+                                     MetricsLog(metrics_path), encoder)
     progress("heads", 0.9, "fitting probes, Cox and OOD on held-out embeddings")
     probe_cohort = cohort.subset(split_b)
     embeddings, reference = embed(encoder, probe_cohort.inputs, device, cam_layer=settings.cam_layer)
     heads, skipped = fit_heads(embeddings, probe_cohort, settings.seed, reference, settings.cam_layer)
+    progress("heads", 0.95, "held-out AUC of each sequence subset")
+    reliability = subset_reliability(encoder, probe_cohort, heads, trained_for, device, settings.seed,
+                                     "split B (cases the encoder was not trained on)")
     full_card = {
         "name": "neuroradfm-baseline",
         "description": "Supervised baseline encoder with linear marker probes and a Cox survival head.",
@@ -432,6 +460,9 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
                   "space": "MNI152 2009a (nilearn)"},
     }
     full_card.update(card or {})
+    full_card["sequence_subsets"] = [list(subset) for subset in trained_for]
+    if reliability is not None:
+        full_card["subset_reliability"] = reliability
     full_card["training"] = {
         "method": _method(settings, cohort.tumour is not None, start),
         "manifest": manifest.name, "manifest_hash": file_hash(manifest),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from neuroradfm.io import CaseEntry
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.preprocess import PreprocessSettings, preprocess_case
 from neuroradfm.progress import Progress, null_progress
+from neuroradfm.subsets import Subset
 
 
 def file_hash(path: Path) -> str:
@@ -103,10 +105,6 @@ def _prepare_case(entry: CaseEntry, settings: PreprocessSettings,
     if channels_file is not None and channels_file.is_file():
         tumour = np.load(tumour_file) if tumour_file.is_file() else None
         return np.load(channels_file), tumour
-    missing = [k for k in SEQUENCES if k not in entry.paths]
-    if missing:  # training on incomplete cases needs sequence dropout (issue 17), which the trainers lack yet
-        raise InputError(None, f"case {entry.case_id} lacks {', '.join(missing)}: the trainers take cases with all "
-                               "four sequences")
     case = entry.load()
     prepared = preprocess_case(case, settings)
     channels = prepared.channels.astype(np.float16)
@@ -138,14 +136,27 @@ class CachedCohort:
         return np.load(self.channels_files[index], mmap_mode="r")
 
 
+def unusable(entry: CaseEntry, subsets: Sequence[Subset] | None) -> str | None:
+    """Why a training whose encoder is trained for ``subsets`` (None: any) leaves ``entry`` out, or None."""
+    have = tuple(s for s in SEQUENCES if s in entry.paths)
+    if subsets is None or have in subsets:
+        return None
+    return (f"lacks {', '.join(s for s in SEQUENCES if s not in have)}: the encoder is trained for all four sequences "
+            "only (train it with --sequence-dropout to use such cases)")
+
+
 def cache_cohort(entries: list[CaseEntry], settings: PreprocessSettings, cache_dir: str | Path,
-                 progress: Progress = null_progress) -> CachedCohort:
+                 progress: Progress = null_progress, subsets: Sequence[Subset] | None = None) -> CachedCohort:
     """Every case preprocessed into ``cache_dir`` (the same files ``prepare_cohort`` reads and writes;
-    cases already there are not touched), nothing kept in memory. A failing case is left out and reported."""
+    cases already there are not touched), nothing kept in memory. A failing case, or one whose sequences are not
+    among ``subsets``, is left out and reported."""
     cache = Path(cache_dir)
     kept, files, failures = [], [], {}
     for index, entry in enumerate(entries):
         progress("preprocess", index / len(entries), entry.case_id)
+        if unusable(entry, subsets):
+            failures[entry.case_id] = unusable(entry, subsets)
+            continue
         stem = _cache_stem(entry, settings, cache)
         channels_file = None if stem is None else stem.with_name(stem.name + ".channels.npy")
         if channels_file is None or not channels_file.is_file():
@@ -169,12 +180,17 @@ def cache_cohort(entries: list[CaseEntry], settings: PreprocessSettings, cache_d
 
 
 def prepare_cohort(entries: list[CaseEntry], settings: PreprocessSettings,
-                   progress: Progress = null_progress, cache_dir: str | Path | None = None) -> PreparedCohort:
-    """Every case on the model grid; ``cache_dir`` keeps (and reuses) each case's arrays."""
+                   progress: Progress = null_progress, cache_dir: str | Path | None = None,
+                   subsets: Sequence[Subset] | None = None) -> PreparedCohort:
+    """Every case on the model grid; ``cache_dir`` keeps (and reuses) each case's arrays. Cases whose sequences
+    are not among ``subsets`` are left out, as failures."""
     cache = None if cache_dir is None else Path(cache_dir)
     ids, sites, inputs, labels, days, events, tumours, failures, subjects = [], [], [], [], [], [], [], {}, []
     for index, entry in enumerate(entries):
         progress("preprocess", index / len(entries), entry.case_id)
+        if unusable(entry, subsets):
+            failures[entry.case_id] = unusable(entry, subsets)
+            continue
         try:
             channels, tumour = _prepare_case(entry, settings, cache)
         except Exception as error:  # noqa: BLE001 - any failure of one case leaves it out, the others go on

@@ -1,6 +1,7 @@
 """The pretraining data path: manifest -> groups -> cached, memory-mapped cases -> two-view samples.
 
-Each sample is a dict: ``view1``, ``view2`` (4, c, c, c) float32, ``mask`` (1 or 4, c, c, c) for MAE, ``group``
+Each sample is a dict: ``view1``, ``view2`` (4, c, c, c) float32, ``mask`` (1 or 4, c, c, c) for MAE, ``target``
+(view1 before sequence dropout, when there is dropout), ``group``
 (the integer group id, carried with every sample for Group-DRO) and ``index`` (the case). Views and masks
 come from a seed of (run seed, epoch, case index), so they are the same whichever worker, rank or resumed
 process draws them.
@@ -18,8 +19,9 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from neuroradfm.errors import InputError
 from neuroradfm.io import CaseEntry
-from neuroradfm.ssl.augment import TwoViews, sample_seed
+from neuroradfm.ssl.augment import TwoViews, degrade, sample_seed
 from neuroradfm.ssl.mae import random_mask
+from neuroradfm.subsets import drop_sequences
 from neuroradfm.train.cohort import CachedCohort
 
 
@@ -60,7 +62,7 @@ class PretrainDataset(Dataset):
 
     def __init__(self, cohort: CachedCohort, group_ids: Sequence[int], crop_size: int, seed: int,
                  mask_patch: int = 0, mask_ratio: float = 0.0, strength: float = 1.0, mask_channels: int = 1,
-                 flips: str = "all") -> None:
+                 flips: str = "all", sequence_dropout: float = 0.0, artifact_augment: float = 0.0) -> None:
         if len(group_ids) != len(cohort.entries):
             raise ValueError("one group id per case")
         self.cohort = cohort
@@ -71,6 +73,8 @@ class PretrainDataset(Dataset):
         self.mask_patch = mask_patch
         self.mask_ratio = mask_ratio
         self.mask_channels = mask_channels
+        self.sequence_dropout = sequence_dropout
+        self.artifact_augment = artifact_augment
         self.epoch = 0
         """Set before each epoch's loader is created (workers copy the dataset when an iterator starts)."""
 
@@ -80,9 +84,18 @@ class PretrainDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image = np.asarray(self.cohort.channels(index), dtype=np.float32)
         seed = sample_seed(self.seed, self.epoch, index)
+        rng = np.random.default_rng(sample_seed(seed, 3))
+        image = degrade(image, rng, artifact_probability=self.artifact_augment)
+        present = image.reshape(len(image), -1).any(axis=1)
         view1, view2 = self.views(image, seed)
-        sample = {"view1": view1, "view2": view2, "group": torch.tensor(self.group_ids[index]),
-                  "index": torch.tensor(index)}
+        missing = torch.from_numpy(~present)
+        view1[missing], view2[missing] = 0, 0  # intensity shifts must not make a missing sequence appear
+        sample = {"group": torch.tensor(self.group_ids[index]), "index": torch.tensor(index)}
+        if self.sequence_dropout > 0:
+            sample["target"] = view1.clone()  # what MAE reconstructs: the sequences dropped from view1 too
+            for view in (view1, view2):
+                view[~torch.from_numpy(drop_sequences(present, self.sequence_dropout, rng))] = 0
+        sample.update(view1=view1, view2=view2)
         if self.mask_patch:
             rng = np.random.default_rng(sample_seed(seed, 2))
             sample["mask"] = random_mask((self.crop_size,) * 3, self.mask_patch, self.mask_ratio, rng,

@@ -26,6 +26,7 @@ from neuroradfm.output_paths import check_destination, check_destinations
 from neuroradfm.progress import Progress, null_progress, sub_progress
 from neuroradfm.train.baseline import DEFAULT_CAM_LAYER, check_heads_cohort, embed, fit_heads, heads_cv, manifest_cohort
 from neuroradfm.train.cohort import file_hash, prepare_cohort
+from neuroradfm.train.sequence_subsets import subset_reliability
 
 
 def fit_heads_bundle(model: str | Path, manifest: str | Path, out: str | Path, card: dict[str, Any] | None = None,
@@ -42,15 +43,22 @@ def fit_heads_bundle(model: str | Path, manifest: str | Path, out: str | Path, c
     resolved = resolve_device(device)
     entries = read_manifest(manifest)
     check_heads_cohort(manifest, manifest_cohort(entries), len(entries))
-    cohort = prepare_cohort(entries, bundle.preprocessing, sub_progress(progress, 0.0, 0.6), cache_dir)
+    cohort = prepare_cohort(entries, bundle.preprocessing, sub_progress(progress, 0.0, 0.6), cache_dir,
+                            bundle.sequence_subsets)
     check_heads_cohort(manifest, cohort, len(entries))  # cases that failed to load may have left too few
     progress("embed", 0.6, f"embedding {len(cohort.case_ids)} cases")
     embeddings, reference = embed(bundle.encoder.to(resolved), cohort.inputs, resolved, cam_layer=cam_layer)
     progress("heads", 0.8, "fitting probes, Cox and OOD on frozen embeddings")
     heads, skipped = fit_heads(embeddings, cohort, seed, reference, cam_layer)
+    progress("heads", 0.9, "held-out AUC of each sequence subset")
+    reliability = subset_reliability(bundle.encoder, cohort, heads, bundle.sequence_subsets, resolved, seed,
+                                     "the heads' cases")
     full = {k: v for k, v in bundle.card.items()
             if k not in ("format", "format_version", "architecture", "embedding_dim", "preprocessing", "heads",
-                         "content_hash")}
+                         "content_hash", "subset_reliability")}
+    full["sequence_subsets"] = [list(s) for s in bundle.sequence_subsets]
+    if reliability is not None:
+        full["subset_reliability"] = reliability
     full["description"] = (str(bundle.card.get("description", "")) + " Heads fitted on frozen embeddings.").strip()
     full.update(card or {})
     training = dict(bundle.card.get("training", {}))

@@ -26,7 +26,7 @@ import math
 import platform
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from neuroradfm.train.baseline import check_encoder_config
 from neuroradfm.train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from neuroradfm.train.cohort import cache_cohort, file_hash, require_cases
 from neuroradfm.train.data import PretrainDataset, epoch_order, group_labels, make_sampler, steps_per_epoch
+from neuroradfm.train.sequence_subsets import trained_subsets
 
 
 class TrainingError(NeuroRADFMError):
@@ -76,6 +77,12 @@ class PretrainSettings:
     """Scale of the views' affine and intensity augmentation (0: crops and flips only)."""
     flips: str = "all"
     """Axes the views are flipped along: "all", "lr" (left-right only) or "none" (neuroradfm.ssl.augment)."""
+    sequence_dropout: float = 0.0
+    """Probability that each sequence of a view is zeroed, each view on its own (never all of a case's): the
+    encoder then takes any non-empty subset and learns one embedding whatever subset it gets; MAE reconstructs the
+    dropped sequences too. 0: all four only, and every case must have them."""
+    artifact_augment: float = 0.0
+    """Probability that a case gets a random artifact (neuroradfm.artifacts, level 1-4) before its views."""
     epochs: int = 100
     max_steps: int = 0
     """If > 0, training (and its schedule) ends after this many optimizer steps."""
@@ -129,6 +136,12 @@ class PretrainSettings:
                             ("--eta-q", self.eta_q), ("--dro-adjustment", self.dro_adjustment)):
             if not value >= 0:
                 raise SettingsError(flag, f"must be 0 or more, got {value}")
+        for flag, value in (("--sequence-dropout", self.sequence_dropout),
+                            ("--artifact-augment", self.artifact_augment)):
+            if not 0 <= value < 1:
+                raise SettingsError(flag, f"a probability from 0 up to (not including) 1, got {value}")
+        if self.sequence_dropout > 0 and not self.encoder.availability_mask:
+            self.encoder = replace(self.encoder, availability_mask=True)
         if not 0 <= self.warmup_fraction <= 1:
             raise SettingsError("--warmup", f"the warm-up fraction must lie in 0..1, got {self.warmup_fraction}")
         if self.dro_sampling and (self.group_balanced or self.dro == "erm"):
@@ -259,12 +272,13 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
         raise CheckpointError(checkpoint_path, f"the checkpoint's run had the groups {', '.join(resumed_groups)} in "
                                                f"column {settings.group_column!r}; the manifest now gives "
                                                f"{', '.join(names)}: resume with that run's manifest, or start afresh")
+    subsets = trained_subsets(settings.sequence_dropout)
     # rank 0 preprocesses into the cache; the others then find every case there
     if ctx.is_main:
-        cohort = cache_cohort(entries, settings.preprocessing, cache_dir, sub_progress(progress, 0.0, 0.1))
+        cohort = cache_cohort(entries, settings.preprocessing, cache_dir, sub_progress(progress, 0.0, 0.1), subsets)
     ctx.barrier()
     if not ctx.is_main:
-        cohort = cache_cohort(entries, settings.preprocessing, cache_dir)
+        cohort = cache_cohort(entries, settings.preprocessing, cache_dir, subsets=subsets)
     require_cases(manifest, settings.batch_size, len(entries), cohort.failures, "pretraining", batch_rule)
     _, group_ids = group_labels(cohort.entries, settings.group_column, manifest, names)
     sizes = [max(1, group_ids.count(g)) for g in range(len(names))]
@@ -282,6 +296,7 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
     ms = settings.method_settings
     dataset = PretrainDataset(cohort, group_ids, settings.crop_size, settings.seed,
                               strength=settings.augment_strength, flips=settings.flips,
+                              sequence_dropout=settings.sequence_dropout, artifact_augment=settings.artifact_augment,
                               **mask_spec(settings.method, encoder, ms))
     sampler = make_sampler(dataset, ctx.world_size, ctx.rank, settings.seed, settings.group_balanced)
     per_epoch = steps_per_epoch(len(sampler), local_batch)
@@ -392,6 +407,7 @@ def _run(manifest: Path, out: Path, settings: PretrainSettings, card: dict[str, 
                   "space": "MNI152 2009a (nilearn)", "crop_size": settings.crop_size},
     }
     full.update(card)
+    full["sequence_subsets"] = [list(subset) for subset in trained_subsets(settings.sequence_dropout)]
     full["training"] = {
         "method": f"self-supervised {settings.method}", "dro": dro_mode, "group_column": settings.group_column,
         "groups": names, "group_sizes": sizes, "q_final": dro.q.tolist(),

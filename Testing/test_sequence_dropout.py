@@ -184,3 +184,35 @@ def test_a_card_naming_an_unknown_or_empty_subset_is_refused(tiny_bundle, tmp_pa
             check_card(copy / CARD, {**card, "sequence_subsets": bad})
     check_card(copy / CARD, {**card, "sequence_subsets": [list(ALL_FOUR), ["t1ce"]]})
     assert load_bundle(tiny_bundle).sequence_subsets == [tuple(SEQUENCES)]
+
+
+@pytest.mark.parametrize("method", ["mae", "byol"])
+def test_pretraining_with_dropout_uses_incomplete_cases_and_takes_every_subset(phantom_cohort, tmp_path, method):
+    from neuroradfm.preprocess import PreprocessSettings
+    from neuroradfm.train.pretrain import PretrainSettings, pretrain
+
+    rows = list(csv.DictReader(phantom_cohort.open(encoding="utf-8")))[:4]
+    for row in rows:
+        for key in ("t1", "t1ce", "t2", "flair", "seg"):
+            if row.get(key):
+                row[key] = str((phantom_cohort.parent / row[key]).resolve())
+    rows[0]["flair"] = ""
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    settings = PretrainSettings(
+        method=method, encoder=SMALL, preprocessing=PreprocessSettings(spacing_mm=4.0, size=(48, 48, 48), n4=False),
+        crop_size=32, method_settings=MethodSettings(hidden_dim=16, proj_dim=8, mae_decoder_dim=8),
+        max_steps=2, batch_size=2, learning_rate=1e-3, num_workers=0, device="cpu", sequence_dropout=0.5,
+        artifact_augment=0.5)
+    assert settings.encoder.availability_mask  # dropout turns the availability channels on
+    bundle = load_bundle(pretrain(manifest, tmp_path / "encoder", settings, cache_dir=tmp_path / "cache"))
+    assert bundle.encoder.config.availability_mask and len(bundle.sequence_subsets) == 15
+    assert bundle.card["training"]["cases"] == 4 and bundle.card["training"]["failed_cases"] == {}
+    plain = replace(settings, sequence_dropout=0.0, artifact_augment=0.0, encoder=SMALL)
+    skipped = load_bundle(pretrain(manifest, tmp_path / "plain", plain, cache_dir=tmp_path / "cache"))
+    assert skipped.card["training"]["cases"] == 3 and list(skipped.card["training"]["failed_cases"]) == \
+        [rows[0]["case_id"]]
+    assert skipped.sequence_subsets == [ALL_FOUR] and not skipped.encoder.config.availability_mask

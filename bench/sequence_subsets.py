@@ -113,6 +113,34 @@ def _figure(sweeps: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _save(out: Path, tables: dict, sweeps: dict, timing: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    markers = sorted({k for table in tables.values() for row in table.values() for k in row})
+    with (out / "subsets.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["bundle", "subset", "sequences", *markers, "mean_auc"])
+        for name, table in tables.items():
+            for subset, row in table.items():
+                writer.writerow([name, label(subset), "+".join(subset), *[row.get(k, "") for k in markers],
+                                 _mean(row)])
+    for name, sweep in sweeps.items():
+        (out / f"robustness_{name}.json").write_text(json.dumps(sweep, indent=1) + "\n", encoding="utf-8")
+    (out / "timing.json").write_text(json.dumps(timing) + "\n", encoding="utf-8")
+
+
+def _saved(out: Path, names: list[str], sweep_names: list[str]) -> tuple[dict, dict, dict]:
+    """What ``_save`` wrote: the subset tables of ``names``, the sweeps of ``sweep_names`` and the timings."""
+    tables: dict[str, dict] = {name: {} for name in names}
+    with (out / "subsets.csv").open(encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["bundle"] in tables:
+                values = {k: (float(v) if v else None) for k, v in row.items()
+                          if k not in ("bundle", "subset", "sequences", "mean_auc")}
+                tables[row["bundle"]][tuple(row["sequences"].split("+"))] = values
+    sweeps = {name: json.loads((out / f"robustness_{name}.json").read_text(encoding="utf-8")) for name in sweep_names}
+    return tables, sweeps, json.loads((out / "timing.json").read_text(encoding="utf-8"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, required=True, help="held-out cases")
@@ -121,6 +149,10 @@ def main() -> None:
     parser.add_argument("--sweep", nargs="*", default=[], help="labels of the bundles to run the artifact sweep on")
     parser.add_argument("--cache", type=Path, default=ROOT / "build" / "robustness" / "cache")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "sequence_subsets")
+    parser.add_argument("--detail", help="label of the bundle whose per-marker table is shown (default: the third, "
+                                         "else the last)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="re-render the tables from the files an earlier run left in --out (no encoding)")
     parser.add_argument("--no-results", action="store_true")
     args = parser.parse_args()
     if len(args.labels) != len(args.model):
@@ -131,24 +163,18 @@ def main() -> None:
     cohort = cache_cohort(read_manifest(args.manifest), first.preprocessing, args.cache)
     data, _, _ = eval_data(cohort.entries, subgroup="all")
     cases = [cohort.channels(i) for i in range(len(cohort.entries))]
-    tables = {name: subset_table(bundle, cases, data.labels) for name, bundle in bundles.items()}
-    timing = {"subsets_min": (time.time() - started) / 60}
-    sweeps = {}
-    for name in args.sweep:
-        sweeps[name] = robustness_sweep(bundles[name], cases, data, RobustnessSettings(device="cpu", subgroup="all"))
-    timing["sweeps_min"] = (time.time() - started) / 60 - timing["subsets_min"]
-
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.reuse:
+        tables, sweeps, timing = _saved(args.out, list(bundles), args.sweep)
+    else:
+        tables = {name: subset_table(bundle, cases, data.labels) for name, bundle in bundles.items()}
+        timing = {"subsets_min": (time.time() - started) / 60}
+        sweeps = {}
+        for name in args.sweep:
+            sweeps[name] = robustness_sweep(bundles[name], cases, data,
+                                            RobustnessSettings(device="cpu", subgroup="all"))
+        timing["sweeps_min"] = (time.time() - started) / 60 - timing["subsets_min"]
+        _save(args.out, tables, sweeps, timing)
     markers = sorted({k for table in tables.values() for row in table.values() for k in row})
-    with (args.out / "subsets.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["bundle", "subset", "sequences", *markers, "mean_auc"])
-        for name, table in tables.items():
-            for subset, row in table.items():
-                writer.writerow([name, label(subset), "+".join(subset), *[row.get(k, "") for k in markers],
-                                 _mean(row)])
-    for name, sweep in sweeps.items():
-        (args.out / f"robustness_{name}.json").write_text(json.dumps(sweep, indent=1) + "\n", encoding="utf-8")
     if sweeps:
         _figure(sweeps, args.out / "robustness_compare.png")
 
@@ -170,7 +196,7 @@ def main() -> None:
     lines += ["", "All four sequences, against " + reference + ": " + "; ".join(
         f"{n} {_f(full_rows[n] - full_rows[reference], True)}" for n in names[1:]
         if full_rows[n] is not None and full_rows[reference] is not None) + " mean AUC.", ""]
-    last = names[-1]
+    last = args.detail or names[min(2, len(names) - 1)]
     lines += [f"Per marker, {last}:", "", "| subset | " + " | ".join(markers) + " |", "|---|" + "---|" * len(markers)]
     for subset in EVALUATED_SUBSETS:
         lines.append(f"| {label(subset)} | " + " | ".join(_f(tables[last][subset].get(k)) for k in markers) + " |")
@@ -187,7 +213,11 @@ def main() -> None:
                 lines.append(f"| {family} | {level} | " + " | ".join(cells) + " |")
         worst = {name: float(np.mean([r["mean_delta_auc"] for r in s["rows"] if r["level"] == 4
                                        and r["mean_delta_auc"] is not None])) for name, s in sweeps.items()}
+        cosine = {name: float(np.mean([r["cosine_mean"] for r in s["rows"] if r["level"] == 4]))
+                  for name, s in sweeps.items()}
         lines += ["", "Mean ΔAUC at level 4 over the families: " + "; ".join(f"{n} {v:+.3f}" for n, v in worst.items())
+                  + "; mean cosine to the clean embedding at level 4: "
+                  + "; ".join(f"{n} {v:.2f}" for n, v in cosine.items())
                   + f". Curves: `{(args.out / 'robustness_compare.png').relative_to(ROOT)}`."]
     text = "\n".join(lines)
     print(text)

@@ -182,7 +182,17 @@ def test_a_card_naming_an_unknown_or_empty_subset_is_refused(tiny_bundle, tmp_pa
                           ("all", "sequence_subsets")):
         with pytest.raises(BundleError, match=expected):
             check_card(copy / CARD, {**card, "sequence_subsets": bad})
+    for bad, expected in (({"subsets": [{"sequences": ["t1", "t1"]}]}, "subset_reliability.subsets\\[0\\]"),
+                          ({"subsets": [{"sequences": ["swi"], "mean_auc": 0.7}]}, "unknown sequence 'swi'"),
+                          ({"cases": 3}, "subset_reliability.subsets: missing")):
+        with pytest.raises(BundleError, match=expected):
+            check_card(copy / CARD, {**card, "subset_reliability": bad})
     check_card(copy / CARD, {**card, "sequence_subsets": [list(ALL_FOUR), ["t1ce"]]})
+    # a subset whose row has no figure reads as not evaluated, not as an error
+    from neuroradfm.subsets import reliability
+
+    note = reliability({"subset_reliability": {"subsets": [{"sequences": ["t1ce"], "mean_auc": None}]}}, ["t1ce"])
+    assert note["evaluated"] and note["mean_auc"] is None and "no held-out figures" in note["note"]
     assert load_bundle(tiny_bundle).sequence_subsets == [tuple(SEQUENCES)]
 
 

@@ -450,7 +450,7 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
     embeddings, reference = embed(encoder, probe_cohort.inputs, device, cam_layer=settings.cam_layer)
     heads, skipped = fit_heads(embeddings, probe_cohort, settings.seed, reference, settings.cam_layer)
     progress("heads", 0.95, "held-out AUC of each sequence subset")
-    reliability = subset_reliability(encoder, probe_cohort, heads, trained_for, device, settings.seed,
+    reliability = subset_reliability(encoder, probe_cohort, embeddings, heads, trained_for, device, settings.seed,
                                      "split B (cases the encoder was not trained on)")
     full_card = {
         "name": "neuroradfm-baseline",

@@ -154,8 +154,8 @@ def cache_cohort(entries: list[CaseEntry], settings: PreprocessSettings, cache_d
     kept, files, failures = [], [], {}
     for index, entry in enumerate(entries):
         progress("preprocess", index / len(entries), entry.case_id)
-        if unusable(entry, subsets):
-            failures[entry.case_id] = unusable(entry, subsets)
+        if reason := unusable(entry, subsets):
+            failures[entry.case_id] = reason
             continue
         stem = _cache_stem(entry, settings, cache)
         channels_file = None if stem is None else stem.with_name(stem.name + ".channels.npy")
@@ -188,8 +188,8 @@ def prepare_cohort(entries: list[CaseEntry], settings: PreprocessSettings,
     ids, sites, inputs, labels, days, events, tumours, failures, subjects = [], [], [], [], [], [], [], {}, []
     for index, entry in enumerate(entries):
         progress("preprocess", index / len(entries), entry.case_id)
-        if unusable(entry, subsets):
-            failures[entry.case_id] = unusable(entry, subsets)
+        if reason := unusable(entry, subsets):
+            failures[entry.case_id] = reason
             continue
         try:
             channels, tumour = _prepare_case(entry, settings, cache)

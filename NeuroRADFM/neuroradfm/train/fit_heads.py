@@ -51,7 +51,7 @@ def fit_heads_bundle(model: str | Path, manifest: str | Path, out: str | Path, c
     progress("heads", 0.8, "fitting probes, Cox and OOD on frozen embeddings")
     heads, skipped = fit_heads(embeddings, cohort, seed, reference, cam_layer)
     progress("heads", 0.9, "held-out AUC of each sequence subset")
-    reliability = subset_reliability(bundle.encoder, cohort, heads, bundle.sequence_subsets, resolved, seed,
+    reliability = subset_reliability(bundle.encoder, cohort, embeddings, heads, bundle.sequence_subsets, resolved, seed,
                                      "the heads' cases")
     full = {k: v for k, v in bundle.card.items()
             if k not in ("format", "format_version", "architecture", "embedding_dim", "preprocessing", "heads",

@@ -24,12 +24,13 @@ def trained_subsets(sequence_dropout: float) -> list[Subset]:
     return all_subsets() if sequence_dropout > 0 else [ALL_FOUR]
 
 
-def subset_reliability(encoder: Encoder, cohort: PreparedCohort, heads: Heads, subsets: Sequence[Subset],
-                       device: torch.device, seed: int, where: str) -> dict[str, Any] | None:
+def subset_reliability(encoder: Encoder, cohort: PreparedCohort, embeddings: np.ndarray, heads: Heads,
+                       subsets: Sequence[Subset], device: torch.device, seed: int, where: str) -> dict[str, Any] | None:
     """The card's ``subset_reliability``: each marker's cross-validated AUC on ``cohort`` (held out from the
     encoder's training) for every subset of EVALUATED_SUBSETS the bundle takes, the probe of each fold fitted on the
     other folds' all-four embeddings and applied to the held-out cases with only the subset's sequences, as the
-    bundle's heads are applied to such a case. Only the cohort's cases with all four sequences count. None when
+    bundle's heads are applied to such a case (``embeddings``: the cohort's, as they are). Only the cohort's cases
+    with all four sequences count. None when
     there are no marker probes or too few complete cases."""
     from neuroradfm.evaluate.subset_eval import mean_auc, subset_aucs
     from neuroradfm.train.baseline import embed
@@ -40,7 +41,7 @@ def subset_reliability(encoder: Encoder, cohort: PreparedCohort, heads: Heads, s
     if not heads.markers or len(complete) < RELIABILITY_FOLDS:
         return None
     inputs = cohort.inputs[complete]
-    full, _ = embed(encoder, inputs, device)
+    full = embeddings[complete]
     by_subset = {s: full if s == ALL_FOUR else embed(encoder, keep_only(inputs, s), device)[0] for s in evaluated}
     subjects = None if not cohort.subjects else [cohort.subjects[i] for i in complete]
     splits = case_folds(len(complete), RELIABILITY_FOLDS, seed, subjects)

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from results_section import update_results
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
 PERF_JSON = ROOT / "bench" / "perf.json"
 HEADING = "## Performance (issue 18)"
 BEGIN, END = "<!-- bench/perf.py: begin -->", "<!-- bench/perf.py: end -->"
@@ -225,14 +225,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_results:
-        block = f"{BEGIN}\n\n{text}\n\n{END}"
-        current = RESULTS.read_text(encoding="utf-8")
-        if BEGIN in current:
-            head, rest = current.split(BEGIN, 1)
-            current = head + block + rest.split(END, 1)[1]
-        else:
-            current = current.rstrip() + f"\n\n{HEADING}\n\n{block}\n"
-        RESULTS.write_text(current, encoding="utf-8")
+        update_results(HEADING, BEGIN, END, f"{BEGIN}\n\n{text}\n\n{END}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_section import update_results  # noqa: E402
 
 from neuroradfm.demo import demo_bundle_path
 from neuroradfm.evaluate.robustness import RobustnessSettings, robustness, write_robustness
@@ -31,7 +32,6 @@ from neuroradfm.progress import make_progress
 from neuroradfm.train.cohort import cache_cohort
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
 HEADING = "## Robustness to image artifacts (issue 17)"
 BEGIN, END = "<!-- bench/robustness.py: begin -->", "<!-- bench/robustness.py: end -->"
 """The generated part of the section: a rerun replaces what lies between these, text after END stays."""
@@ -91,17 +91,6 @@ def markdown(result: dict, command: str, minutes: dict[str, float], figure: str)
     return "\n".join(lines)
 
 
-def update_results(generated: str, path: Path = RESULTS) -> None:
-    """Replace the generated part of the robustness section of RESULTS.md, or append the section."""
-    text = path.read_text(encoding="utf-8")
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{generated}\n"
-    else:
-        text = text[:start] + generated + text[end + len(END):]
-    path.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="bundle (default: the demo bundle)")
@@ -142,7 +131,7 @@ def main() -> None:
     section = markdown(result, command, minutes, figure)
     print(section)
     if not args.no_results:
-        update_results(section)
+        update_results(HEADING, BEGIN, END, section)
 
 
 if __name__ == "__main__":

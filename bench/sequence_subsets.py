@@ -35,6 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from results_section import update_results  # noqa: E402
 
 from neuroradfm.artifacts import FAMILIES  # noqa: E402
 from neuroradfm.evaluate.data import eval_data  # noqa: E402
@@ -47,7 +48,6 @@ from neuroradfm.subsets import EVALUATED_SUBSETS, keep_only, label  # noqa: E402
 from neuroradfm.train.cohort import cache_cohort  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
 HEADING = "## Sequence subsets and artifact augmentation (issue 17)"
 BEGIN, END = "<!-- bench/sequence_subsets.py: begin -->", "<!-- bench/sequence_subsets.py: end -->"
 
@@ -222,14 +222,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_results:
-        block = f"{BEGIN}\n\n{text}\n\n{END}"
-        current = RESULTS.read_text(encoding="utf-8")
-        if HEADING in current and BEGIN in current:
-            head, rest = current.split(BEGIN, 1)
-            current = head + block + rest.split(END, 1)[1]
-        else:
-            current = current.rstrip() + f"\n\n{HEADING}\n\n{block}\n"
-        RESULTS.write_text(current, encoding="utf-8")
+        update_results(HEADING, BEGIN, END, f"{BEGIN}\n\n{text}\n\n{END}")
 
 
 if __name__ == "__main__":

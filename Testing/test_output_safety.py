@@ -257,11 +257,11 @@ def test_ctrl_c_during_the_swap_takes_effect_after_it(prediction, tmp_path, monk
 
 
 def test_a_full_disk_is_a_clear_error_and_leaves_nothing(phantom_cohort, tiny_bundle, tmp_path):
-    """A file-size limit makes every write past 64 kB fail in the operating system, like a full disk."""
+    """A file-size limit makes every write past 8 kB fail in the operating system, like a full disk."""
     out = tmp_path / "out"
     out.mkdir()
     script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-              "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)); "
               "from neuroradfm.cli import main; sys.exit(main(sys.argv[1:]))")
     result = subprocess.run([sys.executable, "-c", script, "predict", *_files(phantom_cohort.parent), "--case-id",
                              "P1", "--model", str(tiny_bundle), "--out", str(out), "--progress", "none",

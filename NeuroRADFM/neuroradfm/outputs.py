@@ -1,6 +1,6 @@
 """Everything a prediction writes, on the reference sequence's original grid.
 
-Per head (each marker, plus the survival risk): a heat map (float 0..1) and a quantised
+Per head (each marker, plus the survival risk): a heat map (float 0..1, in steps of 1/255) and a quantised
 label map; one color table in Slicer's .ctbl format for the label maps; one .seg.nrrd with
 each head's hot region as a segment; predictions as JSON and CSV; an overview PNG.
 A case's folder is written under a temporary name and renamed when complete.
@@ -39,6 +39,19 @@ RESULT_FILES = (RESULT_MARKER, "predictions.csv", "heatmap_*.nrrd", "labels_*.nr
 
 def quantise(heatmap: np.ndarray) -> np.ndarray:
     return np.digitize(heatmap, LEVELS).astype(np.uint8)
+
+
+HEAT_STEPS = 255
+"""Heat maps are written in steps of 1/255 of the map's peak (still float 0..1): a difference of at most 1/510 that no
+display shows, and files that compress to a third (bench/RESULTS.md, *Performance*)."""
+
+
+def steps_of_255(heat: sitk.Image) -> sitk.Image:
+    """``heat`` (0..1) rounded to the nearest multiple of 1/HEAT_STEPS, on the same grid."""
+    array = np.round(sitk.GetArrayViewFromImage(heat) * HEAT_STEPS) / HEAT_STEPS
+    out = sitk.GetImageFromArray(array.astype(np.float32))
+    out.CopyInformation(heat)
+    return out
 
 
 def ijk_to_lps(image: sitk.Image) -> np.ndarray:
@@ -118,10 +131,9 @@ def write_outputs(prediction: Prediction, out_dir: str | Path, overview: bool = 
         reference = prediction.preprocessed.reference
         hot: dict[str, np.ndarray] = {}
         for key, cam in prediction.cams.items():
-            heat = prediction.preprocessed.to_reference(cam.astype(np.float32))
-            heat = sitk.Cast(heat, sitk.sitkFloat32)
+            heat = steps_of_255(prediction.preprocessed.to_reference(cam.astype(np.float32)))
             write_image(heat, staging / f"heatmap_{key}.nrrd")
-            levels = quantise(sitk.GetArrayViewFromImage(heat))
+            levels = quantise(sitk.GetArrayViewFromImage(heat))  # the levels of the map as written
             label = sitk.GetImageFromArray(levels)
             label.CopyInformation(heat)
             write_image(label, staging / f"labels_{key}.nrrd")

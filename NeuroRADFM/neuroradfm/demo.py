@@ -63,14 +63,16 @@ def demo_case_manifest(folder: str | Path, progress=None) -> Path:
 
 
 def _dropped(drop: Sequence[str]) -> list[str]:
-    """The sequences ``--drop`` names, checked: known names, and not all four."""
-    names = [str(d).strip().lower() for d in drop]
-    unknown = sorted(set(names) - set(SEQUENCES))
-    if unknown:
-        raise SettingsError("--drop", f"unknown sequence(s) {', '.join(unknown)}; choose among {', '.join(SEQUENCES)}")
-    if set(names) >= set(SEQUENCES):
+    """The sequences ``--drop`` names, checked: known names (``subsets.canonical``), and not all four."""
+    from neuroradfm.subsets import ALL_FOUR, canonical
+
+    try:
+        names = canonical(drop)
+    except ValueError as error:
+        raise SettingsError("--drop", str(error)) from None
+    if names == ALL_FOUR:
         raise SettingsError("--drop", "dropping all four sequences leaves nothing to predict from")
-    return names
+    return list(names)
 
 
 def run_demo(out: str | Path, device: str = "auto", progress=None, drop: Sequence[str] = ()) -> Path:

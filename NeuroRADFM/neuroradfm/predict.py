@@ -117,6 +117,14 @@ class Prediction:
         }
 
 
+def prepare_case(case: Case, bundle: Bundle, progress: Progress = null_progress,
+                 allow_missing: bool = False) -> Preprocessed:
+    """The CPU half of a prediction (no torch): the bundle must take the case's sequences, then preprocessing onto
+    the model grid. Cohort mode runs it in worker processes while the model works on earlier cases."""
+    bundle.require_subset(usable_sequences(case, allow_missing)[0], case.case_id)
+    return preprocess_case(case, bundle.preprocessing, progress=progress, allow_missing=allow_missing)
+
+
 def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Progress = null_progress,
                  cam_layer: str | None = None, allow_missing: bool = False) -> Prediction:
     """Run every head of ``bundle`` on ``case``; all maps come from one forward pass (and, below the last
@@ -126,11 +134,16 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
     plain Grad-CAM (the bundle stores its cohort reference for its own layer only). ``allow_missing``: an empty
     or constant sequence is left out (the bundle must take the subset that remains) instead of an error.
     """
+    bundle.require_heads()
+    prepared = prepare_case(case, bundle, sub_progress(progress, 0.0, 0.8), allow_missing)
+    return predict_prepared(case.case_id, prepared, bundle, device, progress, cam_layer)
+
+
+def predict_prepared(case_id: str, prepared: Preprocessed, bundle: Bundle, device: str = "auto",
+                     progress: Progress = null_progress, cam_layer: str | None = None) -> Prediction:
+    """The model half of ``predict_case``: one forward pass, every head, every head's map."""
     heads = bundle.require_heads()
-    bundle.require_subset(usable_sequences(case, allow_missing)[0], case.case_id)
     layer = cam_layer or heads.cam_layer
-    prepared = preprocess_case(case, bundle.preprocessing, progress=sub_progress(progress, 0.0, 0.8),
-                               allow_missing=allow_missing)
     progress("encode", 0.8, "forward pass")
     torch_device = resolve_device(device)
     encoder = bundle.encoder.to(torch_device).eval()
@@ -139,7 +152,7 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
     embedding = z[0].detach().double().cpu().numpy()
 
     if not np.isfinite(embedding).all():
-        raise BundleError(bundle.path, f"the encoder gives non-finite features for {case.case_id}")
+        raise BundleError(bundle.path, f"the encoder gives non-finite features for {case_id}")
     with np.errstate(all="ignore"):  # an overflow shows as inf/NaN, refused below with the bundle named
         weights, biases = heads.marker_weights()
         logits = weights @ embedding + biases
@@ -147,7 +160,7 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
         risk = None if cox_w is None else float(cox_w @ embedding + cox_b)
         ood_distance = heads.ood.distance(heads.standardise(embedding)) if heads.ood is not None else None
     if not np.isfinite([*logits, *(v for v in (risk, ood_distance) if v is not None)]).all():
-        raise BundleError(bundle.path, f"its heads give non-finite values for {case.case_id} (probe, Cox or OOD "
+        raise BundleError(bundle.path, f"its heads give non-finite values for {case_id} (probe, Cox or OOD "
                                        "numbers in the card overflow): its predictions cannot be trusted")
     reliability = subsets.reliability(bundle.card, prepared.available)
     markers = []
@@ -178,7 +191,7 @@ def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Pro
     for key, volume in zip(keys, maps):
         cams[key], scales[key] = normalise(volume, prepared.mask)
     progress("predict", 1.0, "done")
-    return Prediction(case_id=case.case_id, markers=markers, survival=survival, ood_distance=ood_distance,
+    return Prediction(case_id=case_id, markers=markers, survival=survival, ood_distance=ood_distance,
                       ood_threshold=None if heads.ood is None else heads.ood.threshold, embedding=embedding,
                       cams=cams, cam_scales=scales, preprocessed=prepared,
                       cam_method=describe_cams(layer, reference is not None), cam_layer=layer, reliability=reliability,

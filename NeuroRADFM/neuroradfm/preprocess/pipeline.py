@@ -11,7 +11,7 @@ from neuroradfm import SEQUENCES
 from neuroradfm.errors import InputError, itk_reason
 from neuroradfm.io.case import Case, reference_key
 from neuroradfm.io.images import check_image
-from neuroradfm.preprocess import steps
+from neuroradfm.preprocess import sri24, steps
 from neuroradfm.preprocess.grid import in_template_space, model_grid
 from neuroradfm.preprocess.settings import PreprocessSettings
 from neuroradfm.progress import Progress, null_progress
@@ -187,11 +187,18 @@ def preprocess_case(case: Case, settings: PreprocessSettings | None = None,
                                                f"({_brain_volume_ml(brain):.0f} mL); is this a brain MRI?")
 
     progress("register", 0.6, "affine to MNI152")
+    sri24_dice = None
+    if settings.template_registration == "auto" and sri24.has_sri24_header(reference):
+        sri24_dice = sri24.brain_dice(brain, sri24.mni_to_sri24())
     if settings.template_registration == "none" or (settings.template_registration == "auto"
                                                     and in_template_space(reference)):
         template_to_reference: sitk.Transform = sitk.AffineTransform(3)
         done["template_registration"] = ("skipped: input is already in MNI152 template space"
                                          if settings.template_registration == "auto" else "skipped: disabled")
+    elif sri24_dice is not None and sri24_dice >= sri24.MIN_BRAIN_DICE:
+        template_to_reference = sri24.mni_to_sri24()
+        done["template_registration"] = (f"skipped: SRI24 (BraTS) header and brain; the fixed SRI24-to-MNI152 "
+                                         f"affine (brain overlap {sri24_dice:.2f})")
     else:
         brain_only = sitk.Mask(images[ref_key], brain)
         template = sitk.Mask(load_template("t1"), load_brain_mask())
@@ -200,7 +207,9 @@ def preprocess_case(case: Case, settings: PreprocessSettings | None = None,
         except RuntimeError as error:
             raise InputError(case.source(ref_key), f"could not be registered to the MNI152 template "
                                                    f"({itk_reason(error)}); is this a brain MRI?") from None
-        done["template_registration"] = "done: affine, brain to MNI152 brain"
+        done["template_registration"] = "done: affine, brain to MNI152 brain" + (
+            "" if sri24_dice is None else f" (SRI24 header, but its brain overlaps the template's only "
+                                          f"{sri24_dice:.2f} through the fixed SRI24 affine)")
 
     progress("resample", 0.85, "onto the model grid")
     grid = model_grid(settings)

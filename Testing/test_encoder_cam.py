@@ -148,18 +148,26 @@ def test_layer_outputs_continue_to_the_same_embedding():
         encoder.layer_output(x, "layer7")
 
 
-@pytest.mark.parametrize("layer", ["layer2", "layer3"])
-def test_layer_cams_equal_monai_gradcam_at_that_layer(layer):
-    """All heads from one batched backward pass == MONAI's GradCAM, one head at a time."""
+@pytest.mark.parametrize(("layer", "copies"), [("layer2", 1), ("layer3", 1), ("layer2", 3), ("layer4", 3)])
+def test_layer_cams_equal_monai_gradcam_at_that_layer(layer, copies):
+    """All heads from one backward pass (vmap'd over heads, or an ordinary one over a copy of the layer's
+    activation per head) == MONAI's GradCAM, one head at a time; the embedding is the same either way."""
     torch.manual_seed(4)
     encoder = Encoder(TINY).eval()
     rng = np.random.default_rng(4)
     weights = rng.normal(size=(3, encoder.embedding_dim))
     model = LinearHeadModel(encoder, weights, rng.normal(size=3)).eval()
     x = torch.randn(2, 4, 48, 48, 48)
-    activation, z = encode_for_cam(encoder, x, layer)
-    maps = cams_at(layer, activation, z, torch.as_tensor(weights, dtype=torch.float32))
+    activation, z = encode_for_cam(encoder, x, layer, copies=copies)
+    assert z.shape == (2 * copies, encoder.embedding_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(z[::copies], encoder(x)[1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(z, z[::copies].repeat_interleave(copies, dim=0))
+    maps = cams_at(layer, activation, z, torch.as_tensor(weights, dtype=torch.float32), copies=copies)
     assert maps.shape == (2, 3, *activation.shape[2:])
+    if copies > 1 and layer != "layer4":
+        with pytest.raises(ValueError, match="3 copies per case for 2 heads"):
+            cams_at(layer, activation, z, torch.as_tensor(weights[:2], dtype=torch.float32), copies=copies)
     for head in range(3):
         slow = gradient_cam(model, x, f"encoder.net.{layer}", class_idx=head)
         assert float(maps[:, head].max()) > 0

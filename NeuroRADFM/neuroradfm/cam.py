@@ -54,48 +54,70 @@ def linear_cams(features: torch.Tensor, weights: torch.Tensor, reference: torch.
 
 
 def layer_cams(activation: torch.Tensor, z: torch.Tensor, weights: torch.Tensor,
-               reference: torch.Tensor | None = None, rectify: bool = True) -> torch.Tensor:
+               reference: torch.Tensor | None = None, rectify: bool = True, copies: int = 1) -> torch.Tensor:
     """Grad-CAM of linear heads y = weights . z at any layer, with true gradients.
 
     activation: (B, C, d, h, w) a layer's output that requires grad; z: (B, D) the embedding computed from
     it; weights: (M, D); reference: (C, d, h, w) as in ``linear_cams``. The channel weights are the
-    spatial means of dy/dA, for all M heads from one batched backward pass. Returns (B, M, d, h, w); at the
-    last block this equals ``linear_cams``.
+    spatial means of dy/dA, for all M heads from one backward pass. Returns (B, M, d, h, w); at the
+    last block this equals ``linear_cams``. ``copies``: as ``encode_for_cam`` made them (M, one per head: the
+    activation and z then have B * M rows, case b's head m in row b * M + m).
     """
-    logits = z @ weights.to(z.dtype).T
-    n_heads, batch = weights.shape[0], z.shape[0]
-    selectors = torch.eye(n_heads, dtype=logits.dtype, device=logits.device)[:, None, :].expand(n_heads, batch,
-                                                                                                n_heads)
-    (gradients,) = torch.autograd.grad(logits, activation, grad_outputs=selectors, is_grads_batched=True)
-    alpha = gradients.mean(dim=(3, 4, 5))  # (M, B, C)
-    values = activation.detach()
+    n_heads = weights.shape[0]
+    if copies > 1:
+        if copies != n_heads:
+            raise ValueError(f"encode_for_cam made {copies} copies per case for {n_heads} heads")
+        batch = z.shape[0] // copies
+        grad_outputs = weights.to(z.dtype).repeat(batch, 1)  # row b * M + m: head m's weights
+        (gradients,) = torch.autograd.grad(z, activation, grad_outputs=grad_outputs)
+        alpha = gradients.mean(dim=(2, 3, 4)).reshape(batch, n_heads, -1).transpose(0, 1)  # (M, B, C)
+        values = activation.detach()[::copies]
+    else:
+        logits = z @ weights.to(z.dtype).T
+        batch = z.shape[0]
+        selectors = torch.eye(n_heads, dtype=logits.dtype, device=logits.device)[:, None, :].expand(
+            n_heads, batch, n_heads)
+        (gradients,) = torch.autograd.grad(logits, activation, grad_outputs=selectors, is_grads_batched=True)
+        alpha = gradients.mean(dim=(3, 4, 5))  # (M, B, C)
+        values = activation.detach()
     if reference is not None:
         values = values - reference.to(values.device, values.dtype)
     maps = torch.einsum("mbc,bcdhw->bmdhw", alpha, values)
     return F.relu(maps) if rectify else maps
 
 
-def encode_for_cam(encoder: Encoder, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_for_cam(encoder: Encoder, x: torch.Tensor, layer: str,
+                   copies: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass keeping what Grad-CAM at ``layer`` needs: (the layer's activation, the embedding z).
 
     Below the last block z stays differentiable with respect to the activation (for ``layer_cams``); at the
-    last block the closed form needs no gradients and nothing is recorded.
+    last block the closed form needs no gradients and nothing is recorded. ``copies`` > 1 (below the last
+    block; one per head): the rest of the network runs on that many copies of each case's activation, rows
+    b * copies + m, so that one ordinary backward pass gives every head its own gradient. On a CPU that costs
+    about a third of a vmap'd batched backward, and the blocks after layer2 cost little more at a batch of
+    B * copies than at B (bench/perf.py, maps_over_forward). z then has B * copies rows, ``copies`` identical
+    ones per case, at every layer: the embedding is ``z[::copies]``.
     """
     with torch.no_grad():
         activation = encoder.layer_output(x, layer)
-    with torch.set_grad_enabled(layer != LAST_BLOCK):
-        activation.requires_grad_(layer != LAST_BLOCK)
+    grad = layer != LAST_BLOCK
+    if grad and copies > 1:
+        activation = activation.repeat_interleave(copies, dim=0)
+    with torch.set_grad_enabled(grad):
+        activation.requires_grad_(grad)
         _, z = encoder.from_layer(activation, layer)
+    if not grad and copies > 1:  # the closed form needs one activation per case; z keeps the same row layout
+        z = z.repeat_interleave(copies, dim=0)
     return activation, z
 
 
 def cams_at(layer: str, activation: torch.Tensor, z: torch.Tensor, weights: torch.Tensor,
-            reference: torch.Tensor | None = None) -> torch.Tensor:
-    """Every head's map at ``layer`` from ``encode_for_cam``'s output: closed form at the last block,
-    gradients elsewhere. (B, M, d, h, w), rectified."""
+            reference: torch.Tensor | None = None, copies: int = 1) -> torch.Tensor:
+    """Every head's map at ``layer`` from ``encode_for_cam``'s output (made with the same ``copies``): closed
+    form at the last block, gradients elsewhere. (B, M, d, h, w), rectified."""
     if layer == LAST_BLOCK:
         return linear_cams(activation.detach(), weights, reference)
-    return layer_cams(activation, z, weights, reference)
+    return layer_cams(activation, z, weights, reference, copies=copies)
 
 
 def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

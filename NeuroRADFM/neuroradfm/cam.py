@@ -25,6 +25,7 @@ pass for all heads). Measured on the demo bundle: bench/RESULTS.md.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -86,38 +87,44 @@ def layer_cams(activation: torch.Tensor, z: torch.Tensor, weights: torch.Tensor,
     return F.relu(maps) if rectify else maps
 
 
-def encode_for_cam(encoder: Encoder, x: torch.Tensor, layer: str,
-                   copies: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_for_cam(encoder: Encoder, x: torch.Tensor, layer: str, copies: int = 1,
+                   autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass keeping what Grad-CAM at ``layer`` needs: (the layer's activation, the embedding z).
 
     Below the last block z stays differentiable with respect to the activation (for ``layer_cams``); at the
     last block the closed form needs no gradients and nothing is recorded. ``copies`` > 1 (below the last
     block; one per head): the rest of the network runs on that many copies of each case's activation, rows
     b * copies + m, so that one ordinary backward pass gives every head its own gradient. On a CPU that costs
-    about a third of a vmap'd batched backward, and the blocks after layer2 cost little more at a batch of
-    B * copies than at B (bench/perf.py, maps_over_forward). z then has B * copies rows, ``copies`` identical
-    ones per case, at every layer: the embedding is ``z[::copies]``.
+    about half of a vmap'd batched backward (bench/perf.py, maps_over_forward). z then has B * copies rows,
+    ``copies`` identical ones per case, at every layer: the embedding is ``z[::copies]``.
+
+    ``autocast``: the layers run under autocast in that dtype (float16 on a GPU); the activation and z are
+    float32 whatever the layers ran in, so the heads, the backward pass and the maps work in float32.
     """
-    with torch.no_grad():
-        activation = encoder.layer_output(x, layer)
     grad = layer != LAST_BLOCK
-    if grad and copies > 1:
-        activation = activation.repeat_interleave(copies, dim=0)
-    with torch.set_grad_enabled(grad):
-        activation.requires_grad_(grad)
-        _, z = encoder.from_layer(activation, layer)
+    context = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else nullcontext()
+    with context:
+        with torch.no_grad():
+            activation = encoder.layer_output(x, layer).float()
+        if grad and copies > 1:
+            activation = activation.repeat_interleave(copies, dim=0)
+        with torch.set_grad_enabled(grad):
+            activation.requires_grad_(grad)
+            features, _ = encoder.from_layer(activation, layer)
+            z = features.float().mean(dim=(2, 3, 4))
     if not grad and copies > 1:  # the closed form needs one activation per case; z keeps the same row layout
         z = z.repeat_interleave(copies, dim=0)
     return activation, z
 
 
 def cams_at(layer: str, activation: torch.Tensor, z: torch.Tensor, weights: torch.Tensor,
-            reference: torch.Tensor | None = None, copies: int = 1) -> torch.Tensor:
+            reference: torch.Tensor | None = None, copies: int = 1, rectify: bool = True) -> torch.Tensor:
     """Every head's map at ``layer`` from ``encode_for_cam``'s output (made with the same ``copies``): closed
-    form at the last block, gradients elsewhere. (B, M, d, h, w), rectified."""
+    form at the last block, gradients elsewhere. (B, M, d, h, w). Unrectified maps are linear in the weights:
+    one pass with unsigned weights serves every case's calls (a sign per case and head before the ReLU)."""
     if layer == LAST_BLOCK:
-        return linear_cams(activation.detach(), weights, reference)
-    return layer_cams(activation, z, weights, reference, copies=copies)
+        return linear_cams(activation.detach(), weights, reference, rectify)
+    return layer_cams(activation, z, weights, reference, rectify, copies)
 
 
 def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from neuroradfm.atomic import atomic_file
-from neuroradfm.cam import LAST_BLOCK, encode_for_cam, layer_cams, linear_cams, upsample
+from neuroradfm.cam import cams_at, encode_for_cam, upsample
 from neuroradfm.errors import describe_failure
 from neuroradfm.evaluate.cam_localisation import localisation, tumour_ball
 from neuroradfm.io import CaseEntry
 from neuroradfm.models.bundle import Bundle
-from neuroradfm.predict import map_weights
+from neuroradfm.predict import map_keys, map_signs, unsigned_map_weights
 from neuroradfm.progress import Progress, null_progress
 from neuroradfm.subsets import keep_only
 from neuroradfm.train.cohort import _cache_stem, _prepare_case
@@ -103,24 +103,21 @@ def _forward(bundle: Bundle, channels: np.ndarray, device: torch.device) -> tupl
         return encode(bundle, channels, device), None, []
     x = torch.from_numpy(channels.astype(np.float32)).to(device)
     layer = heads.cam_layer
-    activation, z = encode_for_cam(bundle.encoder, x, layer)
-    embeddings = z.detach().double().cpu().numpy()
     weights, biases = heads.marker_weights()
     cox_w, cox_b = heads.cox_weights() if heads.cox is not None else (None, 0.0)
-    unsigned = weights if cox_w is None else np.vstack([weights, cox_w])
-    signs, keys = [], []
+    keys = map_keys(heads)
+    activation, z = encode_for_cam(bundle.encoder, x, layer, copies=len(keys))
+    embeddings = z[::len(keys)].detach().double().cpu().numpy()
     with np.errstate(all="ignore"):
-        for embedding in embeddings:
-            risk = None if cox_w is None else float(cox_w @ embedding + cox_b)
-            keys, signed = map_weights(heads, weights @ embedding + biases, risk)
-            signs.append([1.0 if np.array_equal(s, u) else -1.0 for s, u in zip(signed, unsigned)])
-    w = torch.as_tensor(unsigned, dtype=torch.float32, device=device)
+        signs = np.stack([map_signs(heads, weights @ embedding + biases,
+                                    None if cox_w is None else float(cox_w @ embedding + cox_b))
+                          for embedding in embeddings])
+    w = torch.as_tensor(unsigned_map_weights(heads), dtype=torch.float32, device=device)
     reference = None if heads.cam_reference is None else torch.as_tensor(heads.cam_reference)
-    cells = (linear_cams(activation.detach(), w, reference, rectify=False) if layer == LAST_BLOCK
-             else layer_cams(activation, z, w, reference, rectify=False))
+    cells = cams_at(layer, activation, z, w, reference, copies=len(keys), rectify=False)
     with torch.no_grad():
         maps = upsample(cells, channels.shape[2:]).cpu().numpy()
-    maps *= np.asarray(signs)[:, :, None, None, None]
+    maps *= signs[:, :, None, None, None]
     return embeddings, np.maximum(maps, 0.0), keys
 
 

@@ -16,9 +16,10 @@ import slicerio
 from neuroradfm.cli import main
 from neuroradfm.errors import BundleError
 from neuroradfm.io import load_case, read_manifest
+from neuroradfm.map_files import SCALE_KEY, read_heatmap
 from neuroradfm.markers import MARKER_KEYS
 from neuroradfm.models.bundle import CARD, WEIGHTS, content_hash, load_bundle, read_card
-from neuroradfm.outputs import COLOR_TABLE, SEGMENTATION, write_outputs
+from neuroradfm.outputs import COLOR_TABLE, SEGMENTATION, quantise, write_outputs
 from neuroradfm.predict import SURVIVAL_HEAD, predict_case
 
 
@@ -98,8 +99,9 @@ def test_cam_layer_override_gives_plain_maps_at_that_layer(tiny_bundle, phantom_
     last = predict_case(entry.load(), bundle, device="cpu", cam_layer="layer4")
     assert own.cam_layer == "layer2" and "mean activation" in own.cam_method
     assert last.cam_layer == "layer4" and "last block" in last.cam_method and "mean" not in last.cam_method
-    # the same forward pass whatever the layer: identical predictions, different maps
-    np.testing.assert_allclose(own.embedding, last.embedding, rtol=1e-6)
+    # the same network whatever the layer: the same predictions (below the last block the later blocks run on a copy
+    # per head, a batch the convolutions round differently: float32 rounding, about 3e-6 relative), different maps
+    np.testing.assert_allclose(own.embedding, last.embedding, rtol=2e-5, atol=1e-9)
     assert [m.probability for m in own.markers] == pytest.approx([m.probability for m in last.markers])
     assert any(not np.allclose(own.cams[k], last.cams[k], atol=1e-3) for k in own.cams)
     out = tmp_path / "out"
@@ -138,12 +140,13 @@ def test_prediction_outputs_on_an_oblique_anisotropic_native_case(tiny_bundle, n
         labels = sitk.ReadImage(str(folder / f"labels_{key}.nrrd"))
         _same_geometry(heat, reference, atol=1e-12)
         _same_geometry(labels, reference, atol=1e-12)
+        assert heat.GetPixelID() == sitk.sitkUInt8 and float(heat.GetMetaData(SCALE_KEY)) == 1 / 255
         assert set(np.unique(sitk.GetArrayViewFromImage(labels))) <= {0, 1, 2, 3}
         carried = sitk.GetArrayFromImage(prediction.preprocessed.to_reference(prediction.cams[key].astype(np.float32)))
-        # the map, carried as is, in steps of 1/255 (outputs.HEAT_STEPS): at most half a step off
-        np.testing.assert_allclose(sitk.GetArrayViewFromImage(heat), carried, atol=0.5 / 255 + 1e-7)
-        assert np.allclose(sitk.GetArrayViewFromImage(heat) * 255, np.round(sitk.GetArrayViewFromImage(heat) * 255),
-                           atol=1e-4)
+        # the map, carried as is, in 8-bit steps of 1/255 of its peak (map_files.HEAT_STEPS): at most half a step off
+        fractions = sitk.GetArrayFromImage(read_heatmap(folder / f"heatmap_{key}.nrrd"))
+        np.testing.assert_allclose(fractions, carried, rtol=0, atol=0.5 / 255 + 1e-6)
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(labels), quantise(fractions))
         assert carried.max() > 0.85  # the peak survives resampling onto 5 mm slices (cells of 8 mm on the model grid)
     segmentation = slicerio.read_segmentation(str(folder / SEGMENTATION))
     assert [s["name"] for s in segmentation["segments"]] == keys

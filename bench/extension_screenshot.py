@@ -3,10 +3,11 @@
 Run: .venv/bin/python bench/extension_screenshot.py [--demo-dir DIR] [--out Resources/Screenshots/...png]
 
 Runs ``neuroradfm demo --out DIR`` (the README quick start; reused when DIR already holds its results), then draws,
-for a few outputs, the Grad-CAM heatmap (the module's ``heatmap_<key>.nrrd``, on the T1ce's grid) over axial and
-coronal T1ce slices through the tumour, with the module's contour (map >= 0.5, its ``contours`` segmentation) and
-the phantom's ground-truth tumour label. It is a matplotlib rendering of the files the module loads into Slicer, NOT a
-screenshot of the Slicer window: the figure says so. Not part of the extension (nothing here is installed).
+for a few outputs, the Grad-CAM heatmap (the module's ``heatmap_<key>.nrrd``, on the T1ce's grid, read as fractions
+0..1 of its peak with ``neuroradfm.map_files.read_heatmap``) over axial and coronal T1ce slices through the tumour,
+with the module's contour (map >= 0.5, its ``contours`` segmentation) and the phantom's ground-truth tumour label.
+It is a matplotlib rendering of the files the module loads into Slicer, NOT a screenshot of the Slicer window: the
+figure says so. Not part of the extension (nothing here is installed).
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def render(demo: Path, results: Path, keys: tuple[str, ...], out: Path) -> Path:
     t1ce_image = sitk.ReadImage(str(case / f"{case_id}-t1c.nii.gz"))
     t1ce = sitk.GetArrayFromImage(t1ce_image).astype(np.float32)  # (k, j, i); LPS: i -> left, j -> posterior, k -> up
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(case / f"{case_id}-seg.nii.gz"))) > 0
-    heatmaps = {key: sitk.GetArrayFromImage(sitk.ReadImage(str(results / f"heatmap_{key}.nrrd"))) for key in keys}
+    from neuroradfm.map_files import read_heatmap  # 8-bit levels in the file -> fractions 0..1 of the map's peak
+
+    heatmaps = {key: sitk.GetArrayFromImage(read_heatmap(results / f"heatmap_{key}.nrrd")) for key in keys}
     for key, heat in heatmaps.items():
         assert heat.shape == t1ce.shape, f"heatmap_{key}: not on the T1ce's grid"
     titles = output_titles(json.loads((results / "predictions.json").read_text()))

@@ -7,6 +7,10 @@
   quantised label map with the color table read from ``heatmap_levels.ctbl``
 - a segmentation node from ``contours.seg.nrrd`` (one segment per head)
 
+A heat map file holds 8-bit levels with the scale in its header (neuroradfm.map_files); its node holds the
+fractions 0..1 of the map's peak, as the file meant them, so the display and the Data Probe read as before.
+A result written with ``--maps labels`` (no heat maps) or ``--maps none`` (no maps) loads what it has:
+predictions.json says which maps were written, and only those must be there.
 Every volume is read through a storage node, checked against the reference grid and then given the
 reference's exact IJK-to-RAS matrix. When anything fails, the nodes added so far are removed again.
 """
@@ -23,6 +27,7 @@ import slicer
 import vtk
 
 from neuroradfm import subsets
+from neuroradfm.map_files import fraction_per_level
 from NeuroRADFMLib.scene_io import SceneIOError, adopt_geometry, matrix_to_array, read_volume
 from NeuroRADFMLib.sequences import RESULT_ATTRIBUTE
 
@@ -50,10 +55,12 @@ class CaseResults:
 
     @property
     def heads(self) -> list[str]:
-        return list(self.heatmaps)
+        """The outputs that have a map to show (heat map or label map), in the table's order."""
+        return [*self.heatmaps, *(key for key in self.labelmaps if key not in self.heatmaps)]
 
     def nodes(self) -> list:
-        return [self.table, *self.heatmaps.values(), *self.labelmaps.values(), self.level_colors, self.segmentation]
+        return [node for node in (self.table, *self.heatmaps.values(), *self.labelmaps.values(), self.level_colors,
+                                  self.segmentation) if node is not None]
 
     @property
     def reliability_note(self) -> str:
@@ -175,8 +182,31 @@ def _read_segmentation(scene, path: Path, reference, name: str, added: list):
     return node
 
 
+def _as_fractions(node, path: Path) -> None:
+    """A heat map read as 8-bit levels -> float fractions 0..1 of its peak (the header's scale); a float map written
+    before 8-bit maps (no scale in its header) stays as it is."""
+    try:
+        scale = fraction_per_level(path)
+    except Exception as error:  # noqa: BLE001 - pynrrd's errors name no file: say which one
+        raise SceneIOError(f"{path}: its header could not be read ({error})") from error
+    if scale is None:
+        return
+    shift_scale = vtk.vtkImageShiftScale()
+    shift_scale.SetInputData(node.GetImageData())
+    shift_scale.SetScale(scale)
+    shift_scale.SetOutputScalarTypeToFloat()
+    shift_scale.Update()
+    node.SetAndObserveImageData(shift_scale.GetOutput())
+
+
+def written_maps(summary: dict[str, Any]) -> str:
+    """Which maps a result holds (``--maps``: all, labels or none); all for results written before the option."""
+    return str((summary.get("maps") or {}).get("written", "all"))
+
+
 def load_results(scene, folder: str | Path, reference, name: str | None = None) -> CaseResults:
-    """Add one case's outputs to ``scene`` on ``reference``'s exact grid; on any error nothing stays added."""
+    """Add one case's outputs to ``scene`` on ``reference``'s exact grid; on any error nothing stays added.
+    The maps predictions.json says were written must all be there; a result without (some) maps loads the rest."""
     folder = Path(folder)
     try:
         summary = json.loads((folder / PREDICTIONS_FILE).read_text(encoding="utf-8"))
@@ -196,17 +226,22 @@ def load_results(scene, folder: str | Path, reference, name: str | None = None) 
         table.SetAttribute("NeuroRADFM.sequences", "+".join(sequences.get("used", [])))
         table.SetAttribute("NeuroRADFM.reliability", str((sequences.get("reliability") or {}).get("note", "")))
         results = CaseResults(case_id, reference, table, summary=summary)
+        maps = written_maps(summary)
+        if maps == "none":
+            return results
         results.level_colors = _read_level_colors(scene, folder / COLOR_TABLE_FILE, f"{name} heatmap levels", added)
-        heat = heat_color_node(scene, added)
+        heat = heat_color_node(scene, added) if maps == "all" else None
         for key in heads:
-            path = folder / f"heatmap_{key}.nrrd"
-            node = _new(scene, "vtkMRMLScalarVolumeNode", f"{name} heatmap {key}", added)
-            read_volume(path, node)
-            adopt_geometry(node, reference, str(path))
-            display = _display(scene, node, "vtkMRMLScalarVolumeDisplayNode", heat, added)
-            display.AutoWindowLevelOff()
-            display.SetWindowLevelMinMax(0.0, 1.0)
-            results.heatmaps[key] = node
+            if heat is not None:
+                path = folder / f"heatmap_{key}.nrrd"
+                node = _new(scene, "vtkMRMLScalarVolumeNode", f"{name} heatmap {key}", added)
+                read_volume(path, node)
+                adopt_geometry(node, reference, str(path))
+                _as_fractions(node, path)
+                display = _display(scene, node, "vtkMRMLScalarVolumeDisplayNode", heat, added)
+                display.AutoWindowLevelOff()
+                display.SetWindowLevelMinMax(0.0, 1.0)
+                results.heatmaps[key] = node
 
             path = folder / f"labels_{key}.nrrd"
             label = _new(scene, "vtkMRMLLabelMapVolumeNode", f"{name} levels {key}", added)
@@ -236,11 +271,13 @@ def show_head(results: CaseResults, key: str, scene=None, layer: str = "heatmap"
               opacity: float = HEATMAP_OPACITY) -> int:
     """Overlay head ``key``'s map on the reference volume in every slice view; returns the views updated.
 
-    ``layer``: ``heatmap`` (continuous map as foreground) or ``labels`` (quantised levels as label layer).
-    Only the head's contour segment stays visible.
+    ``layer``: ``heatmap`` (continuous map as foreground) or ``labels`` (quantised levels as label layer; also
+    what a result without heat maps shows). Only the head's contour segment stays visible.
     """
+    if key not in results.heatmaps and key not in results.labelmaps:
+        raise KeyError(f"no map for {key!r}; the results have {', '.join(results.heads) or 'no maps'}")
     if key not in results.heatmaps:
-        raise KeyError(f"no map for {key!r}; the results have {', '.join(results.heads)}")
+        layer = "labels"
     scene = scene or results.reference.GetScene()
     updated = 0
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):

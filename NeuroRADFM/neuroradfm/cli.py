@@ -79,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_path, required=True,
                    help="output folder; each case goes to OUT/<its case id made a safe folder name>/")
     p.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),  # neuroradfm.predict.PRECISIONS
+                   default="auto",
+                   help="what the encoder runs in: auto (float16 autocast, channels-last on a CUDA GPU; exact float32 "
+                        "on the CPU), float32 (exact everywhere), bfloat16 or float16 (autocast on any device)")
+    p.add_argument("--maps", choices=("all", "labels", "none"), default="all",  # neuroradfm.outputs.MAPS
+                   help="maps each case gets: all (heat maps, label maps, contours; default), labels (all but the "
+                        "heat maps, a tenth of the bytes) or none (predictions.csv/json and the overview only)")
     p.add_argument("--allow-missing", action="store_true",
                    help="leave out a sequence that is empty or constant (a blank series) instead of stopping; the "
                         "bundle must take the subset that remains")
@@ -86,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
                          "are plain Grad-CAM, without the bundle's cohort reference)")
     _device_option(p)
     _progress_option(p)
+    p.add_argument("--workers", type=_workers, metavar="N",
+                   help="cohorts: processes that load and preprocess the next cases while the model runs and the "
+                        "previous case is written (default: the CPUs less one, at most 4; 0: one case after another "
+                        "in one process)")
+    p.add_argument("--resume", action="store_true",
+                   help="cohorts: keep each case whose folder in --out already holds a complete result of this "
+                        "bundle and these settings (its rows still go into the tables); without it every case is "
+                        "computed again and replaces its earlier result")
 
     p = commands.add_parser("phantom", help="generate the synthetic multi-site phantom cohort")
     p.add_argument("--n", type=int, required=True, help="number of cases")
@@ -357,8 +372,22 @@ def _series_overrides(items: list[str]) -> dict[str, str]:
     return overrides
 
 
+def _workers(text: str) -> int:
+    """``--workers``: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (0 or more)")
+    return value
+
+
 def _case_loaders(args: argparse.Namespace) -> list:
-    """(case_id, loader) pairs; the case id (which names the result folder) is known before any case is read."""
+    """(case_id, loader) pairs; the case id (which names the result folder) is known before any case is read. The
+    loaders pickle (partials of load_case, manifest entries' load), so that cohort workers can run them."""
+    from functools import partial
+
     from neuroradfm.io import load_case, read_manifest
     from neuroradfm.io.loader import explicit_case_id
 
@@ -368,7 +397,7 @@ def _case_loaders(args: argparse.Namespace) -> list:
         if args.cases:
             raise NeuroRADFMError("give either case folders / a manifest or --t1 ... --flair files, not both")
         case_id = args.case_id if args.case_id is not None else explicit_case_id(explicit)
-        return [(case_id, lambda: load_case(explicit, case_id=case_id, sequences=series))]
+        return [(case_id, partial(load_case, explicit, case_id=case_id, sequences=series))]
     if args.case_id is not None:
         raise NeuroRADFMError("--case-id names a case given with --t1 ... --flair; a folder's case id is its name "
                               "and a manifest's is its case_id column")
@@ -383,21 +412,40 @@ def _case_loaders(args: argparse.Namespace) -> list:
         return [(entry.case_id, entry.load) for entry in read_manifest(args.cases[0])]
     if any(not Path(os.path.abspath(path)).name for path in args.cases):
         raise NeuroRADFMError("the file system's root is not a case folder: give the case folders themselves")
-    return [(Path(os.path.abspath(path)).name, lambda path=path: load_case(
-        path, case_id=Path(os.path.abspath(path)).name, sequences=series)) for path in args.cases]
+    return [(Path(os.path.abspath(path)).name, partial(load_case, path, case_id=Path(os.path.abspath(path)).name,
+                                                       sequences=series)) for path in args.cases]
 
 
 def _predict(args: argparse.Namespace) -> int:
     from neuroradfm.batch import predict_cases
+    from neuroradfm.cohort_pipeline import default_workers
     from neuroradfm.demo import demo_bundle_path
     from neuroradfm.models.bundle import load_bundle
+    from neuroradfm.sharding import launched_by_torchrun, processes_per_node
 
     bundle = load_bundle(args.model or demo_bundle_path())
     bundle.require_heads()
     loaders = _case_loaders(args)
-    result = predict_cases(loaders, bundle, args.out, device=args.device, progress=make_progress(args.progress),
-                           overview=not args.no_overview, cam_layer=args.cam_layer,
-                           command=["neuroradfm", *sys.argv[1:]], allow_missing=args.allow_missing)
+    shard = None
+    if launched_by_torchrun():  # one rank of several: its share of the cases (neuroradfm.sharding)
+        from neuroradfm.sharding import start_shard
+
+        shard = start_shard(args.device)
+    workers = args.workers if args.workers is not None else default_workers(processes_per_node())
+    try:
+        result = predict_cases(loaders, bundle, args.out, device=args.device if shard is None else shard.device,
+                               progress=make_progress(args.progress if shard is None or shard.is_main else "none"),
+                               overview=not args.no_overview, cam_layer=args.cam_layer,
+                               command=["neuroradfm", *sys.argv[1:]], allow_missing=args.allow_missing,
+                               maps=args.maps, workers=workers, resume=args.resume, shard=shard,
+                               precision=args.precision)
+    finally:
+        if shard is not None:
+            from neuroradfm.sharding import stop_shard
+
+            stop_shard(shard)
+    if shard is not None and not shard.is_main:  # rank 0 speaks for the run; every rank exits alike
+        return EXIT_SOME_FAILED if result.failures else EXIT_OK
     for case_id, folder in result.outputs.items():
         print(f"{_shown(case_id)}: {folder}")
     if len(loaders) == 1 and result.failures:  # one case: its failure is the command's
@@ -588,15 +636,15 @@ def _wheelhouse(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from neuroradfm.models.bundle import load_bundle
+    """The card, checked as load_bundle checks it short of reading tensor values: no torch, well under a second."""
+    from neuroradfm.models.bundle import read_bundle_card
 
-    bundle = load_bundle(args.bundle)
-    card = bundle.card
+    card = read_bundle_card(args.bundle)
     summary = {k: card.get(k) for k in ("name", "description", "intended_use", "architecture", "preprocessing",
                                          "content_hash", "rebuild_command")}
-    heads = bundle.heads
-    summary["markers"] = None if heads is None else {m.key: m.metrics for m in heads.markers}
-    summary["survival"] = None if heads is None or heads.cox is None else heads.cox.metrics
+    heads = card["heads"]
+    summary["markers"] = None if heads is None else {m["key"]: m.get("metrics", {}) for m in heads.get("markers", [])}
+    summary["survival"] = None if heads is None or not heads.get("cox") else heads["cox"].get("metrics", {})
     print(json.dumps(summary, indent=1))
     return 0
 

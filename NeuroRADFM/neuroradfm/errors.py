@@ -12,6 +12,15 @@ from pathlib import Path
 class NeuroRADFMError(Exception):
     """Base class for every error the core raises on purpose."""
 
+    def __reduce__(self) -> tuple:
+        """Pickled as its message and attributes, not by calling __init__ again (whose arguments differ per class):
+        an error raised in a cohort worker process reaches the main process whole."""
+        return _rebuilt, (type(self), self.args), self.__dict__
+
+
+def _rebuilt(cls: type[NeuroRADFMError], args: tuple) -> NeuroRADFMError:
+    return cls.__new__(cls, *args)
+
 
 class InputError(NeuroRADFMError, ValueError):
     """A case, image, manifest or DICOM study that cannot be used as given."""

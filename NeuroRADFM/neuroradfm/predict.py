@@ -23,7 +23,7 @@ from neuroradfm.markers import marker
 from neuroradfm.models.bundle import Bundle
 from neuroradfm.models.encoder import resolve_device
 from neuroradfm.models.heads import Heads
-from neuroradfm.preprocess import Preprocessed, preprocess_case, usable_sequences
+from neuroradfm.preprocess import Preprocessed, prepare_case
 from neuroradfm.progress import Progress, null_progress, sub_progress
 
 SURVIVAL_HEAD = "survival_risk"
@@ -107,6 +107,8 @@ class Prediction:
     cam_layer: str = LAST_BLOCK
     reliability: dict[str, Any] = field(default_factory=dict)
     """What the bundle card says of the sequences this case had (``neuroradfm.subsets.reliability``)."""
+    precision: str = "float32"
+    """What the encoder's layers ran in (``Inference.precision``)."""
 
     @property
     def ood_flag(self) -> bool:
@@ -133,15 +135,8 @@ class Prediction:
             "preprocessing": self.preprocessed.steps,
             "model": self.bundle,
             "sequences": self.sequences(),
+            "inference": {"precision": self.precision},
         }
-
-
-def prepare_case(case: Case, bundle: Bundle, progress: Progress = null_progress,
-                 allow_missing: bool = False) -> Preprocessed:
-    """The CPU half of a prediction (no torch): the bundle must take the case's sequences, then preprocessing onto
-    the model grid. Cohort mode runs it in worker processes while the model works on earlier cases."""
-    bundle.require_subset(usable_sequences(case, allow_missing)[0], case.case_id)
-    return preprocess_case(case, bundle.preprocessing, progress=progress, allow_missing=allow_missing)
 
 
 def predict_case(case: Case, bundle: Bundle, device: str = "auto", progress: Progress = null_progress,
@@ -186,6 +181,11 @@ class Inference:
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last_3d if self.channels_last else torch.contiguous_format
+
+    @property
+    def precision(self) -> str:
+        """What the encoder's layers ran in (predictions.json ``inference``; ``--resume`` compares it)."""
+        return "float32" if self.autocast is None else str(self.autocast).removeprefix("torch.")
 
     @classmethod
     def choose(cls, device: torch.device, precision: str = "auto", channels_last: bool | None = None) -> Inference:
@@ -326,6 +326,6 @@ def predict_prepared_batch(items: Sequence[tuple[str, Preprocessed]], bundle: Bu
             case_id=case_id, markers=score.markers, survival=score.survival, ood_distance=score.ood_distance,
             ood_threshold=None if heads.ood is None else heads.ood.threshold, embedding=embedding,
             cams=cams, cam_scales=scales, preprocessed=prepared, cam_method=described, cam_layer=layer,
-            reliability=score.reliability, bundle=dict(about)))
+            reliability=score.reliability, bundle=dict(about), precision=mode.precision))
     progress("predict", 1.0, "done")
     return results

@@ -6,6 +6,10 @@ A bundle is a folder with two files:
   (probe weights, feature scaling, thresholds, Cox coefficients and baseline survival),
   training provenance, intended use, and a content hash over both files.
 No pickle: safetensors holds tensors only and the card is plain JSON.
+
+``read_bundle_card`` checks a bundle without torch (what ``neuroradfm info`` prints); ``load_bundle``, the one
+loader, runs the same checks through it and then reads the weights and builds the model. torch is imported only
+where tensors are made, so the commands that need no model start without it.
 """
 
 from __future__ import annotations
@@ -13,28 +17,30 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 from neuroradfm import SEQUENCES
 from neuroradfm.atomic import atomic_folder
 from neuroradfm.errors import BundleError, InputError, not_a_file
 from neuroradfm.hashing import file_sha256
 from neuroradfm.models.card_schema import FORMAT, FORMAT_VERSION, Shapes, card_problems, report, tensor_problems
-from neuroradfm.models.encoder import Encoder, EncoderConfig
 from neuroradfm.models.heads import CoxHead, Heads, MarkerHead, OodHead
-from neuroradfm.preprocess import PreprocessSettings
+from neuroradfm.preprocess.settings import PreprocessSettings
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading a card needs none
+    import torch
+
+    from neuroradfm.models.encoder import Encoder
 
 CARD = "card.json"
 WEIGHTS = "weights.safetensors"
 BUNDLE_FILES = (CARD, WEIGHTS)
 """Everything a bundle folder holds; a folder holding anything else is not replaced by a new bundle."""
-_DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
-"""safetensors' names of the float dtypes (the card schema checks head tensors by these)."""
+_DTYPE_NAMES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
+"""safetensors' names of the float dtypes by torch's (the card schema checks head tensors by these)."""
 
 
 @dataclass
@@ -87,6 +93,8 @@ def content_hash(card: dict[str, Any], weights_file: Path) -> str:
 
 def heads_to_card(heads: Heads) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Split heads into JSON-able card entries and large tensors for the weights file."""
+    import torch
+
     card: dict[str, Any] = {
         "feature_mean": [float(v) for v in heads.feature_mean],
         "feature_scale": [float(v) for v in heads.feature_scale],
@@ -135,6 +143,8 @@ def save_bundle(path: str | Path, encoder: Encoder, heads: Heads | None, preproc
     encoder-only bundle (card ``"heads": null``), e.g. the output of SSL pretraining. The card is checked
     as ``load_bundle`` checks it, before anything is written: a malformed card is never written.
     """
+    from safetensors.torch import save_file
+
     path = Path(path)
     heads_card, head_tensors = (None, {}) if heads is None else heads_to_card(heads)
     full = dict(card)
@@ -148,7 +158,8 @@ def save_bundle(path: str | Path, encoder: Encoder, heads: Heads | None, preproc
     })
     tensors = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     tensors.update(head_tensors)
-    check_card(path / CARD, full, {k: (tuple(v.shape), _DTYPE_NAMES.get(v.dtype, str(v.dtype)))
+    check_card(path / CARD, full, {k: (tuple(v.shape), _DTYPE_NAMES.get(str(v.dtype).removeprefix("torch."),
+                                                                         str(v.dtype)))
                                    for k, v in tensors.items()}, written=False)
     _check_finite(path / WEIGHTS, tensors, written=False)
     with atomic_folder(path, BUNDLE_FILES) as staging:
@@ -204,6 +215,8 @@ def check_card(card_file: Path, card: dict[str, Any], shapes: Shapes | None = No
 
 def _check_finite(path: Path, tensors: dict[str, torch.Tensor], written: bool = True) -> None:
     """NaN or infinite weights would give NaN predictions that look like answers."""
+    import torch
+
     bad = [name for name, tensor in tensors.items()
            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
     if bad:
@@ -212,18 +225,20 @@ def _check_finite(path: Path, tensors: dict[str, torch.Tensor], written: bool = 
 
 
 def _header(weights_file: Path) -> Shapes:
-    """Shape and dtype of every entry, from the safetensors header alone (no tensor is read)."""
+    """Shape and dtype of every entry, from the safetensors header alone (no tensor is read, torch is not needed)."""
     try:
-        with safe_open(str(weights_file), framework="pt") as handle:
+        with safe_open(str(weights_file), framework="numpy") as handle:
             return {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
                     for name in handle.keys()}
     except (SafetensorError, OSError) as error:
         raise BundleError(weights_file, f"unreadable weights ({error})") from None
 
 
-def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
-    """The one bundle loader: checks format, version, content hash and the whole card (its schema, and the
-    shapes of the tensors it names) before building anything."""
+def read_bundle_card(path: str | Path) -> dict[str, Any]:
+    """A bundle's card once every check that needs no tensor values has passed: format, version, content hash,
+    the whole card (its schema), and the weights file's tensor names, shapes and dtypes against the card (from the
+    safetensors header). No torch: ``neuroradfm info`` prints this; ``load_bundle`` starts with it, then reads
+    the values (refusing NaN or infinite ones) and builds the model."""
     path = Path(path)
     card = read_card(path)
     weights_file = path / WEIGHTS
@@ -236,6 +251,19 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError(path, f"content hash does not match (card says {expected}, files give {actual}): "
                                 "the bundle was modified or is corrupt")
     check_card(path / CARD, card, _header(weights_file))
+    return card
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """The one bundle loader: checks format, version, content hash and the whole card (its schema, and the
+    shapes of the tensors it names: ``read_bundle_card``) before building anything."""
+    from safetensors.torch import load_file
+
+    from neuroradfm.models.encoder import Encoder, EncoderConfig
+
+    path = Path(path)
+    card = read_bundle_card(path)
+    weights_file = path / WEIGHTS
     try:
         tensors = load_file(str(weights_file))
     except (SafetensorError, OSError) as error:

@@ -7,6 +7,8 @@ a TypeError or a silently wrong prediction. ``card_problems`` checks the card al
 against ``embedding_dim``, the architecture's embedding size, Cox baseline lengths and order, one head per
 marker); ``tensor_problems`` checks the weights file's entries against the card (the encoder's tensors and
 the head tensors the card names, by shape, from the safetensors header: nothing is loaded).
+Neither imports torch: what the architecture implies (embedding size, tensor shapes, activation sizes) is
+arithmetic on the card (models/architecture.py), so ``neuroradfm info`` starts in well under a second.
 """
 
 from __future__ import annotations
@@ -16,12 +18,19 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from jsonschema import Draft202012Validator, ValidationError, validators
 
 from neuroradfm import CAM_LAYERS, SEQUENCES
 from neuroradfm.markers import MARKER_KEYS
-from neuroradfm.models.encoder import ARCHITECTURES, NORMS, Encoder, EncoderConfig
+from neuroradfm.models.architecture import (
+    BLOCKS,
+    NORM_TENSORS,
+    EncoderConfig,
+    activation_shape,
+    build_problem,
+    embedding_dim,
+    tensor_shapes,
+)
 from neuroradfm.preprocess.settings import _CHOICES, SPACING_RANGE_MM
 
 FORMAT = "neuroradfm-bundle"
@@ -105,13 +114,13 @@ ARCHITECTURE_SCHEMA: dict[str, Any] = {
     "required": ["arch"],
     "additionalProperties": False,
     "properties": {
-        "arch": {"title": "encoder", "enum": list(ARCHITECTURES)},
+        "arch": {"title": "encoder", "enum": list(BLOCKS)},
         "in_channels": {"type": "integer", "const": len(SEQUENCES)},
         "conv1_stride": {"type": "integer", "minimum": 1},
         "widen_factor": _number(exclusiveMinimum=0),
         "no_max_pool": {"type": "boolean"},
         "availability_mask": {"type": "boolean"},
-        "norm": {"title": "normalisation", "enum": list(NORMS)},
+        "norm": {"title": "normalisation", "enum": list(NORM_TENSORS)},
     },
 }
 
@@ -275,13 +284,14 @@ def _get(card: Any, parts: list[Any]) -> Any:
     return card
 
 
-def meta_encoder(card: dict[str, Any]) -> Encoder | None:
-    """The card's encoder on the meta device (shapes only, no memory), or None when the architecture is unusable."""
+def _encoder_config(card: dict[str, Any]) -> tuple[EncoderConfig | None, str | None]:
+    """The card's encoder settings, or None and why the encoder cannot be built from them."""
     try:
-        with torch.device("meta"):
-            return Encoder(EncoderConfig.from_dict(card["architecture"]))
-    except (KeyError, TypeError, ValueError, RuntimeError):
-        return None
+        config = EncoderConfig.from_dict(card["architecture"])
+    except (KeyError, TypeError, ValueError) as error:
+        return None, str(error)
+    problem = build_problem(config)
+    return (None, problem) if problem else (config, None)
 
 
 def _cross_field(card: dict[str, Any], schema_ok: set[str]) -> list[tuple[str, str]]:
@@ -289,12 +299,12 @@ def _cross_field(card: dict[str, Any], schema_ok: set[str]) -> list[tuple[str, s
     found: list[tuple[str, str]] = []
     dim = card.get("embedding_dim")
     if "architecture" in schema_ok and isinstance(dim, int) and not isinstance(dim, bool):
-        encoder = meta_encoder(card)
-        if encoder is None:
-            found.append(("architecture", "this encoder cannot be built"))
-        elif encoder.embedding_dim != dim:
-            found.append(("embedding_dim", f"the architecture ({card['architecture'].get('arch')}) gives "
-                                           f"{encoder.embedding_dim} features, the card says {dim}"))
+        config, why = _encoder_config(card)
+        if config is None:
+            found.append(("architecture", f"this encoder cannot be built ({why})"))
+        elif embedding_dim(config) != dim:
+            found.append(("embedding_dim", f"the architecture ({config.arch}) gives {embedding_dim(config)} "
+                                           f"features, the card says {dim}"))
     heads = card.get("heads")
     if not isinstance(heads, dict):
         return found
@@ -353,9 +363,9 @@ def tensor_problems(card: dict[str, Any], shapes: Shapes, weights_name: str = "w
     ``shapes``: every entry of the weights file, with its shape and dtype (the safetensors header).
     """
     problems: list[str] = []
-    encoder = meta_encoder(card)
-    if encoder is not None:
-        wanted = {f"encoder.{k}": tuple(v.shape) for k, v in encoder.state_dict().items()}
+    config, _ = _encoder_config(card)
+    if config is not None:
+        wanted = {f"encoder.{k}": shape for k, shape in tensor_shapes(config).items()}
         have = {k: v[0] for k, v in shapes.items() if k.startswith("encoder.")}
         missing = sorted(set(wanted) - set(have))
         unexpected = sorted(set(have) - set(wanted))
@@ -379,15 +389,13 @@ def tensor_problems(card: dict[str, Any], shapes: Shapes, weights_name: str = "w
         layer = heads.get("cam_layer", "layer4")
         size = tuple(card["preprocessing"].get("size", (128, 128, 128)))
         expected, why = None, ""
-        if encoder is not None:
+        if config is not None:
             try:
-                with torch.device("meta"), torch.no_grad():
-                    activation = encoder.eval().layer_output(torch.empty(1, encoder.config.in_channels, *size), layer)
-            except (RuntimeError, ValueError) as error:  # a grid smaller than the encoder's strides
+                expected = activation_shape(config, size, layer)
+            except ValueError as error:  # a grid smaller than the encoder's strides
                 problems.append(f"preprocessing.size: the {' x '.join(map(str, size))} model grid does not fit this "
-                                f"encoder's strides ({str(error).splitlines()[0]})")
+                                f"encoder's strides ({error})")
                 return problems
-            expected = tuple(activation.shape[1:])
             why = f"the {layer} activation on the {' x '.join(map(str, size))} model grid"
         named.append(("heads.cam_reference", heads["cam_reference"], expected, why))
     for path, name, expected, why in named:

@@ -13,7 +13,7 @@ pool z (the embedding), so every head and every CAM comes from one forward pass.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import replace
 
 import torch
 from monai.networks.layers.utils import get_norm_layer
@@ -23,48 +23,17 @@ from torch import nn
 
 from neuroradfm import CAM_LAYERS
 from neuroradfm.errors import SettingsError
+from neuroradfm.models.architecture import BLOCKS, GROUPS, STAGE_PLANES, EncoderConfig
 
-# Depths of MONAI's resnet10 ... resnet200 (block type, blocks per stage).
 ARCHITECTURES: dict[str, tuple[type[nn.Module], list[int]]] = {
-    "resnet10": (ResNetBlock, [1, 1, 1, 1]),
-    "resnet18": (ResNetBlock, [2, 2, 2, 2]),
-    "resnet34": (ResNetBlock, [3, 4, 6, 3]),
-    "resnet50": (ResNetBottleneck, [3, 4, 6, 3]),
-    "resnet101": (ResNetBottleneck, [3, 4, 23, 3]),
-}
+    name: (ResNetBlock if kind == "basic" else ResNetBottleneck, list(depths))
+    for name, (kind, depths) in BLOCKS.items()}
+"""MONAI's block class and blocks per stage of each encoder (the table is models/architecture.py's, which checks
+cards without torch)."""
 
 
-NORMS: dict[str, str | tuple] = {"batch": "batch", "group": ("group", {"num_groups": 8})}
+NORMS: dict[str, str | tuple] = {"batch": "batch", "group": ("group", {"num_groups": GROUPS})}
 """Encoder normalisation choices, as MONAI's ``norm`` argument."""
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Everything needed to rebuild the network; stored in the bundle card."""
-
-    arch: str = "resnet50"
-    in_channels: int = 4
-    conv1_stride: int = 2
-    widen_factor: float = 1.0
-    no_max_pool: bool = False
-    availability_mask: bool = False
-    """Give the network which sequences are present (4 more input channels); bundles trained before sequence
-    dropout have none."""
-    norm: str = "batch"
-    """Normalisation layers: "batch" (MONAI's default) or "group" (8 groups). Batch statistics mix the sites
-    of a batch, so a site whose images differ is normalised with the others' statistics, and each sample's
-    output depends on its batch-mates; group norm is per sample."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> EncoderConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown encoder settings: {sorted(unknown)}")
-        return cls(**data)
 
 
 def _replace_batch_norm(module: nn.Module, norm: str | tuple) -> None:
@@ -89,7 +58,7 @@ class Encoder(nn.Module):
         self.net = ResNet(
             block=block,
             layers=layers,
-            block_inplanes=[64, 128, 256, 512],
+            block_inplanes=list(STAGE_PLANES),
             spatial_dims=3,
             n_input_channels=config.in_channels * (2 if config.availability_mask else 1),
             conv1_t_stride=config.conv1_stride,

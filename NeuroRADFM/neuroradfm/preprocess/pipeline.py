@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -132,6 +133,16 @@ def usable_sequences(case: Case, allow_missing: bool = False) -> tuple[tuple[str
         raise InputError(None, f"case {case.case_id}: every sequence is empty or constant ("
                                + "; ".join(f"{k}: {case.source(k)}" for k in blank) + ")")
     return tuple(k for k in case.available if k not in blank), blank
+
+
+def prepare_case(case: Case, bundle: Any, progress: Progress = null_progress,
+                 allow_missing: bool = False) -> Preprocessed:
+    """The CPU half of a prediction: the bundle (a ``neuroradfm.models.bundle.Bundle``, or its card-only copy in a
+    cohort worker) must take the case's sequences, then preprocessing onto the model grid with its settings. Here,
+    not in neuroradfm.predict, so that cohort workers prepare cases without importing torch and MONAI (~450 MB
+    each)."""
+    bundle.require_subset(usable_sequences(case, allow_missing)[0], case.case_id)
+    return preprocess_case(case, bundle.preprocessing, progress=progress, allow_missing=allow_missing)
 
 
 def preprocess_case(case: Case, settings: PreprocessSettings | None = None,

@@ -287,6 +287,6 @@ def test_ctrl_c_with_workers_stops_them_and_leaves_nothing_half_written(phantom_
     run = json.loads((out / "run.json").read_text())
     assert run["interrupted"] is True and run["cases"] == 16 and run["succeeded"] + run["failed"] < 16
     finished = sorted(p.parent.name for p in out.glob(f"*/{RESULT_MARKER}"))
-    assert finished and len(finished) == run["succeeded"], (run, (out / "failures.csv").read_text() if (out / "failures.csv").exists() else "")  # the write under way when Ctrl-C came was completed
+    assert finished and len(finished) == run["succeeded"]  # the write under way when Ctrl-C came was completed
     with open(out / "predictions.csv", newline="") as handle:
         assert sorted({row["case_id"] for row in csv.DictReader(handle)}) == finished  # the tables say what is there

@@ -21,9 +21,12 @@ One run measures, side by side on this machine (noisy: read the ratios, not the 
 - ``dro_step_over_erm``: one MAE training step (forward, loss, backward, optimizer step) with Group-DRO's robust
   loss over the same step with the plain mean, same batch;
 - ``startup_seconds``: the slower of ``neuroradfm --help`` and ``neuroradfm info`` (best of three each);
-- ``cohort_overlap_speedup``: from bench/cohort_overlap.py when it exists (null until then).
+- ``cohort_overlap_speedup``: bench/cohort_overlap.py on a 16-case phantom cohort (``--cohort N``; 0 skips it);
+- ``brats_case_seconds``, ``sri24_registration_saved_seconds``: the case in the BraTS format (SRI24 space,
+  240 x 240 x 155) through ``neuroradfm predict``, and its preprocessing with the fixed SRI24-to-MNI152 affine against
+  the per-case registration it replaces.
 
-Run: .venv/bin/python bench/perf.py [--work build/perf] [--repeats 3] [--no-results]
+Run: .venv/bin/python bench/perf.py [--work build/perf] [--repeats 3] [--cohort 16] [--no-results]
 """
 
 from __future__ import annotations
@@ -64,20 +67,50 @@ PAPER_SECONDS_LIMIT = 60.0
 """The paper's encoder (resnet50, 128^3) is measured only when one forward takes less than this."""
 
 
-def _case(work: Path, native: bool = False) -> Path:
+def _case(work: Path, native: bool = False, sri24: bool = False) -> Path:
     """A BraTS-style phantom case folder (1 mm, in template space), or with ``native`` a raw head acquisition
-    (skull on, tilted, thick slices), generated once into ``work``."""
+    (skull on, tilted, thick slices), or with ``sri24`` the BraTS-style case in the BraTS format (SRI24 space,
+    240 x 240 x 155: ``neuroradfm.preprocess.sri24.to_sri24``), generated once into ``work``."""
     from neuroradfm.phantom import case_id, generate_case
     from neuroradfm.phantom.cohort import FILE_SUFFIX
+    from neuroradfm.preprocess.sri24 import to_sri24
 
     folder = work / case_id(0)
     if not (folder / "done").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         images, seg, _ = generate_case(0, seed=424242, n_sites=4, native=native, spacing=1.0)
         for key, image in [*images.items(), ("seg", seg)]:
+            if sri24:
+                image = to_sri24(image, sitk.sitkNearestNeighbor if key == "seg" else sitk.sitkLinear)
             sitk.WriteImage(image, str(folder / f"{case_id(0)}-{FILE_SUFFIX[key]}.nii.gz"))
         (folder / "done").write_text("")
     return folder
+
+
+def _sri24_registration(case: Path, bundle_path: Path) -> dict:
+    """The BraTS-format case's preprocessing with the fixed SRI24-to-MNI152 affine (what ``auto`` does) against the
+    per-case affine registration it replaces (``template_registration="affine"``), in this process, alternately."""
+    from dataclasses import replace
+
+    from neuroradfm.io import load_case
+    from neuroradfm.models.bundle import read_bundle_card
+    from neuroradfm.preprocess import PreprocessSettings, preprocess_case
+
+    card = read_bundle_card(bundle_path)
+    settings = replace(PreprocessSettings.from_dict(card["preprocessing"]), n4=False)  # N4: the same on both sides
+    loaded = load_case(case)
+    steps: dict[str, str] = {}
+
+    def fixed() -> None:
+        steps["fixed"] = preprocess_case(loaded, settings).steps["template_registration"]
+
+    def registered() -> None:
+        steps["registered"] = preprocess_case(loaded, replace(settings, template_registration="affine")).steps[
+            "template_registration"]
+
+    times = _alternately({"fixed": fixed, "registered": registered}, rounds=2, warm_up=False)
+    return {"fixed_seconds": times["fixed"], "registered_seconds": times["registered"],
+            "saved_seconds": times["registered"] - times["fixed"], "steps": steps}
 
 
 def _child(command: list[str]) -> dict:
@@ -210,14 +243,15 @@ def _maps_over_forward(case: Path, bundle_path: Path) -> dict:
         with torch.no_grad():
             encoder(x)
 
-    def with_maps() -> None:
-        activation, z = encode_for_cam(encoder, x, layer)
+    def with_maps() -> None:  # as predict_prepared_batch: a copy of the layer's activation per head
+        copies = len(heads.markers) + (heads.cox is not None)
+        activation, z = encode_for_cam(encoder, x, layer, copies=copies)
         embedding = z[0].detach().double().numpy()
         weights, biases = heads.marker_weights()
         cox_w, cox_b = heads.cox_weights()
         _, signed = map_weights(heads, weights @ embedding + biases, float(cox_w @ embedding + cox_b))
         cells = cams_at(layer, activation, z, torch.as_tensor(signed, dtype=torch.float32),
-                        torch.as_tensor(heads.cam_reference))
+                        torch.as_tensor(heads.cam_reference), copies=copies)
         with torch.no_grad():
             upsample(cells, prepared.mask.shape)
 
@@ -449,6 +483,11 @@ def _lines(perf: dict, side: dict, raw: dict, maps: dict, encoder: dict, dro: di
         f"{raw_stages.get('brain', 0):.1f} s, `register` at {raw_stages.get('register', 0):.1f} s, `resample` at "
         f"{raw_stages.get('resample', 0):.1f} s) "
         f"| {perf['raw_case_seconds']:.1f} s |",
+        f"| brats_case_seconds (the same case in the BraTS format: SRI24 header, {details['brats_case_size']} voxels; "
+        f"`{details['sri24']['steps']['fixed']}`) | {perf['brats_case_seconds']:.1f} s |",
+        f"| sri24_registration_saved_seconds (its preprocessing without N4, in-process: fixed affine "
+        f"{details['sri24']['fixed_seconds']:.1f} s against per-case affine registration "
+        f"{details['sri24']['registered_seconds']:.1f} s) | {perf['sri24_registration_saved_seconds']:.1f} s |",
         f"| peak_rss_mb (the larger of: one case, {side['peak_rss_mb']:.0f} MB"
         + (f"; the overlapped cohort's process tree, {cohort['peak_rss_mb']:.0f} MB (PSS "
            f"{cohort['peak_pss_mb']:.0f} MB)" if cohort else "")
@@ -498,6 +537,9 @@ def main() -> None:
     bundle = demo_bundle_path()
     case = _case(args.work / "case")
     raw_case = _case(args.work / "raw-case", native=True)
+    brats_case = _case(args.work / "brats-case", sri24=True)
+    brats = _predict_run(brats_case, args.work / "brats-out", bundle)
+    sri24 = _sri24_registration(brats_case, bundle)
     side = _side_by_side(case, args.work, bundle, max(1, args.repeats))
     raw = _predict_run(raw_case, args.work / "raw-out", bundle)
     maps = _maps_over_forward(case, bundle)
@@ -515,6 +557,7 @@ def main() -> None:
         "case_speedup": side["naive_case_seconds"] / side["case_seconds"], "raw_case_seconds": raw["seconds"],
         "encoder_gflops_fraction": encoder["encoder_gflops_fraction"],
         "cohort_overlap_speedup": None if cohort is None else cohort["cohort_overlap_speedup"],
+        "brats_case_seconds": brats["seconds"], "sri24_registration_saved_seconds": sri24["saved_seconds"],
         "details": {
             "case": {k: v for k, v in ours.items() if k not in ("seconds", "last")},
             "side_by_side": {k: v for k, v in side.items() if k not in ("ours", "naive")}
@@ -524,6 +567,8 @@ def main() -> None:
                "fairness": "each case a fresh process (imports included), ours and naive alternately; both use "
                            f"{torch.get_num_threads()} torch threads (os.cpu_count(); torch's default here)"},
             "raw_case": {k: v for k, v in raw.items() if k != "last"},
+            "brats_case": {k: v for k, v in brats.items() if k != "last"}, "sri24": sri24,
+            "brats_case_size": list(sitk.ReadImage(str(next(brats_case.glob("*t1c*")))).GetSize()),
             "maps": maps, "encoder": encoder, "dro": dro, "startup": startup, "cohort": cohort,
             "case_size": list(sitk.ReadImage(str(next(case.glob("*t1c*")))).GetSize()),
             "raw_case_size": list(sitk.ReadImage(str(next(raw_case.glob("*t1c*")))).GetSize()),

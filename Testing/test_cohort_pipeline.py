@@ -156,6 +156,44 @@ def test_workers_give_exactly_what_one_case_after_another_gives(bundle, entries,
     assert fallback.run["workers"] == 0 and list(fallback.outputs) == [entry.case_id for entry in entries[:2]]
 
 
+def test_cases_prepared_together_share_one_forward_pass_with_each_case_s_own_result(bundle, entries, tmp_path):
+    """--batch-size: the prepared cases go through predict_prepared_batch together; each gets what it gets alone, a
+    case that failed to prepare stays failed, and the run's tables are those of one case at a time."""
+    from neuroradfm.cohort_pipeline import Job, Prepared, _predict
+    from neuroradfm.predict import predict_prepared
+    from neuroradfm.preprocess import prepare_case
+
+    progress = CohortProgress(lambda *args: None, len(entries))
+    batch = [(Job(i, e.case_id, e.load, tmp_path / e.case_id), Prepared(i, prepare_case(e.load(), bundle)))
+             for i, e in enumerate(entries)]
+    lost = Failure("input", "could not be read")
+    batch.insert(1, (Job(9, "lost", None, tmp_path / "lost"), Prepared(9, failure=lost)))
+    results = _predict(batch, bundle, "cpu", progress, None, "float32")
+    assert results[1] is lost and len(results) == len(entries) + 1
+    for (job, ready), got in [(batch[i], results[i]) for i in range(len(batch)) if i != 1]:
+        alone = predict_prepared(job.case_id, ready.prepared, bundle, "cpu", precision="float32")
+        np.testing.assert_allclose(got.embedding, alone.embedding, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose([m.probability for m in got.markers], [m.probability for m in alone.markers],
+                                   atol=1e-5)
+        for key in alone.cams:
+            np.testing.assert_allclose(got.cams[key], alone.cams[key], rtol=0, atol=1e-5)
+
+    cases = [(entry.case_id, entry.load) for entry in entries]
+    one = predict_cases(cases, bundle, tmp_path / "one", device="cpu", overview=False, workers=2, maps="none")
+    together = predict_cases(cases, bundle, tmp_path / "together", device="cpu", overview=False, workers=2,
+                             batch_size=3, maps="none")
+    assert together.run["batch_size"] == 3 and list(together.outputs) == list(one.outputs)
+    with open(tmp_path / "one" / "predictions.csv") as a, open(tmp_path / "together" / "predictions.csv") as b:
+        rows_a, rows_b = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert [r["case_id"] for r in rows_a] == [r["case_id"] for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b):  # written to 4 decimals: equal, or one step apart at a rounding tie
+        for column in ("probability", "risk_score"):
+            if ra[column]:
+                assert abs(float(ra[column]) - float(rb[column])) <= 1e-4
+    with pytest.raises(SettingsError, match="--batch-size"):
+        predict_cases(cases, bundle, tmp_path / "zero", device="cpu", batch_size=0)
+
+
 def test_a_case_failing_in_a_worker_is_recorded_as_one_after_another_records_it(bundle, entries, tmp_path):
     broken = tmp_path / "broken-flair.nii.gz"
     broken.write_bytes(entries[1].paths["flair"].read_bytes()[:200])

@@ -104,7 +104,7 @@ def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundl
                   keep_predictions: bool = False, cam_layer: str | None = None,
                   command: Sequence[str] | None = None, allow_missing: bool = False,
                   maps: str = "all", workers: int = 0, resume: bool = False,
-                  shard: Shard | None = None, precision: str = "auto") -> BatchResult:
+                  shard: Shard | None = None, precision: str = "auto", batch_size: int = 1) -> BatchResult:
     """``cases`` are (case_id, loader) pairs, so that loading errors are isolated per case too; the case id
     names the result folder. ``cam_layer``, ``allow_missing`` and ``precision`` as in ``predict_case``; ``maps`` as in
     ``write_outputs`` (all, labels or none); ``command`` is recorded in run.json.
@@ -115,6 +115,8 @@ def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundl
     run one after another. A script that calls this with workers must guard its own code with ``if __name__ ==
     "__main__":`` (spawned workers import the main script); not from inside Slicer's application process, whose
     executable is not a Python (``PythonSlicer -m neuroradfm predict`` is).
+    ``batch_size``: with workers, up to that many cases already prepared go through one forward pass together (on a
+    GPU; neuroradfm.cohort_pipeline.run_overlapped); the numbers and maps are each case's alone to 1e-5.
     ``resume``: a case whose folder holds a complete result of this bundle and these settings is not computed again
     (``finished_result``); its rows still go into the tables and run.json lists it under ``skipped``.
     ``shard``: this rank's place under torchrun (neuroradfm.sharding.start_shard): rank 0 checks the folder, every
@@ -128,6 +130,8 @@ def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundl
     ran_in = inference_settings(str(resolved), precision).precision
     if workers < 0:
         raise SettingsError("--workers", f"{workers}: give 0 (no worker processes) or a positive number")
+    if batch_size < 1:
+        raise SettingsError("--batch-size", f"{batch_size}: give 1 (one case per forward pass) or more")
     folders = case_folders([case_id for case_id, _ in cases])
     out_dir = Path(os.path.abspath(out_dir))  # "new/deeper/.." is "new": no folder is made only to be left
     cohort = len(cases) > 1 or shard is not None
@@ -168,7 +172,7 @@ def predict_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundl
                                 "settings: kept")
     try:
         _run_cases(todo, bundle, out_dir, folders, str(resolved), CohortProgress(progress, len(todo)), overview,
-                   keep_predictions, cam_layer, result, allow_missing, maps, workers, precision)
+                   keep_predictions, cam_layer, result, allow_missing, maps, workers, precision, batch_size)
     except BaseException:  # Ctrl-C or a cancel: the tables say which cases were done, and that the run stopped
         if cohort and shard is None:
             result.run.update(interrupted=True)
@@ -287,7 +291,7 @@ def _pickles(value: Any) -> bool:
 def _run_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundle, out_dir: Path, folders: dict[str, str],
                device: str, progress: CohortProgress, overview: bool, keep_predictions: bool, cam_layer: str | None,
                result: BatchResult, allow_missing: bool = False, maps: str = "all", workers: int = 0,
-               precision: str = "auto") -> None:
+               precision: str = "auto", batch_size: int = 1) -> None:
     """Each case into ``result``: in worker processes overlapped with the model and the writing when ``workers``
     and the loaders allow it (neuroradfm.cohort_pipeline), else one after another here."""
 
@@ -302,13 +306,14 @@ def _run_cases(cases: Sequence[tuple[str, Callable[[], Case]]], bundle: Bundle, 
 
     workers = min(workers, len(cases))
     if workers > 0 and len(cases) > 1 and all(_pickles(load) for _, load in cases):
-        result.run["workers"] = workers
+        result.run.update(workers=workers, batch_size=batch_size)
 
         def write(prediction: Prediction, folder: Path, inputs: Sequence[str]) -> Path:
             return write_outputs(prediction, inside(out_dir, folder), overview=overview, inputs=inputs, maps=maps)
 
         jobs = [Job(index, case_id, load, out_dir / folders[case_id]) for index, (case_id, load) in enumerate(cases)]
-        run_overlapped(jobs, bundle, device, progress, workers, cam_layer, allow_missing, write, record, precision)
+        run_overlapped(jobs, bundle, device, progress, workers, cam_layer, allow_missing, write, record, precision,
+                       batch_size)
         return
     result.run["workers"] = 0
     for index, (case_id, load) in enumerate(cases):

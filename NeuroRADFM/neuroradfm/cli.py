@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                    default="auto",
                    help="what the encoder runs in: auto (float16 autocast, channels-last on a CUDA GPU; exact float32 "
                         "on the CPU), float32 (exact everywhere), bfloat16 or float16 (autocast on any device)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="with --workers: up to N cases already prepared share one forward pass (worth it on a GPU)")
     p.add_argument("--maps", choices=("all", "labels", "none"), default="all",  # neuroradfm.outputs.MAPS
                    help="maps each case gets: all (heat maps, label maps, contours; default), labels (all but the "
                         "heat maps, a tenth of the bytes) or none (predictions.csv/json and the overview only)")
@@ -438,7 +440,7 @@ def _predict(args: argparse.Namespace) -> int:
                                overview=not args.no_overview, cam_layer=args.cam_layer,
                                command=["neuroradfm", *sys.argv[1:]], allow_missing=args.allow_missing,
                                maps=args.maps, workers=workers, resume=args.resume, shard=shard,
-                               precision=args.precision)
+                               precision=args.precision, batch_size=args.batch_size)
     finally:
         if shard is not None:
             from neuroradfm.sharding import stop_shard

@@ -177,21 +177,56 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
             process.terminate()
 
 
+def _predict(batch: Sequence[tuple[Job, Prepared]], bundle: Any, device: str, progress: CohortProgress,
+             cam_layer: str | None, precision: str) -> list[Any]:
+    """A Prediction or a Failure for each (job, prepared case) of ``batch``, in order: one forward pass for all of
+    them; when that pass fails as a whole (out of GPU memory, ...), each case again alone, so that only the case at
+    fault fails."""
+    from neuroradfm.predict import predict_prepared, predict_prepared_batch
+
+    def alone(job: Job, ready: Prepared) -> Any:
+        try:
+            return predict_prepared(job.case_id, ready.prepared, bundle, device, progress.case(job.index), cam_layer,
+                                    precision)
+        except Exception as error:  # noqa: BLE001 - one case's failure of any kind is recorded
+            return Failure.of(error)
+
+    results: list[Any] = [ready.failure for _, ready in batch]
+    todo = [index for index, (_, ready) in enumerate(batch) if ready.failure is None]
+    if len(todo) == 1:
+        results[todo[0]] = alone(*batch[todo[0]])
+    elif todo:
+        def report(stage: str, fraction: float, message: str = "") -> None:
+            for index in todo:
+                progress.case(batch[index][0].index)(stage, fraction, message)
+
+        try:
+            together = predict_prepared_batch([(batch[i][0].case_id, batch[i][1].prepared) for i in todo], bundle,
+                                              device, report, cam_layer, precision)
+        except Exception:  # noqa: BLE001 - the whole pass failed: each case alone
+            together = [alone(*batch[i]) for i in todo]
+        for index, outcome in zip(todo, together):
+            results[index] = Failure.of(outcome) if isinstance(outcome, Exception) else outcome
+    return results
+
+
 LOST_WORKER = ("the worker process preparing this case died (stopped by the system, e.g. out of memory); try it "
                "again with fewer --workers or --workers 0")
 
 
 def run_overlapped(jobs: Sequence[Job], bundle: Any, device: str, progress: CohortProgress, workers: int,
                    cam_layer: str | None, allow_missing: bool, write: Callable[[Any, Path, Sequence[str]], Path],
-                   record: Callable[[Outcome], None], precision: str = "auto") -> None:
+                   record: Callable[[Outcome], None], precision: str = "auto", batch_size: int = 1) -> None:
     """``record`` each job's outcome, in job order, preparing ahead in ``workers`` processes and writing with
     ``write(prediction, folder, inputs)`` in a background thread. Ctrl-C or a cancel stops the workers, lets the
     write under way finish (a case folder is whole or absent), records what was done and propagates.
 
+    ``batch_size`` > 1: the cases already prepared when the model is free (up to that many) go through one forward
+    pass together (``predict_prepared_batch``; worth it on a GPU, where the model outruns the workers' preparation
+    only when several cases wait); none is waited for.
+
     A worker killed by the system (out of memory) breaks the pool: the cases it held are prepared again one at a
     time in a new pool, so that the case that breaks it alone is the one recorded as failed."""
-    from neuroradfm.predict import predict_prepared
-
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
     stop = threading.Event()
@@ -256,16 +291,20 @@ def run_overlapped(jobs: Sequence[Job], bundle: Any, device: str, progress: Coho
                 ready = Prepared(job.index, failure=Failure("resources", LOST_WORKER))
             preparing.popleft()
             fill()
-            if ready.failure is None:
-                try:
-                    prediction = predict_prepared(job.case_id, ready.prepared, bundle, device,
-                                                  progress.case(job.index), cam_layer, precision)
-                except Exception as error:  # noqa: BLE001 - one case's failure of any kind is recorded
-                    ready.failure = Failure.of(error)
+            batch = [(job, ready)]
+            while len(batch) < batch_size and not retry and preparing and preparing[0][1].done():
+                try:  # the cases already prepared join the batch; none is waited for
+                    batch.append((preparing[0][0], preparing[0][1].result()))
+                except BrokenProcessPool:
+                    break  # seen again at the top of the loop
+                preparing.popleft()
+                fill()
+            predictions = _predict(batch, bundle, device, progress, cam_layer, precision)
+            for (job, ready), prediction in zip(batch, predictions):
+                if isinstance(prediction, Failure):
+                    fail(job, prediction)
                 else:
                     writing.append((job, writer.submit(write, prediction, job.folder, ready.inputs), prediction))
-            if ready.failure is not None:
-                fail(job, ready.failure)
             while writing and (len(writing) > 1 or writing[0][1].done()):
                 written(*writing[0])  # taken off only once recorded: a Ctrl-C while it waits leaves it to finally
                 writing.popleft()

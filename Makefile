@@ -18,11 +18,12 @@ test-main: $(VENV)/.dev-installed browser
 # environment: requirements.lock with requirements-slicer-5.10.txt's pins instead of its own).
 SLICER510 := .venv-slicer-5.10
 # Left out there: the training-heavy, process-heavy and packaging tests (demo bundle, pretraining, training jobs,
-# output safety, cohort worker pools, torchrun sharding, the card arithmetic swept against torch, the CMake build),
+# output safety, cohort worker pools, torchrun sharding, the card arithmetic swept against torch, the CMake build,
+# the tutorial notebook run in a Jupyter kernel, the shortcut lesson's training, the case viewer in WebGL Chromium),
 # whose numpy and SimpleITK use the other tests cover; this keeps `make test` near 15 minutes on 2 cores.
 SLICER510_TESTS := $(addprefix --ignore=Testing/,test_demo_bundle.py test_output_safety.py test_slicer_training.py \
 	test_pretrain.py test_pretrain_ddp.py test_extension_tree.py test_cohort_pipeline.py test_predict_sharding.py \
-	test_bundle_info.py)
+	test_bundle_info.py test_tutorial_notebook.py test_lesson.py test_teach_viewer.py)
 test-slicer-5.10: $(SLICER510)/.installed
 	$(SLICER510)/bin/python -m pytest Testing -q $(SLICER510_TESTS)
 

@@ -191,6 +191,9 @@ class NeuroRADFMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.deviceFilter = lazyDeviceSelector(self.ui.deviceSelector,
                                                lambda: self.deviceListing is None and self.refreshDevices())
         self.clearResults()
+        from NeuroRADFMWidgets.teaching import TeachingSection  # a pack's case, its answers behind Reveal
+
+        self.teaching = TeachingSection(self.layout, lambda label: ensureDependencies(self.logic, label))
 
     def enter(self):
         if self.versionProblem:

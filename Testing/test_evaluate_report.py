@@ -14,7 +14,6 @@ import html
 import io
 import json
 import re
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -28,6 +27,7 @@ from lifelines.utils import concordance_index
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_auc_score
 
+from browser import CHROMIUM, MISSING, run_chromium
 from neuroradfm.evaluate.report import SECTIONS, render_report
 from neuroradfm.evaluate.report_tables import write_tables
 from neuroradfm.evaluate.statistics import expected_calibration_error, reliability
@@ -462,28 +462,18 @@ def test_large_report_stays_small():
     assert len(_parse(text).images) == 8 + 9
 
 
-CHROMIUM_FLAGS = ["--headless", "--disable-gpu", "--no-sandbox", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
-
-
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="chromium is not installed (CI installs the Debian package 'chromium')")
+@pytest.mark.skipif(CHROMIUM is None, reason=MISSING)
 def test_page_renders_in_headless_chromium(page, tmp_path):
     target = tmp_path / "report.html"
     target.write_text(page, encoding="utf-8")
-    base = [shutil.which("chromium"), *CHROMIUM_FLAGS]
-    dom = subprocess.run([*base, f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom", target.as_uri()],
-                         capture_output=True, encoding="utf-8", timeout=120)
+    dom = run_chromium(target, tmp_path / "profile-dom", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     rendered = _parse(dom.stdout)
     assert rendered.sections == dict(SECTIONS)
     assert len(rendered.images) == 10
 
     shot = tmp_path / "shot.png"
-    result = subprocess.run([*base, f"--user-data-dir={tmp_path / 'profile-shot'}", f"--screenshot={shot}",
-                             "--window-size=1400,2000", target.as_uri()], capture_output=True, encoding="utf-8",
-                            timeout=120)
+    result = run_chromium(target, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1400,2000")
     assert result.returncode == 0, result.stderr[-2000:]
     assert shot.exists() and shot.stat().st_size > 20_000
     with Image.open(shot) as image:

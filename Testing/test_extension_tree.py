@@ -148,7 +148,7 @@ def test_cmake_lists_every_python_file_and_resource(module):
     python_files = files_under(folder, "**/*.py")
     assert python_files - scripts == set(), f"{module}: .py files not listed in CMake"
     assert scripts - python_files == set(), f"{module}: CMake lists missing .py files"
-    resource_files = files_under(folder, "Resources/**/*")
+    resource_files = files_under(folder, "Resources/**/*") | (files_under(folder, "neuroradfm/**/*") - python_files)
     assert resource_files - resources == set(), f"{module}: resources not listed in CMake"
     assert resources - resource_files == set(), f"{module}: CMake lists missing resources"
     assert f"Resources/Icons/{module}.png" in resources and f"Resources/UI/{module}.ui" in resources
@@ -303,17 +303,21 @@ def test_cmake_configure_build_install_with_a_stub_slicer(tmp_path, tiny_bundle,
                  "NeuroRADFMWidgets/device_selector.py", "neuroradfm/cli.py",
                  "neuroradfm/io/sequence_names.py", "Resources/UI/NeuroRADFM.ui", "Resources/UI/NeuroRADFMTrain.ui",
                  "Resources/Icons/NeuroRADFMTrain.png", "Resources/requirements.txt",
-                 "Resources/demo-bundle/card.json", "Resources/demo-bundle/weights.safetensors"):
+                 "Resources/demo-bundle/card.json", "Resources/demo-bundle/weights.safetensors",
+                 "Resources/lesson-bundles/erm/weights.safetensors", "Resources/lesson-bundles/group-dro/card.json",
+                 "neuroradfm/teach/vendor/niivue-0.69.0/niivue.umd.js"):
         assert (installed / name).is_file(), name
     assert (build / "lib/Slicer-5.10/qt-scripted-modules/Resources/demo-bundle/card.json").is_file()
 
     env = {k: v for k, v in os.environ.items() if k != "NEURORADFM_DEMO_BUNDLE"}
     env["PYTHONPATH"] = str(installed)
     check = ("import NeuroRADFMLib.process as p, NeuroRADFMLib.dependencies as d, neuroradfm.demo as n; "
-             "print(p.CORE_PARENT); print(d.REQUIREMENTS_FILE.is_file()); print(n.demo_bundle_path())")
+             "print(p.CORE_PARENT); print(d.REQUIREMENTS_FILE.is_file()); print(n.demo_bundle_path()); "
+             "print(n.lesson_bundle_path('group-dro'))")
     out = subprocess.run([sys.executable, "-c", check], env=env, cwd=tmp_path, capture_output=True, text=True,
                          check=True).stdout.split()
-    assert out == [str(installed), "True", str(installed / "Resources" / "demo-bundle")]
+    assert out == [str(installed), "True", str(installed / "Resources" / "demo-bundle"),
+                   str(installed / "Resources" / "lesson-bundles" / "group-dro")]
     # a prediction by the installed core, launched the way the module launches it
     code = ("import sys; from NeuroRADFMLib.process import CoreProcess; "
             f"p = CoreProcess(['predict', {str(phantom_cohort.parent / 'BraTS-PHN-00005-000')!r}, '--model', "

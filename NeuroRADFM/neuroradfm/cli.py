@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from neuroradfm import CAM_LAYERS, SEQUENCES, __version__
-from neuroradfm.errors import NeuroRADFMError, describe_failure
+from neuroradfm.errors import NeuroRADFMError, SettingsError, describe_failure
 from neuroradfm.progress import make_progress
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -36,6 +36,14 @@ def _path(text: str) -> Path:
 def _shown(text: str) -> str:
     """A case id as printed: control characters (a newline, a terminal escape) shown escaped."""
     return text if text.isprintable() else repr(text)
+
+
+def _site_list(text: str) -> tuple[str, ...]:
+    """``--scanner-artifact``: comma-separated site names, ``all``, or ``none`` (the empty tuple)."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give site names (e.g. site-B), all, or none")
+    return () if names == ("none",) else names
 
 
 def _progress_option(parser: argparse.ArgumentParser) -> None:
@@ -132,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(default 0)")
     p.add_argument("--resection-cavity", type=float, default=0.0, metavar="FRACTION",
                    help="fraction of the cases after resection: a fluid cavity, label 4 (default 0)")
+    p.add_argument("--scanner-artifact", type=_site_list, default=(), metavar="SITES",
+                   help="every case of these sites (comma-separated names such as site-B, or all; default none) "
+                        "gets a receive-coil hot spot at a fixed place over the occipital lobe, in all four "
+                        "sequences (the shortcut-learning lesson)")
     _progress_option(p)
 
     p = commands.add_parser("train-baseline",
@@ -147,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     _norm_option(p)
     p.add_argument("--size", type=int, default=96, help="model grid voxels per side")
     p.add_argument("--spacing", type=float, default=2.0, help="model grid spacing in mm")
+    p.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction in preprocessing")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -160,6 +173,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="marker loss on features averaged over the tumour (needs seg) instead of the whole grid")
     p.add_argument("--background-weight", type=float, default=0.0,
                    help="weight of the loss that keeps tumour-free features the same across cases (needs seg)")
+    p.add_argument("--dro", choices=("exponentiated", "worst-group"),
+                   help="train the encoder with Group-DRO over the groups of --group-column (default: off, ERM); "
+                        "exponentiated: Sagawa et al.'s q update; worst-group: the reference code's hard mode")
+    p.add_argument("--group-column", default="site",
+                   help="manifest column(s) of the Group-DRO groups; several, comma-separated, make their "
+                        "combinations the groups (spurious attribute x label, e.g. scanner_artifact,idh1)")
+    p.add_argument("--eta-q", type=float, default=0.01, help="step size of Group-DRO's q update")
+    p.add_argument("--markers", default="",
+                   help="train the encoder on these markers only (comma-separated keys, e.g. idh1; default all); "
+                        "the heads are still fitted for every marker")
     p.add_argument("--cache", type=_path,
                    help="folder that keeps preprocessed cases between runs (reused while files and settings match)")
     p.add_argument("--metrics", type=_path, help="append one JSON line per training step to this file")
@@ -303,6 +326,18 @@ def _parser() -> argparse.ArgumentParser:
     _device_option(p)
     _progress_option(p)
 
+    p = commands.add_parser("teach", help="a teaching pack: graded phantom cases with known answers, student sheets, "
+                                          "offline viewers and an answer key (or --check an existing pack)")
+    p.add_argument("--out", type=_path, help="new or empty folder to write the pack into")
+    p.add_argument("--cases", type=int, default=8, help="how many cases (1-48; default 8: every site and grade twice)")
+    p.add_argument("--seed", type=int, default=0, help="phantom seed: another seed, other patients")
+    p.add_argument("--model", type=_path, help="the bundle that answers (default: the demo bundle)")
+    p.add_argument("--spacing", type=float, default=1.5, help="the phantoms' voxel size in mm (default 1.5)")
+    p.add_argument("--check", type=_path, metavar="PACK", help="check a pack folder (complete, this version) and "
+                                                               "list its cases; writes nothing")
+    _device_option(p)
+    _progress_option(p)
+
     p = commands.add_parser("cohort", help="a downloaded public cohort -> a checked manifest")
     cohort = p.add_subparsers(dest="cohort_command", required=True)
     q = cohort.add_parser("import", help="find a layout's cases under ROOT and write a manifest (+ .import.json)")
@@ -332,6 +367,17 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--headers-only", action="store_true",
                    help="find duplicates by subject and BraTS ids only, without comparing T1ce voxels")
     _progress_option(q)
+
+    p = commands.add_parser("lesson", help="the shortcut-learning lesson: an ERM and a Group-DRO model on the same "
+                                           "held-out phantoms (accuracy per site, Grad-CAM, counterfactual, notes)")
+    p.add_argument("--out", type=_path, required=True, help="new or empty folder to write the lesson into")
+    p.add_argument("--rebuild", action="store_true",
+                   help="train the pair afresh (phantoms + train-baseline, ERM and Group-DRO; minutes on a CPU) "
+                        "instead of using the shipped pair")
+    p.add_argument("--models", type=_path,
+                   help="use the pair in this folder (erm/ and group-dro/, e.g. an earlier --rebuild's models/)")
+    _device_option(p)
+    _progress_option(p)
 
     p = commands.add_parser("info", help="print a model bundle's card summary")
     p.add_argument("bundle", type=_path)
@@ -468,7 +514,7 @@ def _phantom(args: argparse.Namespace) -> int:
 
     options = PhantomOptions(anatomy=args.anatomy, deformation_mm=args.deformation_mm, scale_spread=args.scale_spread,
                              age=args.age, multifocal=args.multifocal, low_grade=args.low_grade,
-                             resection_cavity=args.resection_cavity)
+                             resection_cavity=args.resection_cavity, scanner_artifact=args.scanner_artifact)
     manifest = generate_cohort(args.out, n=args.n, sites=args.sites, seed=args.seed, native=args.native,
                                native_fraction=args.native_fraction, spacing=args.spacing,
                                site_contrast=args.site_contrast, progress=make_progress(args.progress), options=options)
@@ -498,8 +544,10 @@ def _train_baseline(args: argparse.Namespace) -> int:
 
     settings = BaselineSettings(
         encoder=EncoderConfig(args.arch, widen_factor=args.widen, conv1_stride=2, no_max_pool=True, norm=args.norm),
-        preprocessing=PreprocessSettings(spacing_mm=args.spacing, size=(args.size,) * 3),
+        preprocessing=PreprocessSettings(spacing_mm=args.spacing, size=(args.size,) * 3, n4=not args.no_n4),
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+        dro=args.dro or "erm", group_column=args.group_column, eta_q=args.eta_q,
+        markers=tuple(key.strip() for key in args.markers.split(",") if key.strip()),
         split_seed=args.split_seed,
         tumour_weight=args.tumour_weight, lesion_pooling=args.lesion_pooling,
         background_weight=args.background_weight, device=args.device,
@@ -604,6 +652,35 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lesson(args: argparse.Namespace) -> int:
+    from neuroradfm.teach.lesson import run_lesson
+
+    out = run_lesson(args.out, rebuild=args.rebuild, device=args.device, progress=make_progress(args.progress),
+                     models=args.models)
+    print(f"lesson: {out / 'notes.html'}")
+    return 0
+
+
+def _teach(args: argparse.Namespace) -> int:
+    if args.check is not None:
+        from neuroradfm.teach.pack import read_pack
+
+        pack = read_pack(args.check)
+        print(f"{args.check}: a complete teaching pack, {len(pack.cases)} cases, model "
+              f"{pack.card.get('model', {}).get('name', '?')}")
+        for case in pack.cases:
+            print(f"  case {case.number}: {case.difficulty}, {case.site} ({case.case_id})")
+        return 0
+    if args.out is None:
+        raise SettingsError("--out", "name the folder to write the pack into (or --check PACK)")
+    from neuroradfm.teach.build import build_pack
+
+    out = build_pack(args.out, cases=args.cases, seed=args.seed, model=args.model, spacing_mm=args.spacing,
+                     device=args.device, progress=make_progress(args.progress))
+    print(f"teaching pack: {out / 'index.html'} (answer key: {out / 'teacher' / 'answers.html'})")
+    return 0
+
+
 def _cohort(args: argparse.Namespace) -> int:
     from neuroradfm.cohort import check_manifest, import_cohort
 
@@ -697,7 +774,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _exit_on_sigterm()
     handler = {"predict": _predict, "phantom": _phantom, "train-baseline": _train_baseline, "demo": _demo,
                "pretrain": _pretrain, "fit-heads": _fit_heads, "evaluate": _evaluate,
-               "cohort": _cohort, "info": _info, "wheelhouse": _wheelhouse}[args.command]
+               "cohort": _cohort, "info": _info, "wheelhouse": _wheelhouse, "teach": _teach,
+               "lesson": _lesson}[args.command]
     try:
         if getattr(args, "device", None) is not None:  # a device that is not there fails once, before any work
             from neuroradfm.models.encoder import resolve_device

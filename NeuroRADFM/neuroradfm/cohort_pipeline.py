@@ -172,9 +172,20 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     if terminate is not None:
         terminate()
         return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
         if process.is_alive():
             process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+    # A worker killed while it sent a result leaves the executor's manager thread reading the rest of that message
+    # for ever, and shutdown() (and the interpreter's exit) waits on that thread. With every worker gone, our own
+    # end of the result pipe is its last writer: closing it turns the wait into an end of file, which the manager
+    # treats as a broken pool and ends.
+    if not any(process.is_alive() for process in processes):
+        writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+        if writer is not None:
+            writer.close()
 
 
 def _predict(batch: Sequence[tuple[Job, Prepared]], bundle: Any, device: str, progress: CohortProgress,

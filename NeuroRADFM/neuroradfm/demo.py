@@ -19,21 +19,39 @@ DEMO_CASE_SEED = 20261124
 DEMO_CASE_SPACING_MM = 1.5
 """Rendering grid of the demo phantom; its acquisition (site-A) is 0.9 x 0.9 x 3 mm, oblique."""
 BUNDLE_DIR = "demo-bundle"
+LESSON_BUNDLES_DIR = "lesson-bundles"
+"""The shortcut-learning lesson's pair (neuroradfm.teach.lesson): Resources/lesson-bundles/{erm,group-dro}."""
+
+
+def shipped_bundle_path(folder: str, variable: str, what: str) -> Path:
+    """A bundle shipped under Resources/``folder``: the folder $``variable`` names (with ``folder``'s last part
+    below it when a folder of several bundles is meant: see ``lesson_bundle_path``), else this source tree's
+    Resources, else the installed Slicer extension's copy (the module's Resources beside the bundled core)."""
+    override = os.environ.get(variable)
+    candidates = [Path(override)] if override else []
+    if override and "/" in folder:
+        candidates = [Path(override) / folder.rsplit("/", 1)[1]]
+    here = Path(__file__).resolve()
+    candidates += [here.parents[2] / "Resources" / folder,  # source tree: <repo>/Resources/<folder>
+                   here.parents[1] / "Resources" / folder,  # Slicer: <qt-scripted-modules>/Resources/<folder>
+                   here.parent / "Resources" / folder]
+    for candidate in candidates:
+        if (candidate / "card.json").is_file():
+            return candidate
+    raise BundleError(candidates[0], f"{what} not found (set {variable} to its folder)")
 
 
 def demo_bundle_path() -> Path:
     """The shipped demo bundle: $NEURORADFM_DEMO_BUNDLE, else Resources/demo-bundle of this source tree, else
     the installed Slicer extension's copy (the module's Resources/demo-bundle beside the bundled core)."""
-    override = os.environ.get("NEURORADFM_DEMO_BUNDLE")
-    candidates = [Path(override)] if override else []
-    here = Path(__file__).resolve()
-    candidates += [here.parents[2] / "Resources" / BUNDLE_DIR,  # source tree: <repo>/Resources/demo-bundle
-                   here.parents[1] / "Resources" / BUNDLE_DIR,  # Slicer: <qt-scripted-modules>/Resources/demo-bundle
-                   here.parent / "Resources" / BUNDLE_DIR]
-    for candidate in candidates:
-        if (candidate / "card.json").is_file():
-            return candidate
-    raise BundleError(candidates[0], "demo bundle not found (set NEURORADFM_DEMO_BUNDLE to its folder)")
+    return shipped_bundle_path(BUNDLE_DIR, "NEURORADFM_DEMO_BUNDLE", "demo bundle")
+
+
+def lesson_bundle_path(model: str) -> Path:
+    """One model of the shipped lesson pair (``model``: erm or group-dro), found as the demo bundle is;
+    $NEURORADFM_LESSON_BUNDLES names a folder that holds both."""
+    return shipped_bundle_path(f"{LESSON_BUNDLES_DIR}/{model}", "NEURORADFM_LESSON_BUNDLES",
+                               f"the shortcut lesson's {model} bundle")
 
 
 def _current_phantom(folder: Path) -> bool:

@@ -155,3 +155,13 @@ def remove_created(created: Sequence[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
+
+
+def check_new_folder(out: str | Path, marker: str, kind: str) -> None:
+    """Teaching packs and lessons go into a new or empty folder (``--out``): an earlier ``kind`` (a folder holding
+    ``marker``) or a user's files are never replaced."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = f"holds an earlier {kind}" if (out / marker).is_file() else "is not an empty folder"
+        raise SettingsError("--out", f"{out} {what}; a {kind} is written into a new or empty folder (nothing there "
+                                     "is replaced): choose another folder or remove it")

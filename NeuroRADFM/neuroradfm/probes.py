@@ -57,15 +57,17 @@ PROBE_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 """Inverse penalties the inner cross-validation chooses among (scikit-learn's C, on standardised features)."""
 
 
-def choose_c(x: np.ndarray, y: np.ndarray, cv: Splits) -> float:
+def choose_c(x: np.ndarray, y: np.ndarray, cv: Splits, sample_weight: np.ndarray | None = None) -> float:
     """The probe's inverse penalty among PROBE_CS with the best cross-validated AUC on (x, y)."""
     search = LogisticRegressionCV(Cs=list(PROBE_CS), l1_ratios=(0.0,), cv=cv, scoring="roc_auc",
-                                  class_weight="balanced", max_iter=5000, use_legacy_attributes=False).fit(x, y)
+                                  class_weight="balanced", max_iter=5000, use_legacy_attributes=False).fit(
+        x, y, **({} if sample_weight is None else {"sample_weight": sample_weight}))
     return float(np.ravel(search.C_)[0])
 
 
 def fit_marker_probe(features: np.ndarray, labels: np.ndarray, key: str, *, c: float | None = None,
-                     folds: int = 5, seed: int = 0, subjects: Sequence[str] | None = None) -> MarkerHead:
+                     folds: int = 5, seed: int = 0, subjects: Sequence[str] | None = None,
+                     sample_weight: np.ndarray | None = None) -> MarkerHead:
     """Class-balanced logistic probe on standardised features; rows whose label is NaN are left out.
 
     The one probe of ``fit-heads`` and of ``evaluate`` (which calls it on each outer training fold): the penalty is
@@ -73,7 +75,9 @@ def fit_marker_probe(features: np.ndarray, labels: np.ndarray, key: str, *, c: f
     threshold maximises Youden's J on the inner cross-validated probabilities (never on fitted ones). Metrics: that
     inner cross-validation's AUC and its balanced accuracy at the threshold, and the chosen C. ``subjects`` (one per
     row): when a subject has several cases the inner folds keep them together (``folds.class_folds``) and the metrics
-    add ``n_subjects``.
+    add ``n_subjects``. ``sample_weight`` (one per row, e.g. group-balanced weights: every group the same total weight)
+    weights the fit, the threshold's ROC and the metrics, on top of the class balancing (metrics
+    ``sample_weighted`` = 1).
     """
     problem = marker_problem(labels, key, subjects)
     if problem:
@@ -81,27 +85,32 @@ def fit_marker_probe(features: np.ndarray, labels: np.ndarray, key: str, *, c: f
     labels = np.asarray(labels, dtype=np.float64)
     known = ~np.isnan(labels)
     x, y = features[known], labels[known].astype(int)
+    weight = None if sample_weight is None else np.asarray(sample_weight, np.float64)[known]
+    fit = {} if weight is None else {"sample_weight": weight}
     counts = np.bincount(y, minlength=2)
     groups = None if subjects is None else np.asarray(subjects)[known]
     try:
         cv = class_folds(y, folds, seed, groups)
     except ValueError as error:
         raise ValueError(f"marker {key!r}: {error}") from None
-    c = choose_c(x, y, cv) if c is None else c
+    c = choose_c(x, y, cv, weight) if c is None else c
     model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
-    cv_prob = cross_val_predict(model, x, y, cv=cv, method="predict_proba")[:, 1]
-    fpr, tpr, thresholds = roc_curve(y, cv_prob)
+    cv_prob = cross_val_predict(model, x, y, cv=cv, method="predict_proba", params=fit)[:, 1]
+    fpr, tpr, thresholds = roc_curve(y, cv_prob, sample_weight=weight)
     best = int(np.argmax(tpr - fpr))
     threshold = float(np.clip(thresholds[best], 1e-6, 1 - 1e-6))
     calls = cv_prob >= threshold
-    balanced_accuracy = 0.5 * (calls[y == 1].mean() + (~calls[y == 0]).mean())
-    model.fit(x, y)
+    w = np.ones(len(y)) if weight is None else weight
+    balanced_accuracy = 0.5 * (np.average(calls[y == 1], weights=w[y == 1])
+                               + np.average(~calls[y == 0], weights=w[y == 0]))
+    model.fit(x, y, **fit)
     return MarkerHead(key=key, coef=model.coef_[0].astype(np.float64), intercept=float(model.intercept_[0]),
                       threshold=threshold,
-                      metrics={"cv_auc": float(roc_auc_score(y, cv_prob)),
+                      metrics={"cv_auc": float(roc_auc_score(y, cv_prob, sample_weight=weight)),
                                "cv_balanced_accuracy": float(balanced_accuracy),
                                "n": int(len(y)), "n_positive": int(counts[1]), "c": c,
-                               **({"n_subjects": len(set(groups.tolist()))} if repeated(groups) else {})})
+                               **({"n_subjects": len(set(groups.tolist()))} if repeated(groups) else {}),
+                               **({} if weight is None else {"sample_weighted": 1.0})})
 
 
 def fit_ood(features: np.ndarray, percentile: float = 99.0, folds: int = 5, seed: int = 0,

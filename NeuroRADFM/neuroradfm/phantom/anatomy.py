@@ -59,6 +59,8 @@ class PhantomOptions:
     ``multifocal``, ``low_grade`` and ``resection_cavity`` are fractions of the cases (0: off): satellite
     lesions; a non-enhancing, non-necrotic appearance of IDH-mutant tumours; a post-resection cavity.
     ``age`` fixes every patient's age (teaching: one brain at 30, one at 85) instead of drawing it.
+    ``scanner_artifact``: the sites (names such as "site-B", or "all") whose every case gets the scanner artifact
+    (``sites.add_scanner_artifact``); empty: none.
     """
 
     anatomy: str = "varied"
@@ -68,6 +70,7 @@ class PhantomOptions:
     multifocal: float = 0.0
     low_grade: float = 0.0
     resection_cavity: float = 0.0
+    scanner_artifact: tuple[str, ...] = ()
 
     def check(self) -> None:
         """Settings outside the documented ranges, or that contradict each other: a SettingsError naming the option."""
@@ -88,6 +91,16 @@ class PhantomOptions:
                               ("--resection-cavity", self.resection_cavity)]:
             if not 0.0 <= value <= 1.0:
                 raise SettingsError(option, f"is the fraction of cases, 0..1, got {value}")
+        if not isinstance(self.scanner_artifact, tuple) or not all(
+                isinstance(name, str) and name.strip() == name and name for name in self.scanner_artifact):
+            raise SettingsError("--scanner-artifact", f"needs site names (e.g. site-B) or all, got "
+                                                      f"{self.scanner_artifact!r}")
+        if "all" in self.scanner_artifact and len(self.scanner_artifact) > 1:
+            raise SettingsError("--scanner-artifact", "'all' already names every site: give it alone")
+
+    def has_scanner_artifact(self, site: str) -> bool:
+        """Whether the cases of ``site`` get the scanner artifact."""
+        return "all" in self.scanner_artifact or site in self.scanner_artifact
 
     @property
     def varied(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,7 +18,14 @@ from neuroradfm.output_paths import check_destinations
 from neuroradfm.phantom import anatomy, render
 from neuroradfm.phantom.anatomy import PhantomOptions
 from neuroradfm.phantom.biology import Traits, sample_patient
-from neuroradfm.phantom.sites import Site, contrast_factors, make_site
+from neuroradfm.phantom.sites import (
+    Site,
+    add_scanner_artifact,
+    contrast_factors,
+    make_site,
+    scanner_artifact_record,
+    site_name,
+)
 from neuroradfm.progress import Progress, null_progress
 
 GENERATOR_VERSION = "2"
@@ -150,6 +158,8 @@ def draw_case(index: int, seed: int, n_sites: int = 4, native: bool = False, spa
         record["low_grade"] = kinds["low_grade"]
     contrast = contrast_factors(site.index, site_contrast, render.COMPARTMENTS) if site_contrast > 0 else None
     clean = render.render(traits, tissues, parts, grid, rng, centre, contrast)
+    if options.has_scanner_artifact(site.name):  # no draw: every other draw of the case stays the same
+        clean = add_scanner_artifact(clean, coords)
     label_map = render.labels(parts)
     seg = sitk.GetImageFromArray(label_map)
     seg.CopyInformation(grid)
@@ -209,6 +219,8 @@ def draw_case(index: int, seed: int, n_sites: int = 4, native: bool = False, spa
         row["foci"] = 1 + len(record.get("satellites", []))
     if options.low_grade > 0:
         row["low_grade"] = int(kinds["low_grade"])
+    if options.scanner_artifact:
+        row["scanner_artifact"] = int(options.has_scanner_artifact(site.name))
     return PhantomCase(stored, seg, row, record)
 
 
@@ -260,9 +272,22 @@ def _check_settings(n: int, sites: int, seed: int, fraction: float, spacing: flo
         raise SettingsError("--site-contrast", f"must lie in 0..{MAX_SITE_CONTRAST:g}, got {site_contrast}")
 
 
+def _check_artifact_sites(options: PhantomOptions, sites: int) -> None:
+    """Every site ``--scanner-artifact`` names must be one of the cohort's: a typo would silently give no artifact."""
+    if not options.scanner_artifact:
+        return
+    names = {site_name(i) for i in range(sites)}
+    unknown = [name for name in options.scanner_artifact if name != "all" and name not in names]
+    if unknown:
+        shown = ", ".join(site_name(i) for i in range(min(sites, 6))) + (", ..." if sites > 6 else "")
+        raise SettingsError("--scanner-artifact", f"no site {', '.join(unknown)} in a cohort of {sites} site(s) "
+                                                  f"({shown})")
+
+
 def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, native: bool = False,
                     spacing: float = 1.0, progress: Progress = null_progress, native_fraction: float | None = None,
-                    site_contrast: float = 0.0, options: PhantomOptions | None = None) -> Path:
+                    site_contrast: float = 0.0, options: PhantomOptions | None = None,
+                    indices: Sequence[int] | None = None) -> Path:
     """Write ``n`` phantom cases; returns the manifest. CSVs are written last, so an interrupted run
     leaves no manifest pointing at missing files.
 
@@ -270,11 +295,17 @@ def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, 
     trained on it meets both kinds of input; ``native`` is the same as a fraction of 1. ``site_contrast``
     (e.g. 0.3) makes the sites differ in tissue contrast too, a site difference that z-scoring cannot remove.
     ``options``: each case's own anatomy (the default) or the one template brain, and optional lesion types.
+    ``indices``: which cases of the seed's sequence to write (default 0 .. n-1; a teaching pack picks cases by their
+    traits); each case is the one the full cohort would hold at that index, ``phantom.json`` records the indices.
     """
     fraction = 1.0 if native else (native_fraction or 0.0)
     options = options or PhantomOptions()
     _check_settings(n, sites, seed, fraction, spacing, site_contrast)
+    chosen = list(range(n)) if indices is None else [int(i) for i in indices]
+    if len(chosen) != n or len(set(chosen)) != n or any(not 0 <= i < MAX_CASES for i in chosen):
+        raise SettingsError("indices", f"need {n} different case indices in 0..{MAX_CASES - 1}, got {chosen[:5]}")
     options.check()
+    _check_artifact_sites(options, sites)
     out = Path(out_dir)
     check_destinations(folders={"--out": out})
     if out.is_dir() and any(out.iterdir()) and not (out / "phantom.json").is_file():
@@ -282,8 +313,8 @@ def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, 
                                      "its manifest.csv and case folders would be overwritten: choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     clinical, manifest, draws = [], [], {}
-    for index in range(n):
-        progress("phantom", index / n, case_id(index))
+    for position, index in enumerate(chosen):
+        progress("phantom", position / n, case_id(index))
         native_case = is_native(index, seed, fraction)
         case = draw_case(index, seed, n_sites=sites, native=native_case, spacing=spacing,
                          site_contrast=site_contrast, options=options)
@@ -304,11 +335,16 @@ def generate_cohort(out_dir: str | Path, n: int, sites: int = 4, seed: int = 0, 
     settings = {"generator_version": GENERATOR_VERSION, "seed": seed, "n": n, "sites": sites,
                 "native_fraction": fraction, "spacing_mm": spacing, "intensity_scale": INTENSITY_SCALE,
                 "site_profiles": [make_site(i).to_dict() for i in range(sites)], "site_contrast": site_contrast}
+    if options.scanner_artifact:
+        settings["scanner_artifact"] = scanner_artifact_record(
+            [site_name(i) for i in range(sites) if options.has_scanner_artifact(site_name(i))])
     if site_contrast > 0:
         settings["site_contrast_factors"] = {
             make_site(i).name: {name: [round(float(f), 4) for f in factors] for name, factors in
                                 contrast_factors(i, site_contrast, render.COMPARTMENTS).items()}
             for i in range(sites)}
+    if indices is not None:
+        settings["indices"] = chosen
     if options == PhantomOptions(anatomy="fixed"):
         settings["generator_version"] = FIXED_GENERATOR_VERSION
     else:

@@ -4,7 +4,9 @@ Effects, all applied after the anatomy is rendered: blur (resolution), through-p
 thickness, a smooth multiplicative bias field, per-sequence intensity scale and offset, and
 Rician noise. Native acquisitions add an orientation and voxel spacing per site. Optionally
 (``site_contrast`` > 0) each site also changes the tissue contrast itself, as different sequence
-parameters or field strengths do; z-scoring removes a scale and offset, not this.
+parameters or field strengths do; z-scoring removes a scale and offset, not this. A site may also have a
+scanner artifact (``add_scanner_artifact``): a receive-coil hot spot at a fixed place, in every case of that site
+(the shortcut-learning lesson, docs/SHORTCUT-LESSON.md).
 """
 
 from __future__ import annotations
@@ -72,3 +74,36 @@ def make_site(index: int) -> Site:
         native_tilt_deg=float(rng.uniform(-12, 12)),
         native_ras=bool(index % 2),
     )
+
+
+SCANNER_ARTIFACT_CENTRE_LPS = (0.0, 84.0, 8.0)
+"""Centre of the scanner artifact (RAS 0, -84, 8: the occipital lobe, over a posterior receive-coil element): far
+from where the tumours are planted (IDH-mutant frontal, glioblastoma temporo-parietal), and on the midline, so that
+a left-right flip leaves it where it was."""
+SCANNER_ARTIFACT_RADIUS_MM = 12.0
+SCANNER_ARTIFACT_EDGE_MM = 1.5
+"""Width of the hot spot's edge: sharp enough that N4's smooth bias field does not absorb it."""
+SCANNER_ARTIFACT_GAIN = 1.0
+"""The signal inside the hot spot is (1 + gain) x what it would be, in all four sequences."""
+
+
+def scanner_artifact_record(sites: list[str]) -> dict:
+    """What phantom.json says of the artifact: which sites have it, what and where it is."""
+    return {"sites": sites, "kind": "receive-coil hot spot (multiplicative, all four sequences)",
+            "centre_lps_mm": list(SCANNER_ARTIFACT_CENTRE_LPS), "radius_mm": SCANNER_ARTIFACT_RADIUS_MM,
+            "edge_mm": SCANNER_ARTIFACT_EDGE_MM, "gain": SCANNER_ARTIFACT_GAIN}
+
+
+def scanner_artifact_profile(coords: np.ndarray) -> np.ndarray:
+    """0..1 at every voxel of ``coords`` ((..., 3) physical LPS points): a soft ball of SCANNER_ARTIFACT_RADIUS_MM
+    around SCANNER_ARTIFACT_CENTRE_LPS."""
+    distance = np.linalg.norm(coords - np.asarray(SCANNER_ARTIFACT_CENTRE_LPS, np.float32), axis=-1)
+    edge = np.clip((SCANNER_ARTIFACT_RADIUS_MM - distance) / SCANNER_ARTIFACT_EDGE_MM, -30, 30)
+    return (1.0 / (1.0 + np.exp(-edge))).astype(np.float32)
+
+
+def add_scanner_artifact(images: dict[str, np.ndarray], coords: np.ndarray) -> dict[str, np.ndarray]:
+    """The clean images with the site's hot spot: no random draw, so every other draw of the case stays the same;
+    the site's blur, bias and noise come on top of it as on the rest of the image."""
+    gain = 1.0 + SCANNER_ARTIFACT_GAIN * scanner_artifact_profile(coords)
+    return {sequence: (image * gain).astype(np.float32) for sequence, image in images.items()}

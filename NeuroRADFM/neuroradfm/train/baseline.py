@@ -7,6 +7,11 @@
    each cell of the last feature map, predicted by a 1x1x1 convolution, meant to keep the feature
    map spatially tied to the lesion, which is what Grad-CAM reads. Without ``init`` this is a stand-in
    for self-supervised pretraining and the card says so; with it, the card records the pretraining.
+   ``dro`` (default "erm": off) trains the encoder with Group-DRO (neuroradfm.dro) on each case's marker loss,
+   over the groups of ``group_column``: a manifest column, or several joined by commas, whose combinations are
+   the groups (Sagawa et al.'s spurious attribute x label, e.g. ``scanner_artifact,idh1``); the marker probes of
+   step 2 are then fitted group-balanced (every group the same total weight). ``markers`` limits the encoder's loss
+   to some markers (one marker: each case's loss, and so each group's, is that marker's alone).
 2. The encoder is frozen; embeddings of split B (cases the encoder never saw) are used to fit
    the bundle's heads: feature scaling, one logistic probe per marker, a Cox model, OOD stats.
    Their metrics are cross-validated on split B.
@@ -33,6 +38,7 @@ from torch import nn
 
 import neuroradfm
 from neuroradfm import CAM_LAYERS
+from neuroradfm.dro import GroupDRO
 from neuroradfm.errors import InputError, SettingsError
 from neuroradfm.folds import GROUP_COLUMN, repeated
 from neuroradfm.io import CaseEntry, read_manifest
@@ -55,6 +61,7 @@ from neuroradfm.progress import Progress, null_progress, sub_progress
 from neuroradfm.ssl.augment import degrade
 from neuroradfm.survival import fit_cox, survival_problem
 from neuroradfm.train.cohort import PreparedCohort, _number, file_hash, prepare_cohort, require_cases
+from neuroradfm.train.data import group_labels
 from neuroradfm.train.sequence_subsets import subset_reliability, trained_subsets
 
 DEFAULT_CAM_LAYER = "layer2"
@@ -96,10 +103,30 @@ class BaselineSettings:
     """Seed of the split into A (encoder) and B (heads); None: ``seed``. Fix it to compare training seeds on the
     same held-out cases."""
     device: str = "auto"
+    dro: str = "erm"
+    """erm (plain mean of the marker losses) | exponentiated (Sagawa et al.'s q update) | worst-group (hard mode)."""
+    group_column: str = "site"
+    """The Group-DRO groups: a manifest column, or several joined by commas (their combinations)."""
+    eta_q: float = 0.01
+    """Step size of Group-DRO's q update."""
+    markers: tuple[str, ...] = ()
+    """The markers the encoder is trained on (empty: all of MARKER_KEYS); the heads are fitted for every marker. One
+    marker makes each case's loss (and Group-DRO's group losses) that marker's alone."""
 
     def __post_init__(self) -> None:
         """Settings that cannot work are refused here, before any case is read (exit status 2 through the CLI)."""
         check_encoder_config(self.encoder)
+        if self.dro not in DRO_CHOICES:
+            raise SettingsError("--dro", f"unknown Group-DRO mode {self.dro!r}; choose one of {', '.join(DRO_CHOICES)}")
+        if not self.eta_q >= 0:
+            raise SettingsError("--eta-q", f"must be 0 or more, got {self.eta_q}")
+        unknown = [key for key in self.markers if key not in MARKER_KEYS]
+        if unknown or len(set(self.markers)) != len(self.markers):
+            raise SettingsError("--markers", f"marker keys, each once, among {', '.join(MARKER_KEYS)}; got "
+                                             f"{', '.join(self.markers)}")
+        if not group_columns(self.group_column):
+            raise SettingsError("--group-column", f"needs a manifest column (or several, comma-separated), got "
+                                                  f"{self.group_column!r}")
         for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
             if value < 1:
                 raise SettingsError(flag, f"must be at least 1, got {value}")
@@ -119,6 +146,29 @@ class BaselineSettings:
         if self.cam_layer not in CAM_LAYERS:
             raise SettingsError("--cam-layer", f"unknown Grad-CAM layer {self.cam_layer!r}; choose one of "
                                                f"{', '.join(CAM_LAYERS)}")
+
+
+DRO_CHOICES = ("erm", "exponentiated", "worst-group")
+
+
+def group_columns(spec: str) -> list[str]:
+    """The manifest columns of ``--group-column`` (comma-separated)."""
+    return [column.strip() for column in spec.split(",") if column.strip()]
+
+
+def case_groups(entries: list[CaseEntry], spec: str, manifest: str | Path) -> tuple[list[str], dict[str, int]]:
+    """(group names, case id -> group id) of ``spec``'s columns: one column's values as they are (site-A), several
+    columns' combinations as "column=value" pairs (scanner_artifact=1, idh1=0). A missing column or an empty cell is an
+    InputError naming the manifest and the column (``train.data.group_labels``)."""
+    columns = group_columns(spec)
+    per_column = [group_labels(entries, column, manifest) for column in columns]
+    if len(columns) == 1:
+        labels = [per_column[0][0][i] for i in per_column[0][1]]
+    else:
+        labels = [", ".join(f"{column}={names[ids[row]]}" for column, (names, ids) in zip(columns, per_column))
+                  for row in range(len(entries))]
+    names = sorted(set(labels))
+    return names, {entry.case_id: names.index(label) for entry, label in zip(entries, labels)}
 
 
 def check_encoder_config(config: EncoderConfig) -> None:
@@ -171,9 +221,12 @@ def background_spread(features: torch.Tensor, occupancy: torch.Tensor) -> torch.
 
 def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: torch.device,
                   progress: Progress = null_progress, metrics: MetricsLog | None = None,
-                  encoder: Encoder | None = None) -> tuple[Encoder, list[float]]:
+                  encoder: Encoder | None = None, dro: GroupDRO | None = None,
+                  group_ids: np.ndarray | None = None) -> tuple[Encoder, list[float]]:
     """Supervised multi-marker training of ``encoder`` (default: a new one); returns it and the per-epoch mean
-    loss."""
+    loss. ``dro`` with ``group_ids`` (one per case): each case's marker loss (the mean over its known markers) is
+    reweighted by Group-DRO, which updates its q at every step; without it the loss is the mean over all known
+    labels of the batch, as it always was."""
     metrics = metrics or MetricsLog(None)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -189,6 +242,8 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
                                                    total_steps=settings.epochs * steps_per_epoch)
     labels = torch.from_numpy(np.nan_to_num(cohort.labels, nan=0.0)).float()
     known = torch.from_numpy(~np.isnan(cohort.labels)).float()
+    if settings.markers:  # the other markers' labels take no part in the loss
+        known = known * torch.tensor([key in settings.markers for key in MARKER_KEYS], dtype=torch.float32)
     history = []
     for epoch in range(settings.epochs):
         encoder.train()
@@ -207,9 +262,13 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
                                                                                     features.shape[2:])
             logits = head(lesion_pool(features, target) if target is not None and settings.lesion_pooling else z)
             weight = known[index].to(device)
-            loss = (nn.functional.binary_cross_entropy_with_logits(logits, labels[index].to(device),
-                                                                   reduction="none") * weight).sum()
-            loss = loss / weight.sum().clamp(min=1)
+            per_label = nn.functional.binary_cross_entropy_with_logits(logits, labels[index].to(device),
+                                                                       reduction="none") * weight
+            if dro is not None and group_ids is not None:
+                per_case = per_label.sum(dim=1) / weight.sum(dim=1).clamp(min=1)
+                loss = dro.update(per_case, torch.from_numpy(group_ids[index]))
+            else:
+                loss = per_label.sum() / weight.sum().clamp(min=1)
             if target is not None and settings.tumour_weight > 0:
                 loss = loss + settings.tumour_weight * nn.functional.binary_cross_entropy_with_logits(
                     occupancy(features), target)
@@ -221,16 +280,34 @@ def train_encoder(cohort: PreparedCohort, settings: BaselineSettings, device: to
             schedule.step()
             losses.append(loss.item())
             metrics(epoch * steps_per_epoch + step + 1, stage="train", epoch=epoch + 1, loss=losses[-1],
-                    lr=schedule.get_last_lr()[0])
+                    lr=schedule.get_last_lr()[0], **({} if dro is None else _dro_metrics(dro)))
             progress("train", (epoch + (step + 1) / steps_per_epoch) / settings.epochs,
                      f"epoch {epoch + 1}/{settings.epochs} loss {np.mean(losses):.3f}")
         history.append(float(np.mean(losses)))
     return encoder.eval(), history
 
 
+def group_balanced(group_ids: list[int]) -> np.ndarray:
+    """One weight per case, 1 / (its group's size), scaled to a mean of 1: every group weighs the same in total.
+    Group-DRO's counterpart for the linear heads, which are fitted once on frozen embeddings: without it a probe
+    fitted on the usual (biased) mix learns from the embedding whatever shortcut the encoder still carries."""
+    ids = np.asarray(group_ids)
+    weights = np.array([1.0 / np.count_nonzero(ids == g) for g in ids])
+    return weights * len(ids) / weights.sum()
+
+
+def _dro_metrics(dro: GroupDRO) -> dict[str, Any]:
+    """One step's Group-DRO numbers for the metrics log: q and the group losses (None where a group was absent)."""
+    losses = dro.last.group_losses.tolist()
+    return {"q": dict(zip(dro.groups, dro.q.tolist())),
+            "group_losses": {g: None if np.isnan(v) else v for g, v in zip(dro.groups, losses)}}
+
+
 def fit_heads(embeddings: np.ndarray, cohort: PreparedCohort, seed: int = 0,
-              cam_reference: np.ndarray | None = None, cam_layer: str = "layer4") -> tuple[Heads, dict[str, str]]:
+              cam_reference: np.ndarray | None = None, cam_layer: str = "layer4",
+              sample_weight: np.ndarray | None = None) -> tuple[Heads, dict[str, str]]:
     """Every head on frozen embeddings; a marker or survival that cannot be fitted is skipped with a reason.
+    ``sample_weight`` (one per case) weights the marker probes (``fit_marker_probe``); Cox and OOD are unweighted.
 
     Fewer than MIN_HEAD_CASES cases, or no marker nor survival that can be fitted, is an InputError: the
     trainers check their cohorts for both before any work (``check_heads_cohort``), this is the last guard.
@@ -246,7 +323,7 @@ def fit_heads(embeddings: np.ndarray, cohort: PreparedCohort, seed: int = 0,
     for column, key in enumerate(MARKER_KEYS):
         try:
             markers.append(fit_marker_probe(standardised, cohort.labels[:, column], key, folds=HEAD_FOLDS,
-                                            seed=seed, subjects=subjects))
+                                            seed=seed, subjects=subjects, sample_weight=sample_weight))
         except ValueError as error:
             skipped[key] = str(error)
     try:
@@ -379,6 +456,10 @@ def check_training_cohort(manifest: str | Path, cohort: PreparedCohort, given: i
                                    "probe_fraction")
     _, split_b = _split(cohort.sites, fraction, _split_seed(settings), cohort.subjects)
     _require_a_head(manifest, cohort.subset(split_b), "cases held out for the heads (split B)")
+    for key in settings.markers:
+        problem = marker_problem(cohort.labels[:, MARKER_KEYS.index(key)], key)
+        if problem:
+            raise InputError(manifest, f"--markers: the encoder cannot be trained on it: {problem}")
 
 
 def _lesion_terms(settings: BaselineSettings, have_masks: bool) -> str:
@@ -402,8 +483,14 @@ def _pretraining(init: Bundle) -> dict[str, Any]:
 
 def _method(settings: BaselineSettings, have_masks: bool, init: Bundle | None) -> str:
     lesion = _lesion_terms(settings, have_masks)
+    if settings.markers and init is not None:
+        lesion += f" on {', '.join(settings.markers)} only"
+    if settings.dro != "erm":
+        lesion += (f", Group-DRO ({settings.dro}) over the groups of {settings.group_column}, the marker probes "
+                   "group-balanced")
     if init is None:
-        return (f"supervised multi-marker encoder (split A){lesion} + frozen-embedding heads (split B); "
+        trained = f"encoder on {', '.join(settings.markers)} only" if settings.markers else "multi-marker encoder"
+        return (f"supervised {trained} (split A){lesion} + frozen-embedding heads (split B); "
                 "stand-in for SSL + Group-DRO pretraining")
     pretraining = init.card.get("training", {})
     dro = pretraining.get("dro", "erm")
@@ -439,16 +526,22 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
     device = resolve_device(settings.device)
     entries = read_manifest(manifest)
     check_training_cohort(manifest, manifest_cohort(entries), len(entries), settings)
+    names, group_of = case_groups(entries, settings.group_column, manifest) if settings.dro != "erm" else ([], {})
     cohort = prepare_cohort(entries, settings.preprocessing, sub_progress(progress, 0.0, 0.25), cache_dir,
                             trained_for)
     check_training_cohort(manifest, cohort, len(entries), settings)  # cases that failed may have left too few
     split_a, split_b = _split(cohort.sites, settings.probe_fraction, _split_seed(settings), cohort.subjects)
+    group_ids = np.array([group_of[cohort.case_ids[i]] for i in split_a], int) if names else None
+    dro = None if group_ids is None else GroupDRO(names, settings.dro, settings.eta_q,
+                                                   group_sizes=[max(1, int((group_ids == g).sum()))
+                                                                for g in range(len(names))])
     encoder, history = train_encoder(cohort.subset(split_a), settings, device, sub_progress(progress, 0.25, 0.9),
-                                     MetricsLog(metrics_path), encoder)
+                                     MetricsLog(metrics_path), encoder, dro, group_ids)
     progress("heads", 0.9, "fitting probes, Cox and OOD on held-out embeddings")
     probe_cohort = cohort.subset(split_b)
     embeddings, reference = embed(encoder, probe_cohort.inputs, device, cam_layer=settings.cam_layer)
-    heads, skipped = fit_heads(embeddings, probe_cohort, settings.seed, reference, settings.cam_layer)
+    balanced = group_balanced([group_of[case] for case in probe_cohort.case_ids]) if names else None
+    heads, skipped = fit_heads(embeddings, probe_cohort, settings.seed, reference, settings.cam_layer, balanced)
     progress("heads", 0.95, "held-out AUC of each sequence subset")
     reliability = subset_reliability(encoder, probe_cohort, embeddings, heads, trained_for, device, settings.seed,
                                      "split B (cases the encoder was not trained on)")
@@ -475,6 +568,13 @@ def train_baseline(manifest: str | Path, out: str | Path, settings: BaselineSett
         "software": {"neuroradfm": neuroradfm.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }
+    if dro is not None and group_ids is not None:
+        full_card["training"].update({
+            "dro": dro.mode, "group_column": settings.group_column, "groups": names,
+            "group_sizes": [int((group_ids == g).sum()) for g in range(len(names))],
+            "q_final": dict(zip(names, dro.q.tolist())),
+            "heads_weighting": f"group-balanced marker probes: every group of {settings.group_column} the same total "
+                               "weight in split B (Cox and OOD unweighted)"})
     if start is not None:
         full_card["training"]["pretraining"] = _pretraining(start)
     path = save_bundle(out, encoder.cpu(), heads, settings.preprocessing, full_card)

@@ -229,3 +229,19 @@ def test_the_command_line_checks_a_pack(pack, tmp_path, capsys):
     assert "incomplete" in capsys.readouterr().err
     assert main(["teach", "--progress", "none"]) == 2
     assert "--out: name the folder" in capsys.readouterr().err
+
+
+def test_a_clear_glioblastoma_needs_a_ring_the_phantom_labels_as_enhancing(tmp_path):
+    from dataclasses import replace
+
+    from neuroradfm.teach.plan import CLEAR_RIM_MM
+
+    case = next(c for c in plan_cases(8, seed=0) if c.traits == "clear" and c.subtype == "glioblastoma")
+    row, traits = plan_module._patient(case.index, 0, PACK_SITES)
+    assert traits.rim_mm >= CLEAR_RIM_MM and traits_grade(row["subtype"], traits, row) == "clear"
+    thin = replace(traits, rim_mm=2.5)  # the Ki-67-low rim: no enhancing label at 1.5 mm voxels
+    assert traits_grade(row["subtype"], thin, row) != "clear"
+    manifest = generate_cohort(tmp_path / "c", n=1, sites=PACK_SITES, seed=0,
+                               spacing=1.5, indices=[case.index])
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        assert float(next(csv.DictReader(handle))["enhancing_ml"]) > 1.0

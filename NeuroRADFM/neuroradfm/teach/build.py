@@ -100,7 +100,8 @@ def _case_pages(root: Path, number: int, planned: PlannedCase, entry: Any, resul
     _write(root / "teacher" / f"case-{number:02d}.html",
            sheets.answer_page(number, entry.case_id, grade, _site_text(planned.site), truth, model,
                               f"../{folder}/viewer.html",
-                              f"../{_relative(overview, root)}" if overview.is_file() else None))
+                              f"../{_relative(overview, root)}" if overview.is_file() else None,
+                              sheets.sequence_figure(images, tumour, f"Case {number}", outline=True)))
     _write(root / folder / CASE_CHECK_FILE, case_check_script(number))
     return {
         "number": number, "case_id": entry.case_id, "phantom_index": planned.index, "site": planned.site,

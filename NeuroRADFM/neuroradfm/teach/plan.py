@@ -21,6 +21,7 @@ MAX_PACK_CASES = 48
 """A class's session: 48 cases is 12 per site and grade pair; each costs ~20 s to render and predict on 2 cores."""
 CANDIDATES_PER_CASE = 20_000
 TRAIT_GRADES = ("clear", "subtle")
+CLEAR_RIM_MM = 4.0
 ACQUISITION_GRADES = ("clean", "artifacts")
 
 
@@ -55,9 +56,11 @@ def acquisition_grades(sites: int = PACK_SITES) -> dict[str, str]:
 def traits_grade(subtype: str, traits: Traits, markers: dict[str, int]) -> str | None:
     """"clear": the textbook look (a large necrotic ring-enhancing glioblastoma, or a large non-enhancing IDH-mutant
     tumour with a T2-FLAIR mismatch or calcifications); "subtle": a small lesion whose enhancement is ambiguous or
-    whose edema barely reaches beyond it; None: in between (not used)."""
+    whose edema barely reaches beyond it; None: in between (not used). A clear ring needs a rim of CLEAR_RIM_MM: the
+    phantom's 2.5 mm rims (Ki-67 low) blur into the core at 1.5 mm voxels and leave no enhancing label."""
     if subtype == "glioblastoma":
-        if traits.radius_mm >= 17 and traits.enhancement >= 0.6 and traits.necrosis >= 0.35:
+        if (traits.radius_mm >= 17 and traits.enhancement >= 0.6 and traits.necrosis >= 0.35
+                and traits.rim_mm >= CLEAR_RIM_MM):
             return "clear"
     elif traits.radius_mm >= 15 and traits.enhancement <= 0.2 and (markers["atrx"] or markers["codel_1p19q"]):
         return "clear"

@@ -63,8 +63,16 @@ def _radiological(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")).astype(np.float32)
 
 
-def sequence_figure(sequences: Mapping[str, sitk.Image], tumour: sitk.Image, title: str) -> str:
-    """Axial and coronal slices of every sequence through the tumour's centroid, as an embedded PNG."""
+OUTLINE_COLOURS = {2: "lime", 3: "cyan", 4: "white", 1: "magenta"}
+"""Contours of the planted labels on the teacher's figure, never heat colours; the edema first, so the inner labels'
+lines (which share the edema's inner edge) are drawn over it."""
+
+
+def sequence_figure(sequences: Mapping[str, sitk.Image], tumour: sitk.Image, title: str,
+                    outline: bool = False) -> str:
+    """Axial and coronal slices of every sequence through the tumour's centroid, as an embedded PNG; ``outline``
+    draws the planted label map's contours (the teacher's copy; the tumour must be on the sequences' grid, as the
+    phantom's BraTS-style cases are)."""
     seg = _radiological(tumour)
     where = np.argwhere(seg > 0)
     k, j, _ = (where.mean(axis=0).round().astype(int) if len(where) else np.array(seg.shape) // 2)
@@ -75,15 +83,21 @@ def sequence_figure(sequences: Mapping[str, sitk.Image], tumour: sitk.Image, tit
         volume = _radiological(sequences[name])
         inside = volume[volume > 0]
         low, high = np.percentile(inside, (1, 99)) if inside.size else (0.0, 1.0)
-        for row, (view, label) in enumerate(((volume[k], "axial"), (volume[::-1, j, :], "coronal"))):
+        for row, (view, labels, label) in enumerate(((volume[k], seg[k], "axial"),
+                                                      (volume[::-1, j, :], seg[::-1, j, :], "coronal"))):
             ax = axes[row][column]
             ax.imshow(view, cmap="gray", vmin=low, vmax=high, aspect="auto" if label == "coronal" else "equal")
+            if outline and labels.shape == view.shape:
+                for value, colour in OUTLINE_COLOURS.items():
+                    if (labels == value).any():
+                        ax.contour(labels == value, levels=[0.5], colors=colour, linewidths=0.8)
             ax.set_title(f"{SEQUENCE_LABELS[name]} {label}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.text(0.02, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=8, va="center")
+    key = (" Planted tumour: necrotic core magenta, edema green, enhancing cyan, cavity white." if outline else "")
     return _img(figure, f"{title}: the sequences through the lesion",
-                "Radiological convention: the patient's right (R) on the left of each image.")
+                "Radiological convention: the patient's right (R) on the left of each image." + key)
 
 
 def student_sheet(number: int, grade_text: str, figure: str, viewer: str) -> str:
@@ -153,11 +167,11 @@ def truth_panel(truth: Mapping[str, Any], model: Mapping[str, Any]) -> str:
 
 
 def answer_page(number: int, case_id: str, grade_text: str, site_text: str, truth: Mapping[str, Any],
-                model: Mapping[str, Any], viewer: str, overview: str | None) -> str:
+                model: Mapping[str, Any], viewer: str, overview: str | None, figure: str = "") -> str:
     overview_html = (f'<h2>Model overview</h2><figure><img src="{escape(overview)}" alt="overview of the '
                      'prediction"></figure>' if overview else "")
     body = (f"<h1>Case {number}: answers</h1><p class=\"muted\">{escape(case_id)}; {escape(grade_text)}; "
-            f"{escape(site_text)}</p><h2>Planted truth</h2><table><tbody>{_truth_rows(truth)}</tbody></table>"
+            f"{escape(site_text)}</p><h2>Planted truth</h2><table><tbody>{_truth_rows(truth)}</tbody></table>{figure}"
             f"<h2>Markers: planted, why, and the model's calls</h2>{marker_table(truth, model)}"
             f"<h2>Where the model looked</h2>{maps_table(model)}"
             f'<p>Open the <a href="{escape(viewer)}">viewer</a> and press Reveal to see each map over the images.</p>'

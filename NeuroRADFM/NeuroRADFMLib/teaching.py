@@ -20,13 +20,12 @@ from typing import Any
 
 import slicer
 
-from neuroradfm import SEQUENCES
+from neuroradfm import SEQUENCE_LABELS, SEQUENCES
 from neuroradfm.markers import MARKER_KEYS, marker
 from neuroradfm.teach.pack import Pack, PackCase, read_pack
 from NeuroRADFMLib.results import HEATMAP_OPACITY, SURVIVAL_HEAD, CaseResults, load_results
 from NeuroRADFMLib.scene_io import SceneIOError, adopt_geometry, read_volume
 
-SEQUENCE_LABELS = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 LAYOUT = slicer.vtkMRMLLayoutNode.SlicerLayoutTwoOverTwoView
 """Four axial slice views, 2x2 (Red, Slice4 over Green, Yellow): one per sequence, no 3D view."""
 LAYOUT_VIEWS = ("Red", "Slice4", "Green", "Yellow")

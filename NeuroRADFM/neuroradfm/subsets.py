@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from neuroradfm import SEQUENCES
+from neuroradfm import SEQUENCE_LABELS, SEQUENCES
 
 Subset = tuple[str, ...]
 
@@ -69,7 +69,7 @@ def describe(used: Sequence[str]) -> str:
 
 
 def _name(sequence: str) -> str:
-    return {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}[sequence]
+    return SEQUENCE_LABELS[sequence]
 
 
 def channel_mask(subset: Sequence[str]) -> np.ndarray:

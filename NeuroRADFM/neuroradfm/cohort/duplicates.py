@@ -13,14 +13,14 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from neuroradfm import SEQUENCES
+from neuroradfm import SEQUENCE_LABELS, SEQUENCES
 from neuroradfm.errors import InputError
 from neuroradfm.io.case import REFERENCE_ORDER, reference_key
 from neuroradfm.io.dicom import single_series
 from neuroradfm.io.loader import read_sequence
 from neuroradfm.progress import Progress, null_progress
 
-NAMES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+NAMES = SEQUENCE_LABELS
 
 
 def reference_image(paths: Mapping[str, Path]) -> tuple[str, Path]:

@@ -52,11 +52,11 @@ def _grade_text(case: PlannedCase) -> str:
     return grade_text(case.grade, case.traits, case.acquisition)
 
 
-def _site_text(site: str) -> str:
-    from neuroradfm.phantom.sites import make_site, site_name
+def _site_text(case: PlannedCase) -> str:
+    from neuroradfm.phantom.sites import make_site
 
-    profile = next(make_site(i) for i in range(PACK_SITES) if site_name(i) == site)
-    return (f"{site}: blur {profile.blur_mm:.1f} mm, {profile.slice_mm:.0f} mm slices, bias field "
+    profile = make_site(case.index % PACK_SITES)  # the site of phantom case ``index`` (draw_case)
+    return (f"{profile.name}: blur {profile.blur_mm:.1f} mm, {profile.slice_mm:.0f} mm slices, bias field "
             f"{profile.bias:.2f}, noise {100 * profile.noise:.1f} %")
 
 
@@ -98,7 +98,7 @@ def _case_pages(root: Path, number: int, planned: PlannedCase, entry: Any, resul
                               RevealPanel("truth", "Reveal the truth", sheets.truth_panel(truth, model))])
     overview = result / "overview.png"
     _write(root / "teacher" / f"case-{number:02d}.html",
-           sheets.answer_page(number, entry.case_id, grade, _site_text(planned.site), truth, model,
+           sheets.answer_page(number, entry.case_id, grade, _site_text(planned), truth, model,
                               f"../{folder}/viewer.html",
                               f"../{_relative(overview, root)}" if overview.is_file() else None,
                               sheets.sequence_figure(images, tumour, f"Case {number}", outline=True)))

@@ -24,7 +24,7 @@ import numpy as np
 from neuroradfm.errors import SettingsError
 from neuroradfm.phantom import PhantomOptions, generate_cohort
 from neuroradfm.phantom.biology import sample_patient
-from neuroradfm.phantom.sites import make_site
+from neuroradfm.phantom.sites import site_name
 from neuroradfm.progress import Progress, null_progress
 
 MARKER = "mgmt"
@@ -100,10 +100,6 @@ class LessonDesign:
         return {**asdict(self), "training": list(self.training), "dro": list(self.dro),
                 "sites": [site_name(CLEAN_SITE), site_name(ARTIFACT_SITE)], "artifact_site": site_name(ARTIFACT_SITE),
                 "train_seed": TRAIN_SEED, "test_seed": TEST_SEED}
-
-
-def site_name(index: int) -> str:
-    return make_site(index).name
 
 
 def marker_value(index: int, seed: int, marker: str) -> int:

@@ -16,13 +16,12 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from neuroradfm import SEQUENCES
+from neuroradfm import SEQUENCE_LABELS, SEQUENCES
 from neuroradfm.evaluate.report_figures import _figure, _img
 from neuroradfm.teach.answers import ON_TUMOUR
 from neuroradfm.teach.pack import CASE_CHECK_FILE, PACK_VERSION
 
 NOTICE = "Synthetic phantom for teaching: not a patient, not for clinical use."
-SEQUENCE_LABELS = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 QUESTIONS = (
     "Where is the lesion: which hemisphere, and which lobe?",
     "Does it enhance on T1ce (compare with T1)? Is there a necrotic centre?",

@@ -26,12 +26,12 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from neuroradfm import SEQUENCE_LABELS
 from neuroradfm.atomic import atomic_file
 from neuroradfm.errors import InputError, OutputError, SettingsError
 
 MAX_PAGE_BYTES = 15 * 1024 * 1024
 """A larger page is refused: it loads slowly (12.7 MiB: 18 s in Chromium's software WebGL) and packs grow heavy."""
-SEQUENCE_LABELS = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 TUMOUR_LABELS = {1: ("necrotic core", (230, 60, 230)), 2: ("edema", (40, 220, 40)),
                  3: ("enhancing tumour", (40, 220, 230)), 4: ("resection cavity", (255, 255, 255))}
 """BraTS labels and their outline colours: no warm colours, so the outline never reads as heat."""
